@@ -1,0 +1,92 @@
+"""Log context in one :class:`contextvars.ContextVar`.
+
+The variable holds a plain ``dict`` that is **never mutated**: binding builds a
+new dict and sets it. So a formatter (or a queue handler) can keep a reference to
+the current dict without copying it, and every thread, greenlet and asyncio task
+sees only its own context.
+
+Task context is bound by the ``task_prerun`` receiver and restored by
+``task_postrun`` (see :mod:`logkit.receivers`), with a token stack so that eager
+tasks calling eager tasks get their caller's context back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from typing import Any
+
+__all__ = ["bind", "bound", "clear", "get_context", "unbind"]
+
+_EMPTY: dict[str, Any] = {}
+_CTX: ContextVar[dict[str, Any]] = ContextVar("logkit_context", default=_EMPTY)
+
+#: Fast accessor used on the hot path by formatters and handlers.
+current = _CTX.get
+
+
+def bind(**values: Any) -> None:
+    """Bind ``values`` to the current context; later records carry them."""
+    _CTX.set({**_CTX.get(), **values})
+
+
+def unbind(*keys: str) -> None:
+    """Remove ``keys`` from the current context (missing keys are ignored)."""
+    ctx = _CTX.get()
+    if any(key in ctx for key in keys):
+        _CTX.set({k: v for k, v in ctx.items() if k not in keys})
+
+
+def clear() -> None:
+    """Remove everything from the current context."""
+    _CTX.set(_EMPTY)
+
+
+def get_context() -> dict[str, Any]:
+    """Return a copy of the current context."""
+    return dict(_CTX.get())
+
+
+@contextmanager
+def bound(**values: Any) -> Iterator[dict[str, Any]]:
+    """Bind ``values`` inside a ``with`` block; the previous context comes back after it."""
+    token = _CTX.set({**_CTX.get(), **values})
+    try:
+        yield _CTX.get()
+    finally:
+        try:
+            _CTX.reset(token)
+        except ValueError:  # reset from another context: fall back to restoring the old value
+            _CTX.set(token.old_value if token.old_value is not Token.MISSING else _EMPTY)
+
+
+class TaskScope:
+    """Bind a task's context and restore what was there before, keyed by task id.
+
+    A dict keyed by task id (not a stack) copes with pools where prerun and postrun
+    of different tasks interleave in one process (threads, gevent, eventlet).
+    """
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[Token[dict[str, Any]], dict[str, Any]]] = {}
+
+    def enter(self, task_id: str, values: Mapping[str, Any]) -> None:
+        previous = _CTX.get()
+        token = _CTX.set({**previous, **values})
+        self._tokens[task_id] = (token, previous)
+
+    def exit(self, task_id: str) -> None:
+        entry = self._tokens.pop(task_id, None)
+        if entry is None:
+            return
+        token, previous = entry
+        try:
+            _CTX.reset(token)
+        except ValueError:
+            _CTX.set(previous)
+
+    def __len__(self) -> int:
+        return len(self._tokens)

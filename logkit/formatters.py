@@ -1,0 +1,486 @@
+"""JSON, console and plain formatters.
+
+All three share one field pipeline, decided once when the formatter is built:
+
+* the message (``record.getMessage()``, capped at ``max_field_length``);
+* the static ``fields`` from the config;
+* the log context (task context and user binds) from :mod:`logkit.context`;
+* the record's ``extra`` fields (every attribute that is not a standard
+  ``LogRecord`` attribute);
+* the exception, as a structured field.
+
+A formatter never raises: a value that cannot be turned into text is replaced by
+its guarded ``repr()``, and if building the record fails anyway a minimal record
+that says so is returned instead, so no record is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from colorama import Fore, Style
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
+
+from .config import CONTEXT_FIELDS, LogConfig
+from .context import current
+
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "PlainFormatter",
+    "safe_repr",
+    "safe_str",
+]
+
+#: LogRecord attributes that are never output as ``extra`` fields.
+RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
+    "taskName",
+    "message",
+    "asctime",
+    "_logkit_ctx",
+    # added by Celery's TaskFormatter / our plain task formatter
+    "task_id",
+    "task_name",
+    # added by colour formatters of other libraries
+    "color_message",
+}
+#: Number of attributes of a fresh LogRecord: more means the record has ``extra`` fields.
+_BASE_LEN = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_TRUNCATED_MARK = "…[truncated {} chars]"
+
+
+# ---------------------------------------------------------------------------
+# Never-raising conversions
+# ---------------------------------------------------------------------------
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder naming the type if ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as exc:  # a broken __repr__ must not break a log call
+        return f"<unrepresentable {type(value).__qualname__} object: {type(exc).__name__}>"
+
+
+def safe_str(value: Any) -> str:
+    """``str(value)``, falling back to :func:`safe_repr` if ``__str__`` raises."""
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return safe_repr(value)
+
+
+def cap(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters and say how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + _TRUNCATED_MARK.format(len(text) - limit)
+
+
+def _json_default(value: Any) -> Any:
+    """orjson ``default``: turn anything unknown into JSON-safe data, never raise."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (set, frozenset)):
+        return [safe_repr(v) for v in value]
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {safe_str(value)}"
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return safe_repr(value)
+
+
+def _sanitize(value: Any, limit: int, seen: set[int] | None = None, depth: int = 0) -> Any:
+    """Slow path: rebuild ``value`` as plain JSON data (cycles, bad keys, surrogates...)."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str):
+        return cap(value.encode("utf-8", "backslashreplace").decode("utf-8"), limit)
+    if depth > 64:
+        return "<too deep>"
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return "<cycle>"
+        seen.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {
+                    _sanitize_key(k, limit): _sanitize(v, limit, seen, depth + 1)
+                    for k, v in list(value.items())
+                }
+            return [_sanitize(v, limit, seen, depth + 1) for v in list(value)]
+        finally:
+            seen.discard(id(value))
+    try:
+        converted = _json_default(value)
+    except Exception:
+        converted = f"<unrepresentable {type(value).__qualname__} object>"
+    return _sanitize(converted, limit, seen, depth + 1) if converted is not value else "<?>"
+
+
+def _sanitize_key(key: Any, limit: int) -> str:
+    return cap(safe_str(key), limit).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Console/plain: control characters in user-controlled text are shown escaped, so a value
+# with "\n" or an ANSI escape cannot forge a log line or recolour the terminal.
+_CONTROL_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in range(0x20)},
+    0x7F: "\\x7f",
+    **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)},
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+    0x85: "\\x85",
+}
+
+
+def clean(text: str) -> str:
+    """Escape control characters (newlines, ANSI escapes...) in ``text``."""
+    if text.isprintable():
+        return text
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def indent_continuation(text: str) -> str:
+    """Indent every line after the first, so no line of a record looks like a new record."""
+    text = text.replace("\x1b", "\\x1b")
+    lines = text.splitlines()
+    return "\n    ".join(lines)
+
+
+class _Clock:
+    """Formats ``record.created`` as ISO 8601 with milliseconds, one ``strftime`` per second."""
+
+    __slots__ = ("_cache", "_convert", "_sep", "_suffix")
+
+    def __init__(self, *, utc: bool = True, sep: str = "T") -> None:
+        self._convert = time.gmtime if utc else time.localtime
+        self._suffix = "Z" if utc else ""
+        self._sep = sep
+        self._cache: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float, msecs: float) -> str:
+        sec = int(created)
+        cached = self._cache
+        if cached[0] != sec:
+            cached = (sec, time.strftime(f"%Y-%m-%d{self._sep}%H:%M:%S", self._convert(sec)))
+            self._cache = cached
+        return f"{cached[1]}.{int(msecs):03d}{self._suffix}"
+
+
+# ---------------------------------------------------------------------------
+# The shared field pipeline
+# ---------------------------------------------------------------------------
+
+
+class _Fields:
+    """Field names and limits decided once from a :class:`LogConfig`."""
+
+    def __init__(self, config: LogConfig) -> None:
+        names = config.field_names
+        self.config = config
+        self.limit = config.max_field_length
+        self.static: dict[str, Any] = dict(config.fields)
+        self.timestamp = names.get("timestamp", "timestamp")
+        self.level = names.get("level", "level")
+        self.logger = names.get("logger", "logger")
+        self.message = names.get("message", "message")
+        self.exception = names.get("exception", "exception")
+        self.base = frozenset({self.timestamp, self.level, self.logger, self.message})
+        self.task_id = names.get("task_id", "task_id")
+        self.task_name = names.get("task_name", "task_name")
+        #: Context keys that the console/plain prefix shows, or hides as too noisy.
+        self.task_keys = frozenset(names.get(n, n) for n in CONTEXT_FIELDS)
+
+    def message_of(self, record: logging.LogRecord) -> str:
+        """The record's message, never raising, capped."""
+        try:
+            msg = record.getMessage()
+        except Exception as exc:
+            msg = (
+                f"{safe_str(record.msg)} % {safe_repr(record.args)} "
+                f"(logkit: message formatting failed: {type(exc).__name__}: {safe_str(exc)})"
+            )
+        if len(msg) > self.limit:
+            msg = cap(msg, self.limit)
+        return msg
+
+    def extras(self, record: logging.LogRecord) -> dict[Any, Any]:
+        """The record's ``extra`` fields; keys that collide with base fields get a ``_`` prefix."""
+        rd = record.__dict__
+        if len(rd) <= _BASE_LEN:
+            return {}
+        out: dict[Any, Any] = {}
+        limit = self.limit
+        base = self.base
+        for key, value in rd.items():
+            if key in RESERVED:
+                continue
+            if key in base:
+                key = f"_{key}"
+            if type(value) is str and len(value) > limit:
+                value = cap(value, limit)
+            out[key] = value
+        return out
+
+    def exception_of(self, formatter: logging.Formatter, record: logging.LogRecord) -> Any:
+        """``{"type", "message", "traceback"}`` for ``record.exc_info``, or ``None``."""
+        exc_info = record.exc_info
+        if exc_info and exc_info[0] is not None:
+            if not record.exc_text:
+                try:
+                    record.exc_text = formatter.formatException(exc_info)
+                except Exception as exc:
+                    record.exc_text = f"<traceback unavailable: {type(exc).__name__}>"
+            etype, evalue = exc_info[0], exc_info[1]
+            return {
+                "type": etype.__qualname__
+                if etype.__module__ in ("builtins", "__main__")
+                else f"{etype.__module__}.{etype.__qualname__}",
+                "message": cap(safe_str(evalue), self.limit),
+                "traceback": cap(record.exc_text, self.limit),
+            }
+        if record.exc_text:
+            return {"traceback": cap(record.exc_text, self.limit)}
+        return None
+
+
+def _context_of(record: logging.LogRecord) -> Mapping[str, Any]:
+    ctx = record.__dict__.get("_logkit_ctx")
+    return current() if ctx is None else ctx
+
+
+# ---------------------------------------------------------------------------
+# JSON
+# ---------------------------------------------------------------------------
+
+
+class JsonFormatter(OrjsonFormatter):
+    """One JSON object per line: python-json-logger's orjson formatter with a fast path.
+
+    Output keys: ``timestamp`` (ISO 8601, UTC, ms), ``level``, ``logger``, ``message``,
+    the static fields, the log context, the record's ``extra`` fields, ``process``,
+    ``thread`` and, when there is one, ``exception`` (``type``, ``message``, ``traceback``).
+    """
+
+    def __init__(self, config: LogConfig | None = None) -> None:
+        config = config or LogConfig()
+        super().__init__(
+            reserved_attrs=sorted(RESERVED),
+            static_fields=dict(config.fields),
+            rename_fields=dict(config.field_names),
+            json_default=_json_default,
+        )
+        self._f = _Fields(config)
+        self._clock = _Clock(utc=True)
+        names = config.field_names
+        self._process = names.get("process", "process")
+        self._thread = names.get("thread", "thread")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as one line of JSON; never raises."""
+        try:
+            return orjson.dumps(
+                self.build(record), default=_json_default, option=_JSON_OPTIONS
+            ).decode()
+        except Exception:
+            return self._format_slow(record)
+
+    def build(self, record: logging.LogRecord) -> dict[Any, Any]:
+        """The record as a dict of output fields (before serialisation)."""
+        f = self._f
+        out: dict[Any, Any] = {
+            f.timestamp: self._clock(record.created, record.msecs),
+            f.level: record.levelname,
+            f.logger: record.name,
+            f.message: f.message_of(record),
+        }
+        if f.static:
+            out.update(f.static)
+        ctx = _context_of(record)
+        if ctx:
+            out.update(ctx)
+        if len(record.__dict__) > _BASE_LEN:
+            out.update(f.extras(record))
+        out[self._process] = record.process
+        out[self._thread] = record.thread
+        if record.exc_info or record.exc_text:
+            exc = f.exception_of(self, record)
+            if exc is not None:
+                out[f.exception] = exc
+        if record.stack_info:
+            out["stack"] = cap(record.stack_info, f.limit)
+        if ctx and not f.base.isdisjoint(ctx):  # a bound key named like a base field: base wins
+            out[f.level] = record.levelname
+            out[f.logger] = record.name
+            out[f.message] = f.message_of(record)
+            out[f.timestamp] = self._clock(record.created, record.msecs)
+        return out
+
+    def _format_slow(self, record: logging.LogRecord) -> str:
+        """Cycles, odd keys, surrogates, huge ints: sanitise everything, then serialise."""
+        try:
+            data = _sanitize(self.build(record), self._f.limit)
+        except Exception as exc:
+            data = {
+                self._f.timestamp: self._clock(record.created, record.msecs),
+                self._f.level: safe_str(getattr(record, "levelname", "ERROR")),
+                self._f.logger: safe_str(getattr(record, "name", "?")),
+                self._f.message: _sanitize(safe_str(getattr(record, "msg", "")), self._f.limit),
+                "logkit_error": f"record could not be formatted: {type(exc).__name__}",
+            }
+        return orjson.dumps(data, option=_JSON_OPTIONS).decode()
+
+
+# ---------------------------------------------------------------------------
+# Console (colour) and plain text
+# ---------------------------------------------------------------------------
+
+LEVEL_COLORS: dict[int, str] = {
+    logging.DEBUG: Fore.BLUE,
+    logging.INFO: Fore.GREEN,
+    logging.WARNING: Fore.YELLOW,
+    logging.ERROR: Fore.RED,
+    logging.CRITICAL: Style.BRIGHT + Fore.RED,
+}
+
+
+def _kv(key: Any, value: Any) -> str:
+    text = value if type(value) is str else safe_repr(value)
+    if not text or " " in text or "=" in text:
+        text = safe_repr(text)
+    return f"{clean(safe_str(key))}={clean(text)}"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Human output: ``time LEVEL logger: [task_name task_id] message key=value ...``.
+
+    Colours (via colorama codes) only when ``use_color`` is true; control characters in
+    messages and values are escaped and every continuation line (tracebacks) is indented.
+    """
+
+    def __init__(self, config: LogConfig | None = None, *, use_color: bool = False) -> None:
+        super().__init__()
+        self._f = _Fields(config or LogConfig())
+        self._clock = _Clock(utc=False, sep=" ")
+        self.use_color = use_color
+        if use_color:
+            self._dim, self._reset = Style.DIM, Style.RESET_ALL
+            self._task, self._name = Style.BRIGHT + Fore.CYAN, Fore.MAGENTA
+        else:
+            self._dim = self._reset = self._task = self._name = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as one console line (plus indented traceback lines)."""
+        try:
+            return self._format(record)
+        except Exception as exc:
+            return (
+                f"{safe_str(getattr(record, 'levelname', '?'))} "
+                f"{clean(safe_repr(getattr(record, 'msg', '')))} "
+                f"(logkit: record could not be formatted: {type(exc).__name__})"
+            )
+
+    def _format(self, record: logging.LogRecord) -> str:
+        f = self._f
+        reset = self._reset
+        level = record.levelname
+        if self.use_color:
+            color = LEVEL_COLORS.get(record.levelno, "")
+            level_text = f"{color}{level:<8}{reset}"
+        else:
+            level_text = f"{level:<8}"
+        parts = [
+            f"{self._dim}{self._clock(record.created, record.msecs)}{reset} {level_text} "
+            f"{self._name}{clean(record.name)}{reset}:"
+        ]
+        ctx = _context_of(record)
+        task_id = ctx.get(f.task_id)
+        if task_id is not None:
+            name = ctx.get(f.task_name, "?")
+            parts.append(f"{self._task}[{clean(safe_str(name))} {clean(safe_str(task_id))}]{reset}")
+        parts.append(clean(f.message_of(record)))
+        pairs = [_kv(k, v) for k, v in ctx.items() if k not in f.task_keys]
+        pairs.extend(_kv(k, v) for k, v in f.extras(record).items())
+        pairs.extend(_kv(k, v) for k, v in f.static.items())
+        if pairs:
+            parts.append(f"{self._dim}{' '.join(pairs)}{reset}")
+        line = " ".join(parts)
+        exc = f.exception_of(self, record)
+        if exc is not None:
+            line = f"{line}\n    {indent_continuation(exc['traceback'])}"
+        if record.stack_info:
+            line = f"{line}\n    {indent_continuation(record.stack_info)}"
+        return line
+
+
+class PlainFormatter(logging.Formatter):
+    """Celery's own text format (``worker_log_format`` / ``worker_task_log_format``).
+
+    Inside a task, a format without ``%(task_id)s`` gets a ``[task_name task_id]``
+    prefix on the message; a task format gets ``task_name``/``task_id`` filled in from
+    the context (``???`` outside tasks, as Celery does). User-bound context keys follow
+    the message as ``key=value``.
+    """
+
+    def __init__(self, fmt: str, datefmt: str | None = None, config: LogConfig | None = None) -> None:
+        super().__init__(fmt, datefmt, defaults={"task_id": "???", "task_name": "???"})
+        self._f = _Fields(config or LogConfig())
+        self._task_format = "%(task_id)" in fmt or "%(task_name)" in fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` in Celery's text format; never raises."""
+        try:
+            return self._format(record)
+        except Exception as exc:
+            return (
+                f"[{safe_str(getattr(record, 'levelname', '?'))}] "
+                f"{clean(safe_repr(getattr(record, 'msg', '')))} "
+                f"(logkit: record could not be formatted: {type(exc).__name__})"
+            )
+
+    def _format(self, record: logging.LogRecord) -> str:
+        f = self._f
+        ctx = _context_of(record)
+        message = clean(f.message_of(record))
+        task_id = ctx.get(f.task_id)
+        if self._task_format:
+            if task_id is not None:
+                record.task_id = clean(safe_str(task_id))
+                record.task_name = clean(safe_str(ctx.get(f.task_name, "???")))
+        elif task_id is not None:
+            message = f"[{clean(safe_str(ctx.get(f.task_name, '?')))} {clean(safe_str(task_id))}] {message}"
+        pairs = [_kv(k, v) for k, v in ctx.items() if k not in f.task_keys]
+        if pairs:
+            message = f"{message} {' '.join(pairs)}"
+        record.message = message
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        exc = f.exception_of(self, record)
+        if exc is not None:
+            text = f"{text}\n    {indent_continuation(exc['traceback'])}"
+        if record.stack_info:
+            text = f"{text}\n    {indent_continuation(record.stack_info)}"
+        return text
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` (used by lifecycle events)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,277 @@
+"""Where records go: a :class:`Sink` (a file or stderr) and the handlers that write to it.
+
+* One ``os.write`` per record on a file opened with ``O_APPEND``: the prefork
+  children of a worker share the file descriptor and their lines never interleave.
+* ``watch=True`` reopens the file when it was renamed or removed (logrotate), like
+  :class:`logging.handlers.WatchedFileHandler`.
+* A write error (disk full, file gone read-only) is reported once on the real
+  stderr, not once per record; the task logging it is never affected.
+* :class:`QueueSinkHandler` is the optional non-blocking mode (``queue=True``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import queue
+import sys
+import threading
+import weakref
+from typing import Any
+
+from .context import current
+from .formatters import safe_str
+
+__all__ = ["LogFileError", "QueueSinkHandler", "Sink", "SinkHandler", "flush_queues"]
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class LogFileError(OSError):
+    """The log file cannot be opened for writing (message names the path and the reason)."""
+
+
+def report(message: str) -> None:
+    """Write a logkit diagnostic to the process's real stderr (never to a redirected one)."""
+    stream = sys.__stderr__
+    if stream is None:
+        return
+    try:
+        os.write(stream.fileno(), f"logkit: {message}\n".encode("utf-8", "backslashreplace"))
+    except (OSError, ValueError):
+        pass
+
+
+class Sink:
+    """An append-only destination shared by several handlers: a file path or stderr."""
+
+    def __init__(self, path: str | None = None, *, watch: bool = True) -> None:
+        self.path = os.path.abspath(path) if path else None
+        self.watch = bool(path) and watch
+        self._lock = threading.Lock()
+        self._failing = False
+        self._dropped = 0
+        self._stat: tuple[int, int] | None = None
+        self._owns_fd = False
+        self.fd = -1
+        self._open()
+        _SINKS.add(self)
+
+    @property
+    def name(self) -> str:
+        return self.path or "<stderr>"
+
+    def isatty(self) -> bool:
+        try:
+            return os.isatty(self.fd)
+        except OSError:
+            return False
+
+    def _open(self) -> None:
+        if self.path is None:
+            stream = sys.__stderr__
+            self.fd = stream.fileno() if stream is not None else 2
+            return
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        except OSError as exc:
+            raise LogFileError(
+                exc.errno or errno.EIO,
+                f"cannot open log file {self.path!r}: {exc.strerror or exc}",
+            ) from exc
+        st = os.fstat(fd)
+        self.fd, self._owns_fd, self._stat = fd, True, (st.st_dev, st.st_ino)
+
+    def _reopen_if_moved(self) -> None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._stat
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            with self._lock:
+                old = self.fd
+                self._open()
+                if old != self.fd:
+                    os.close(old)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` with one ``write`` call; report a failure once, never raise."""
+        try:
+            if self.watch:
+                self._reopen_if_moved()
+            written = os.write(self.fd, data)
+            while written < len(data):  # regular files rarely write short; pipes might
+                written += os.write(self.fd, data[written:])
+        except OSError as exc:
+            self._dropped += 1
+            if not self._failing:
+                self._failing = True
+                report(
+                    f"cannot write log records to {self.name}: {exc.strerror or exc}; "
+                    "records are dropped until writing works again"
+                )
+            return
+        if self._failing:
+            self._failing = False
+            report(f"writing to {self.name} again; {self._dropped} record(s) were dropped")
+            self._dropped = 0
+
+    def close(self) -> None:
+        if self._owns_fd and self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = -1
+        self._owns_fd = False
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+class SinkHandler(logging.Handler):
+    """Formats a record and appends it, as one line, to a :class:`Sink`."""
+
+    def __init__(self, sink: Sink, formatter: logging.Formatter, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.sink = sink
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception as exc:  # a formatter set by someone else may raise
+            text = f"{record.levelname} {safe_str(record.msg)} (logkit: formatter failed: {exc!r})"
+        self.sink.write(f"{text}\n".encode("utf-8", "backslashreplace"))
+
+    def close(self) -> None:
+        # The sink is shared with the other handler(s); setup closes it explicitly.
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<SinkHandler {self.sink.name} ({logging.getLevelName(self.level)})>"
+
+
+# ---------------------------------------------------------------------------
+# Non-blocking mode
+# ---------------------------------------------------------------------------
+
+
+class _Writer:
+    """One background thread per process draining ``(handler, record)`` pairs."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[logging.Handler, logging.LogRecord] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="logkit-writer", daemon=True)
+            self._thread.start()
+
+    def put(self, handler: logging.Handler, record: logging.LogRecord) -> None:
+        with self._cond:
+            self._pending += 1
+        self.queue.put((handler, record))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            handler, record = item
+            try:
+                handler.handle(record)
+            except Exception:  # never let the writer thread die
+                pass
+            with self._cond:
+                self._pending -= 1
+                if self._pending <= 0:
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued record is written; ``False`` on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending <= 0, timeout)
+
+
+_writer: _Writer | None = None
+
+
+def _get_writer() -> _Writer:
+    global _writer
+    if _writer is None:
+        _writer = _Writer()
+        _writer.start()
+    return _writer
+
+
+def flush_queues(timeout: float = 10.0) -> bool:
+    """Write out every record waiting in the non-blocking queue of this process."""
+    return _writer.flush(timeout) if _writer is not None else True
+
+
+def _reset_after_fork() -> None:
+    global _writer
+    for sink in list(_SINKS):
+        sink._after_fork()
+    if _writer is not None:
+        _writer = None  # the thread did not survive the fork; start a fresh one on next use
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(flush_queues)
+
+
+class QueueSinkHandler(logging.Handler):
+    """Non-blocking: freezes the record (message and log context) and queues it.
+
+    The record is formatted and written by a background thread by ``target``.
+    """
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(target.level)
+        self.target = target
+
+    @property
+    def sink(self) -> Sink:
+        return self.target.sink  # type: ignore[attr-defined, no-any-return]
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802
+        self.target.setFormatter(fmt)
+
+    @property  # type: ignore[override]
+    def formatter(self) -> logging.Formatter | None:
+        return self.target.formatter
+
+    @formatter.setter
+    def formatter(self, fmt: Any) -> None:
+        if hasattr(self, "target"):
+            self.target.formatter = fmt
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        rv = self.filter(record)
+        if rv:
+            self.emit(record if isinstance(rv, bool) else rv)
+        return bool(rv)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg = record.getMessage()
+            record.args = None
+        except Exception:
+            pass  # the formatter reports it
+        record.__dict__["_logkit_ctx"] = current()
+        _get_writer().put(self.target, record)
