@@ -166,7 +166,9 @@ def _names(value: Any) -> tuple[str, ...]:
         try:
             parts = [p.strip() if isinstance(p, str) else p for p in value]
         except TypeError:
-            raise ValueError(f"must be a list of names or a comma-separated string; got {value!r}") from None
+            raise ValueError(
+                f"must be a list of names or a comma-separated string; got {value!r}"
+            ) from None
     for part in parts:
         if not isinstance(part, str):
             raise ValueError(f"names must be strings; got {part!r}")
@@ -328,7 +330,7 @@ class LogConfig:
         if not self.events or event in self.disabled_events:
             return None
         name = self.event_levels.get(event)
-        return default if name is None else logging.getLevelName(name)  # type: ignore[no-any-return]
+        return default if name is None else logging.getLevelName(name)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -439,7 +439,9 @@ class PlainFormatter(logging.Formatter):
     the message as ``key=value``.
     """
 
-    def __init__(self, fmt: str, datefmt: str | None = None, config: LogConfig | None = None) -> None:
+    def __init__(
+        self, fmt: str, datefmt: str | None = None, config: LogConfig | None = None
+    ) -> None:
         super().__init__(fmt, datefmt, defaults={"task_id": "???", "task_name": "???"})
         self._f = _Fields(config or LogConfig())
         self._task_format = "%(task_id)" in fmt or "%(task_name)" in fmt
@@ -465,7 +467,8 @@ class PlainFormatter(logging.Formatter):
                 record.task_id = clean(safe_str(task_id))
                 record.task_name = clean(safe_str(ctx.get(f.task_name, "???")))
         elif task_id is not None:
-            message = f"[{clean(safe_str(ctx.get(f.task_name, '?')))} {clean(safe_str(task_id))}] {message}"
+            name = clean(safe_str(ctx.get(f.task_name, "?")))
+            message = f"[{name} {clean(safe_str(task_id))}] {message}"
         pairs = [_kv(k, v) for k, v in ctx.items() if k not in f.task_keys]
         if pairs:
             message = f"{message} {' '.join(pairs)}"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import logging
 import os
@@ -38,10 +39,8 @@ def report(message: str) -> None:
     stream = sys.__stderr__
     if stream is None:
         return
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.write(stream.fileno(), f"logkit: {message}\n".encode("utf-8", "backslashreplace"))
-    except (OSError, ValueError):
-        pass
 
 
 class Sink:
@@ -122,10 +121,8 @@ class Sink:
 
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
         self.fd = -1
         self._owns_fd = False
 
@@ -139,7 +136,9 @@ _SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
 class SinkHandler(logging.Handler):
     """Formats a record and appends it, as one line, to a :class:`Sink`."""
 
-    def __init__(self, sink: Sink, formatter: logging.Formatter, level: int = logging.NOTSET) -> None:
+    def __init__(
+        self, sink: Sink, formatter: logging.Formatter, level: int = logging.NOTSET
+    ) -> None:
         super().__init__(level)
         self.sink = sink
         self.setFormatter(formatter)
@@ -192,10 +191,8 @@ class _Writer:
             if item is None:
                 return
             handler, record = item
-            try:
+            with contextlib.suppress(Exception):  # never let the writer thread die
                 handler.handle(record)
-            except Exception:  # never let the writer thread die
-                pass
             with self._cond:
                 self._pending -= 1
                 if self._pending <= 0:
@@ -249,10 +246,10 @@ class QueueSinkHandler(logging.Handler):
     def sink(self) -> Sink:
         return self.target.sink  # type: ignore[attr-defined, no-any-return]
 
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
         self.target.setFormatter(fmt)
 
-    @property  # type: ignore[override]
+    @property
     def formatter(self) -> logging.Formatter | None:
         return self.target.formatter
 

@@ -164,7 +164,7 @@ def _other_setup_logging_receivers() -> list[Any]:
 def on_setup_logging(
     loglevel: Any = None,
     logfile: Any = None,
-    format: Any = None,  # noqa: A002 - Celery's name
+    format: Any = None,
     colorize: Any = None,
     **_: Any,
 ) -> None:
@@ -254,7 +254,7 @@ _INSTALL_HOOKS: list[Callable[[Installation], None]] = []
 def configure(
     loglevel: int | str | None = None,
     logfile: str | None = None,
-    format: str | None = None,  # noqa: A002
+    format: str | None = None,
     colorize: bool | None = None,
     *,
     app: Any = None,

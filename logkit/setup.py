@@ -198,7 +198,7 @@ def configure_process(
             app.log.redirect_stdouts(redirect_level)
         else:
             proxy = LoggingProxy(redirected, redirect_level)
-            sys.stdout = sys.stderr = proxy  # type: ignore[assignment]
+            sys.stdout = sys.stderr = proxy
 
     _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers)
     logger.debug(
