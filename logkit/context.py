@@ -73,9 +73,16 @@ class TaskScope:
     def __init__(self) -> None:
         self._tokens: dict[str, tuple[Token[dict[str, Any]], dict[str, Any]]] = {}
 
-    def enter(self, task_id: str, values: Mapping[str, Any]) -> None:
+    def enter(
+        self, task_id: str, values: Mapping[str, Any], replace: frozenset[str] = frozenset()
+    ) -> None:
+        """Bind ``values``; keys in ``replace`` left over from an outer task are dropped."""
         previous = _CTX.get()
-        token = _CTX.set({**previous, **values})
+        if replace and not replace.isdisjoint(previous):
+            base = {k: v for k, v in previous.items() if k not in replace}
+        else:
+            base = previous
+        token = _CTX.set({**base, **values})
         self._tokens[task_id] = (token, previous)
 
     def exit(self, task_id: str) -> None:

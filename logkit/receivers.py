@@ -200,7 +200,9 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
         values = inst.task_context.for_task(task, args, kwargs)
     except Exception as exc:  # never break a task because of logging
         values = {"task_id": task_id, "logkit_error": f"context unavailable: {exc!r}"}
-    inst.scope.enter(task_id or values.get("task_id", ""), values)
+    inst.scope.enter(
+        task_id or values.get("task_id", ""), values, inst.task_context.task_keys
+    )
 
 
 def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
