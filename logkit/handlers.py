@@ -52,6 +52,10 @@ class Sink:
         self._lock = threading.Lock()
         self._failing = False
         self._dropped = 0
+        self._torn = False  # a partial line was left behind by a failed write
+        # One token shared by every process forked from here (prefork children): the
+        # process that takes it reports a failure, so a worker reports it once, not per child.
+        self._token = _token_pipe()
         self._stat: tuple[int, int] | None = None
         self._owns_fd = False
         self.fd = -1
@@ -99,25 +103,49 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` with one ``write`` call; report a failure once, never raise."""
+        written = 0
         try:
             if self.watch:
                 self._reopen_if_moved()
+            if self._torn:  # end the partial line first, so this record starts a line
+                data = b"\n" + data
             written = os.write(self.fd, data)
-            while written < len(data):  # regular files rarely write short; pipes might
+            while written < len(data):  # a full disk writes short, then fails
                 written += os.write(self.fd, data[written:])
+            self._torn = False
         except OSError as exc:
+            if written:
+                self._drop_partial(written)
             self._dropped += 1
             if not self._failing:
                 self._failing = True
-                report(
-                    f"cannot write log records to {self.name}: {exc.strerror or exc}; "
-                    "records are dropped until writing works again"
-                )
+                if _take(self._token):
+                    report(
+                        f"cannot write log records to {self.name}: {exc.strerror or exc}; "
+                        "records are dropped until writing works again"
+                    )
             return
         if self._failing:
             self._failing = False
-            report(f"writing to {self.name} again; {self._dropped} record(s) were dropped")
+            episode_over = _take(self._token)  # someone else already reported the recovery
+            _give(self._token)
+            if not episode_over:
+                report(
+                    f"writing to {self.name} again; {self._dropped} record(s) were dropped "
+                    f"(by process {os.getpid()})"
+                )
             self._dropped = 0
+
+    def _drop_partial(self, written: int) -> None:
+        """Cut the partial record a failed write left at the end of the file (else mark it)."""
+        try:
+            end = os.lseek(self.fd, 0, os.SEEK_CUR)
+            if os.fstat(self.fd).st_size == end:  # nobody appended after it
+                os.ftruncate(self.fd, end - written)
+                return
+        except OSError:
+            pass
+        self._torn = True
 
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
@@ -125,12 +153,41 @@ class Sink:
                 os.close(self.fd)
         self.fd = -1
         self._owns_fd = False
+        for fd in self._token:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._token = (-1, -1)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
 
 _SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+def _token_pipe() -> tuple[int, int]:
+    """A non-blocking pipe holding one byte: the right to report a write failure."""
+    try:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.write(w, b"t")
+    except (OSError, AttributeError):
+        return (-1, -1)
+    return (r, w)
+
+
+def _take(token: tuple[int, int]) -> bool:
+    """Take the token (atomic across processes); ``True`` if this process got it."""
+    try:
+        return os.read(token[0], 1) == b"t"
+    except BlockingIOError:
+        return False
+    except OSError:  # no pipe: every process reports for itself
+        return True
+
+
+def _give(token: tuple[int, int]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(token[1], b"t")
 
 
 class SinkHandler(logging.Handler):

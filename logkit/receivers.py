@@ -16,6 +16,7 @@ from celery import signals
 from . import context
 from .config import ConfigError, LogConfig, check_options
 from .formatters import cap, safe_repr
+from .handlers import flush_queues
 from .setup import Active, configure_process
 
 __all__ = ["HEADER", "Installation", "TaskContext", "install", "installation"]
@@ -246,7 +247,16 @@ def install(app: Any, **options: Any) -> Installation:
     )
     for hook in _INSTALL_HOOKS:
         hook(inst)
+    # Connected last, so records logged by other receivers of these signals are written too.
+    # Prefork children leave with os._exit (no atexit): flush on worker_process_shutdown.
+    signals.worker_process_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush.child")
+    signals.worker_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush")
     return inst
+
+
+def _flush(**_: Any) -> None:
+    """Write out the non-blocking queue (``queue=True``) before the process exits."""
+    flush_queues()
 
 
 #: Functions called with the new :class:`Installation` by :func:`install` (events, CLI...).

@@ -24,6 +24,7 @@ from ._structlog import configure_structlog
 from .config import ConfigError, LogConfig
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from .handlers import LogFileError, QueueSinkHandler, Sink, SinkHandler
+from .redaction import RedactFilter
 
 __all__ = ["Active", "active", "configure_process", "decide_color", "resolve_format"]
 
@@ -150,6 +151,8 @@ def configure_process(
         handler: logging.Handler = SinkHandler(sink, formatter)
         if config.queue:
             handler = QueueSinkHandler(handler)
+        if config.redact_keys:  # secrets in Celery's own lines (args/kwargs reprs, exceptions)
+            handler.addFilter(RedactFilter(config.redact_keys))
         handler._logkit = True  # type: ignore[attr-defined]
         handlers.append(handler)
         return handler

@@ -1,0 +1,210 @@
+"""Keep secrets out of Celery's own log lines.
+
+Celery logs task arguments itself: the worker's ``Task ... received`` line carries
+``data={"args": argsrepr, "kwargs": kwargsrepr}``, the failure/retry lines of
+``celery.app.trace`` carry the same reprs plus the exception's ``repr`` and
+traceback, and an exception message may contain ``repr(kwargs)``. Those are
+*text*, so :func:`redact_text` finds ``key=value``, ``'key': value`` and
+``"key": value`` pairs whose key contains a redact key (case-insensitive
+substring, like the ``args``/``kwargs`` context fields) and replaces the value --
+a quoted string, a bracketed ``{...}``/``[...]``/``(...)`` value or a bare word --
+by ``'[REDACTED]'``.
+
+:class:`RedactFilter` applies that to records of the ``celery`` and ``logkit``
+loggers (message, ``data`` and exception) and to the exception of any record.
+
+Limits: a secret passed as a *positional* argument has no key and is not found,
+nor is a secret in free text without a ``key=``/``key:`` in front of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "RedactFilter", "redact_text"]
+
+REDACTED = "[REDACTED]"
+_FORMATTER = logging.Formatter()
+_CLOSING = {"{": "}", "[": "]", "(": ")"}
+_BARE_END = frozenset(" \t\r\n,;&)]}>\"'")
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "negotiate"})
+
+
+def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
+    """Regex for ``key=``, ``key:``, ``'key':`` and ``"key":`` where key contains a redact key."""
+    alternatives = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True) if k)
+    if not alternatives:
+        return None
+    key = rf"[\w.-]*(?:{alternatives})[\w.-]*"
+    # group 1: everything up to the value (quote, key, quote, separator, spaces)
+    return re.compile(
+        rf"((?<![\w.-])(?P<q>\\?['\"]?){key}(?P=q)\s*[:=]\s*)",
+        re.IGNORECASE,
+    )
+
+
+def _value_end(text: str, start: int) -> int:
+    """Index just past the value starting at ``start`` (a Python/JSON literal or a bare word)."""
+    n = len(text)
+    if start >= n:
+        return start
+    i = start
+    if text[i] in "bruBRU" and i + 1 < n and text[i + 1] in "'\"":  # b'..', r'..'
+        i += 1
+    ch = text[i]
+    if ch == "\\" and i + 1 < n and text[i + 1] in "'\"":  # a quote escaped by JSON
+        return _quoted_end(text, i + 1, text[i + 1], escaped=True)
+    if ch in "'\"":
+        return _quoted_end(text, i, ch, escaped=False)
+    if ch in _CLOSING:
+        j = i
+        stack: list[str] = []
+        while j < n:
+            c = text[j]
+            if c in "'\"":
+                j = _quoted_end(text, j, c, escaped=False)
+                continue
+            if c in _CLOSING:
+                stack.append(_CLOSING[c])
+            elif stack and c == stack[-1]:
+                stack.pop()
+                if not stack:
+                    return j + 1
+            j += 1
+        return n
+    j = i
+    while j < n and text[j] not in _BARE_END:
+        j += 1
+    if text[i:j].lower() in _AUTH_SCHEMES and j + 1 < n and text[j] == " ":  # "Bearer <token>"
+        return _value_end(text, j + 1)
+    return j
+
+
+def _quoted_end(text: str, start: int, quote: str, *, escaped: bool) -> int:
+    """Index past a quoted string opening at ``start`` (``\\`` escapes honoured)."""
+    n = len(text)
+    j = start + 1
+    while j < n:
+        c = text[j]
+        if c == "\\":
+            if escaped and j + 1 < n and text[j + 1] == quote:
+                return j + 2
+            j += 2
+            continue
+        if c == quote and not escaped:
+            return j + 1
+        j += 1
+    return n
+
+
+def redact_text(text: str, pattern: re.Pattern[str] | None) -> str:
+    """``text`` with the value after every sensitive ``key=``/``key:`` replaced."""
+    if pattern is None or not text:
+        return text
+    out: list[str] = []
+    pos = 0
+    for match in pattern.finditer(text):
+        if match.start() < pos:  # inside a value already redacted
+            continue
+        end = _value_end(text, match.end())
+        if end == match.end():  # nothing after the separator
+            continue
+        value_start = match.end()
+        quote = text[value_start] if text[value_start] in "'\"" else ""
+        out.append(text[pos:value_start])
+        out.append(f"{quote}{REDACTED}{quote}")
+        pos = end
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+class RedactFilter(logging.Filter):
+    """Handler filter: redact sensitive ``key=value`` pairs in Celery's (and logkit's) records.
+
+    Records of other loggers pass untouched unless they carry an exception. Never
+    drops a record and never raises.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        super().__init__()
+        self.keys = frozenset(k.lower() for k in keys if k)
+        self.pattern = key_pattern(self.keys)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pattern is None:
+            return True
+        name = record.name
+        ours = name.startswith(("celery", "logkit"))
+        if not ours and not record.exc_info:
+            return True
+        try:
+            if ours:
+                self._redact_message(record)
+                data = record.__dict__.get("data")
+                if isinstance(data, Mapping):
+                    record.data = self._value(data, 0)
+            if record.exc_info and record.exc_info[0] is not None:
+                self._redact_exception(record)
+        except Exception:  # never lose a record because of redaction
+            pass
+        return True
+
+    def _redact_message(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return
+        redacted = redact_text(message, self.pattern)
+        if redacted is not message and redacted != message:
+            record.msg, record.args = redacted, None
+
+    def _sensitive(self, key: Any) -> bool:
+        name = key.lower() if isinstance(key, str) else ""
+        return bool(name) and any(k in name for k in self.keys)
+
+    def _value(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return redact_text(value, self.pattern)
+        if depth > 16:
+            return value
+        if isinstance(value, Mapping):
+            return {
+                k: REDACTED if self._sensitive(k) else self._value(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self._value(v, depth + 1) for v in value]
+        return value
+
+    def _redact_exception(self, record: logging.LogRecord) -> None:
+        exc_info = record.exc_info
+        if not exc_info or exc_info[0] is None or exc_info[1] is None:
+            return
+        etype, evalue, tb = exc_info
+        text = record.exc_text or _FORMATTER.formatException(exc_info)
+        redacted = redact_text(text, self.pattern)
+        if redacted == text:
+            return
+        record.exc_text = redacted
+        try:
+            message = str(evalue)
+        except Exception:
+            return
+        clean = redact_text(message, self.pattern)
+        if clean == message:
+            return
+        try:  # the same exception type, with the redacted message
+            replacement = copy.copy(evalue)
+            replacement.args = (clean,)
+            if str(replacement) == clean:
+                record.exc_info = (etype, replacement, tb)
+                return
+        except Exception:
+            pass
+        record.exc_info = None  # keep only the redacted traceback text
