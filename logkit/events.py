@@ -1,0 +1,784 @@
+"""Task, worker and beat lifecycle events as structured log records.
+
+One small receiver per Celery signal turns the signal into one record on the
+``logkit.events`` logger, with a stable ``event`` field and the event's fields
+as ``extra`` (so it goes through the same formatter as every other record).
+The task's identifying fields (``task_id``, ``task_name``, ``worker``...) come
+from the log context: inside a task they are already bound; for events that
+Celery fires outside the task's run (``task_received`` and ``task_revoked`` in
+the prefork parent, ``task_unknown``...) they are bound for that one record.
+
+Celery's own prose lines for the same events ("Task x[id] succeeded in 0.01s:
+None", "Task x[id] received", ...) are dropped by a :class:`logging.Filter` on
+Celery's loggers, but only while the event that replaces them is enabled.
+
+Data flow: signal -> fields (+ task identity bound in the context) -> record
+on ``logkit.events`` -> formatter -> sink. No receiver ever raises into Celery.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal as _signal
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from celery import signals
+from celery.app.task import Context
+from celery.utils.saferepr import saferepr
+
+from . import context
+from .config import EVENT_NAMES
+from .formatters import cap, safe_repr, safe_str
+from .receivers import HEADER, Installation, installation
+
+__all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "connect", "emit"]
+
+#: Name of the logger every lifecycle event is logged on.
+EVENTS_LOGGER = "logkit.events"
+
+logger = logging.getLogger(EVENTS_LOGGER)
+_internal = logging.getLogger("logkit")
+
+_D, _I, _W, _E = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+
+#: Default level of each event (``event_levels`` overrides it).
+DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
+    {
+        "task_received": _I,
+        "task_started": _I,
+        "task_succeeded": _I,
+        "task_failed": _E,
+        "task_retried": _W,
+        "task_revoked": _W,
+        "task_unknown": _E,
+        "task_rejected": _E,
+        "task_internal_error": _E,
+        "worker_ready": _I,
+        "worker_shutting_down": _I,
+        "worker_process_init": _D,
+        "worker_process_shutdown": _D,
+        "worker_shutdown": _I,
+        "beat_started": _I,
+        "beat_task_sent": _I,
+    }
+)
+
+#: The (constant) message of each event's record.
+MESSAGES: Mapping[str, str] = MappingProxyType(
+    {
+        "task_received": "Task received",
+        "task_started": "Task started",
+        "task_succeeded": "Task succeeded",
+        "task_failed": "Task failed",
+        "task_retried": "Task retried",
+        "task_revoked": "Task revoked",
+        "task_unknown": "Received unregistered task",
+        "task_rejected": "Task message rejected",
+        "task_internal_error": "Task internal error",
+        "worker_ready": "Worker ready",
+        "worker_shutting_down": "Worker shutting down",
+        "worker_process_init": "Worker process started",
+        "worker_process_shutdown": "Worker process shutting down",
+        "worker_shutdown": "Worker shut down",
+        "beat_started": "Beat started",
+        "beat_task_sent": "Beat sent due task",
+    }
+)
+
+assert set(DEFAULT_LEVELS) == set(EVENT_NAMES) == set(MESSAGES)
+
+#: Longest repr kept for a rejected/unknown message's body (Celery's dump_body uses 1024 too).
+BODY_MAX_LENGTH = 1024
+
+#: Start time (``time.monotonic()``) of each running task, by task id, in this process.
+_starts: dict[str, float] = {}
+
+
+# ---------------------------------------------------------------------------
+# Emitting
+# ---------------------------------------------------------------------------
+
+
+def level_of(event: str, default: int | None = None) -> int | None:
+    """The level ``event`` is logged at now, or ``None`` if it is off (or filtered by level)."""
+    inst = installation()
+    if inst is None:
+        return None
+    level = inst.config.event_level(event, DEFAULT_LEVELS[event] if default is None else default)
+    if level is None or not logger.isEnabledFor(level):
+        return None
+    return level
+
+
+def emit(
+    event: str,
+    level: int,
+    fields: Mapping[str, Any],
+    *,
+    bind: Mapping[str, Any] | None = None,
+    exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | None = None,
+    exc_text: str | None = None,
+) -> None:
+    """Log one ``event`` record with ``fields``; ``bind`` is bound in the context for it.
+
+    ``exc_text`` (an already formatted traceback) is used instead of formatting
+    ``exc_info`` again.
+    """
+    record = logger.makeRecord(
+        logger.name, level, __file__, 0, MESSAGES[event], (), exc_info,
+        extra={"event": event, **fields},
+    )
+    if exc_text:
+        record.exc_text = exc_text
+    if bind:
+        with context.bound(**bind):
+            logger.handle(record)
+    else:
+        logger.handle(record)
+
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """Never let a receiver raise into Celery; report the first failure of each."""
+    reported = False
+
+    @functools.wraps(fn)
+    def receiver(*args: Any, **kwargs: Any) -> None:
+        nonlocal reported
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            if not reported:
+                reported = True
+                _internal.warning(
+                    "logkit: lifecycle event receiver %s failed", fn.__name__, exc_info=True
+                )
+
+    return receiver
+
+
+# ---------------------------------------------------------------------------
+# Field helpers
+# ---------------------------------------------------------------------------
+
+
+class _Named:
+    """Stands in for a task where only its name is known (the getters read ``.name``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+
+def _as_context(request: Any) -> Any:
+    """A ``Context``-like view (``.id``, ``.retries``...) of a request, a Request or a dict."""
+    if request is None or isinstance(request, Context):
+        return request
+    request_dict = getattr(request, "request_dict", None)  # celery.worker.request.Request
+    if isinstance(request_dict, Mapping):
+        return Context(dict(request_dict))
+    if isinstance(request, Mapping):
+        return Context(dict(request))
+    return request
+
+
+def _names(inst: Installation) -> Mapping[str, str]:
+    return inst.config.field_names
+
+
+def task_identity(name: Any, request: Any) -> dict[str, Any]:
+    """The task context fields (as configured) for a task ``name`` and its ``request``."""
+    inst = installation()
+    if inst is None or request is None:
+        return {}
+    view = _as_context(request)
+    values: dict[str, Any] = {}
+    inherited = getattr(view, HEADER, None)
+    if isinstance(inherited, Mapping):
+        values.update(inherited)
+    named = _Named(name)
+    for key, getter in inst.task_context.getters:
+        try:
+            value = getter(named, view)
+        except Exception:
+            value = None
+        if value is not None:
+            values[key] = value
+    return values
+
+
+def _bind_for(task_id: Any, name: Any, request: Any) -> dict[str, Any] | None:
+    """What to bind for a task event: nothing if the task's context is already bound."""
+    inst = installation()
+    if inst is None:
+        return None
+    key = _names(inst).get("task_id", "task_id")
+    if task_id is not None and context.current().get(key) == task_id:
+        return None
+    return task_identity(name, request)
+
+
+def _worker_bind(hostname: Any) -> dict[str, Any]:
+    inst = installation()
+    if inst is None or hostname is None:
+        return {}
+    return {_names(inst).get("worker", "worker"): safe_str(hostname)}
+
+
+def _duration_ms(task_id: Any) -> float | None:
+    start = _starts.get(task_id) if task_id is not None else None
+    if start is None:
+        return None
+    return round((time.monotonic() - start) * 1000.0, 3)
+
+
+def _iso(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return safe_str(value)
+
+
+def _queue(request: Any) -> Any:
+    info = getattr(request, "delivery_info", None) or {}
+    return info.get("routing_key") or info.get("queue")
+
+
+def _exc_info(
+    exception: Any, tb: Any
+) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
+    if not isinstance(exception, BaseException):
+        return None
+    return (type(exception), exception, tb if isinstance(tb, TracebackType) else None)
+
+
+def _traceback_text(einfo: Any, tb: Any) -> str | None:
+    """Celery's already formatted traceback (``ExceptionInfo.traceback`` or a string)."""
+    text = getattr(einfo, "traceback", None)
+    if isinstance(text, str) and text:
+        return text
+    return tb if isinstance(tb, str) and tb else None
+
+
+def _unpickled(exception: Any) -> Any:
+    try:
+        from celery.utils.serialization import get_pickled_exception
+
+        return get_pickled_exception(exception)
+    except Exception:
+        return exception
+
+
+def _signum(value: Any) -> tuple[Any, str | None]:
+    if value is None:
+        return None, None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return safe_str(value), None
+    try:
+        return number, _signal.Signals(number).name
+    except ValueError:
+        return number, None
+
+
+def _message_fields(message: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    try:
+        fields["content_type"] = message.content_type
+        fields["content_encoding"] = message.content_encoding
+        fields["delivery_info"] = dict(message.delivery_info or {})
+        fields["body"] = cap(safe_repr(message.body), BODY_MAX_LENGTH)
+    except Exception:
+        pass
+    return fields
+
+
+def _message_request(message: Any, hostname: Any) -> Any:
+    headers = getattr(message, "headers", None)
+    request: dict[str, Any] = dict(headers) if isinstance(headers, Mapping) else {}
+    try:
+        payload = message.payload
+        if "id" not in request and isinstance(payload, Mapping):  # task protocol 1
+            request.update({k: payload[k] for k in ("id", "task") if k in payload})
+    except Exception:
+        pass
+    request["hostname"] = hostname
+    try:
+        request["delivery_info"] = dict(message.delivery_info or {})
+        request["correlation_id"] = (message.properties or {}).get("correlation_id")
+    except Exception:
+        pass
+    return request
+
+
+# ---------------------------------------------------------------------------
+# Task receivers
+# ---------------------------------------------------------------------------
+
+
+@_guarded
+def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_received`` (consumer process): the worker got a task message."""
+    level = level_of("task_received")
+    if level is None or request is None:
+        return
+    fields = {
+        "queue": _queue(request),
+        "eta": _iso(getattr(request, "eta", None)),
+        "expires": _iso(getattr(request, "expires", None)),
+    }
+    emit("task_received", level, fields,
+         bind=_bind_for(request.id, getattr(request, "name", None), request))
+
+
+@_guarded
+def on_task_prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
+    """``task_prerun``: remember the start time and emit ``task_started``."""
+    if task_id is not None:
+        _starts[task_id] = time.monotonic()
+    level = level_of("task_started")
+    if level is None or task is None:
+        return
+    emit("task_started", level, {}, bind=_bind_for(task_id, task.name, task.request))
+
+
+@_guarded
+def on_task_postrun(task_id: Any = None, **_: Any) -> None:
+    """``task_postrun``: forget the start time."""
+    if task_id is not None:
+        _starts.pop(task_id, None)
+
+
+@_guarded
+def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    """``task_success``: ``duration_ms`` and (optionally) a capped ``result`` repr."""
+    level = level_of("task_succeeded")
+    if level is None or sender is None:
+        return
+    inst = installation()
+    assert inst is not None
+    request = sender.request
+    task_id = getattr(request, "id", None)
+    fields: dict[str, Any] = {"duration_ms": _duration_ms(task_id)}
+    if inst.config.result_repr:
+        limit = min(getattr(sender, "resultrepr_maxsize", 1024) or 1024,
+                    inst.config.max_field_length)
+        try:
+            fields["result"] = cap(saferepr(result, limit), limit)
+        except Exception:
+            fields["result"] = cap(safe_repr(result), limit)
+    emit("task_succeeded", level, fields, bind=_bind_for(task_id, sender.name, request))
+
+
+def _expected(task: Any, exception: Any) -> bool:
+    throws: Any = getattr(task, "throws", None)
+    if not throws:
+        return False
+    try:
+        return isinstance(exception, throws)
+    except TypeError:
+        return False
+
+
+@_guarded
+def on_task_failure(
+    sender: Any = None,
+    task_id: Any = None,
+    exception: Any = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """``task_failure``: the exception (type, message, traceback) and ``duration_ms``.
+
+    An exception listed in the task's ``throws`` is *expected*: like Celery, it is
+    logged at INFO and without its traceback.
+    """
+    exception = _unpickled(exception)
+    expected = _expected(sender, exception)
+    level = level_of("task_failed", _I if expected else None)
+    if level is None or sender is None:
+        return
+    request = sender.request
+    task_id = task_id if task_id is not None else getattr(request, "id", None)
+    fields = {"duration_ms": _duration_ms(task_id), "expected": expected}
+    emit(
+        "task_failed", level, fields,
+        bind=_bind_for(task_id, sender.name, request),
+        exc_info=_exc_info(exception, None if expected else traceback),
+        exc_text=None if expected else _traceback_text(einfo, traceback),
+    )
+
+
+@_guarded
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    """``task_retry``: why (``reason``, ``error``), when (``countdown``/``eta``), ``retries``."""
+    level = level_of("task_retried")
+    if level is None or sender is None:
+        return
+    request = request if request is not None else sender.request
+    task_id = getattr(request, "id", None)
+    when = getattr(reason, "when", None)
+    exc = getattr(reason, "exc", None)
+    fields = {
+        "reason": safe_str(reason) if reason is not None else "cancelled",
+        "error": safe_repr(exc) if exc is not None else None,
+        "countdown": when if isinstance(when, (int, float)) else None,
+        "eta": _iso(when) if when is not None and not isinstance(when, (int, float)) else None,
+        "retries": getattr(request, "retries", None),
+        "max_retries": getattr(sender, "max_retries", None),
+        "duration_ms": _duration_ms(task_id),
+    }
+    emit("task_retried", level, fields, bind=_bind_for(task_id, sender.name, request))
+
+
+@_guarded
+def on_task_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``."""
+    level = level_of("task_revoked")
+    if level is None or request is None:
+        return
+    number, name = _signum(signum)
+    fields = {
+        "reason": "terminated" if terminated else "expired" if expired else "revoked",
+        "terminated": bool(terminated),
+        "signum": number,
+        "signame": name,
+        "expired": bool(expired),
+    }
+    task_name = getattr(sender, "name", None) or getattr(request, "task", None)
+    emit("task_revoked", level, fields,
+         bind=_bind_for(getattr(request, "id", None), task_name, request))
+
+
+@_guarded
+def on_task_unknown(
+    sender: Any = None, message: Any = None, exc: Any = None, name: Any = None,
+    id: Any = None,  # Celery's name
+    **_: Any,
+) -> None:
+    """``task_unknown`` (consumer process): a message for a task that is not registered."""
+    level = level_of("task_unknown")
+    if level is None:
+        return
+    request = _message_request(message, getattr(sender, "hostname", None))
+    request.setdefault("id", id)
+    fields = {"error": safe_repr(exc) if exc is not None else None, **_message_fields(message)}
+    emit("task_unknown", level, fields, bind=task_identity(name, request))
+
+
+@_guarded
+def on_task_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    """``task_rejected`` (consumer process): an invalid or unknown message was dropped."""
+    level = level_of("task_rejected")
+    if level is None:
+        return
+    request = _message_request(message, getattr(sender, "hostname", None))
+    fields = {
+        "reason": "invalid task message" if exc is not None else "unknown message format",
+        "error": safe_repr(exc) if exc is not None else None,
+        **_message_fields(message),
+    }
+    emit("task_rejected", level, fields, bind=task_identity(request.get("task"), request))
+
+
+@_guarded
+def on_task_internal_error(
+    sender: Any = None,
+    task_id: Any = None,
+    request: Any = None,
+    exception: Any = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """``task_internal_error``: Celery failed outside the task's body."""
+    level = level_of("task_internal_error")
+    if level is None:
+        return
+    request = request if request else {"id": task_id}
+    emit(
+        "task_internal_error", level, {"duration_ms": _duration_ms(task_id)},
+        bind=_bind_for(task_id, getattr(sender, "name", None), request),
+        exc_info=_exc_info(exception, traceback),
+        exc_text=_traceback_text(einfo, traceback),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Worker receivers
+# ---------------------------------------------------------------------------
+
+
+def _pool_name(consumer: Any) -> str | None:
+    pool = getattr(consumer, "pool", None)
+    if pool is None:
+        return None
+    return type(pool).__module__.rsplit(".", 1)[-1]
+
+
+@_guarded
+def on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """``worker_ready``: the worker consumes (``pid``, ``pool``, ``concurrency``)."""
+    level = level_of("worker_ready")
+    if level is None:
+        return
+    controller = getattr(sender, "controller", None)
+    fields = {
+        "pid": os.getpid(),
+        "pool": _pool_name(sender),
+        "concurrency": getattr(controller, "concurrency", None),
+    }
+    emit("worker_ready", level, fields, bind=_worker_bind(getattr(sender, "hostname", None)))
+
+
+@_guarded
+def on_worker_shutting_down(
+    sender: Any = None, sig: Any = None, how: Any = None, exitcode: Any = None, **_: Any
+) -> None:
+    """``worker_shutting_down`` (in the signal handler): ``sig``, ``how``, ``exitcode``."""
+    level = level_of("worker_shutting_down")
+    if level is None:
+        return
+    fields = {"sig": safe_str(sig) if sig is not None else None, "how": how,
+              "exitcode": exitcode, "pid": os.getpid()}
+    emit("worker_shutting_down", level, fields, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_process_init(sender: Any = None, **_: Any) -> None:
+    """``worker_process_init`` (pool child): the child's ``pid``."""
+    level = level_of("worker_process_init")
+    if level is None:
+        return
+    emit("worker_process_init", level, {"pid": os.getpid()}, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_process_shutdown(
+    sender: Any = None, pid: Any = None, exitcode: Any = None, **_: Any
+) -> None:
+    """``worker_process_shutdown`` (pool child): ``pid`` and ``exitcode``."""
+    level = level_of("worker_process_shutdown")
+    if level is None:
+        return
+    fields = {"pid": pid if pid is not None else os.getpid(), "exitcode": exitcode}
+    emit("worker_process_shutdown", level, fields, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown``: the worker has stopped."""
+    level = level_of("worker_shutdown")
+    if level is None:
+        return
+    emit("worker_shutdown", level, {"pid": os.getpid()},
+         bind=_worker_bind(getattr(sender, "hostname", None)))
+
+
+# ---------------------------------------------------------------------------
+# Beat
+# ---------------------------------------------------------------------------
+
+
+@_guarded
+def on_beat_init(sender: Any = None, **_: Any) -> None:
+    """``beat_init``: emit ``beat_started``; watch the scheduler for each due task it sends."""
+    scheduler = getattr(sender, "scheduler", None)
+    if scheduler is not None:
+        watch_scheduler(scheduler)
+    level = level_of("beat_started")
+    if level is None:
+        return
+    fields = {
+        "scheduler": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}"
+        if scheduler is not None
+        else None,
+        "max_interval": getattr(scheduler, "max_interval", None),
+        "schedule_file": getattr(sender, "schedule_filename", None),
+        "pid": os.getpid(),
+    }
+    emit("beat_started", level, fields)
+
+
+def watch_scheduler(scheduler: Any) -> None:
+    """Emit ``beat_task_sent`` after each ``scheduler.apply_async`` (this instance only)."""
+    if getattr(scheduler, "_logkit_watched", False):
+        return
+    original = scheduler.apply_async
+
+    def apply_async(entry: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(entry, *args, **kwargs)
+        _beat_task_sent(entry, result)
+        return result
+
+    scheduler.apply_async = apply_async
+    scheduler._logkit_watched = True
+
+
+@_guarded
+def _beat_task_sent(entry: Any, result: Any) -> None:
+    level = level_of("beat_task_sent")
+    inst = installation()
+    if level is None or inst is None:
+        return
+    names = _names(inst)
+    bind = {names.get("task_name", "task_name"): getattr(entry, "task", None)}
+    task_id = getattr(result, "id", None)
+    if task_id is not None:
+        bind[names.get("task_id", "task_id")] = task_id
+    fields = {"entry": getattr(entry, "name", None),
+              "schedule": safe_str(getattr(entry, "schedule", None))}
+    emit("beat_task_sent", level, fields, bind=bind)
+
+
+# ---------------------------------------------------------------------------
+# Suppressing Celery's prose lines for the same events
+# ---------------------------------------------------------------------------
+
+# Celery's format strings, by logger; imported lazily so a Celery without one
+# of them only loses that suppression.
+
+
+def _prose() -> dict[str, dict[str, str]]:
+    from celery.app import trace
+    from celery.worker.consumer import consumer
+
+    return {
+        "celery.app.trace": {
+            trace.LOG_SUCCESS: "task_succeeded",
+            trace.LOG_FAILURE.strip(): "task_failed",  # == LOG_INTERNAL_ERROR, see filter
+            trace.LOG_RETRY: "task_retried",
+        },
+        "celery.worker.strategy": {trace.LOG_RECEIVED: "task_received"},
+        "celery.worker.request": {
+            "Discarding revoked task: %s[%s]": "task_revoked",
+            "Task %s[%s] retry: %s": "task_retried",  # retry after a lost worker
+        },
+        "celery.worker.control": {"Terminating %s (%s)": "task_revoked"},
+        "celery.worker.consumer.consumer": {
+            consumer.UNKNOWN_TASK_ERROR: "task_unknown",
+            consumer.INVALID_TASK_ERROR: "task_rejected",
+            consumer.UNKNOWN_FORMAT: "task_rejected",
+        },
+        "celery.apps.worker": {"%s ready.": "worker_ready"},
+        "celery.beat": {
+            "beat: Starting...": "beat_started",
+            "Scheduler: Sending due task %s (%s)": "beat_task_sent",
+        },
+    }
+
+
+#: Prefixes matched with ``startswith`` (Celery appends details to these messages).
+_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "celery.worker.request": (("Discarding revoked task: %s[%s] (", "task_revoked"),),
+}
+
+
+class ProseFilter(logging.Filter):
+    """Drops Celery's record for an event while that event is enabled.
+
+    Matching is a dict lookup of ``record.msg`` (Celery's format constant), so the
+    cost for every other record is one hash lookup.
+    """
+
+    def __init__(self, logger_name: str, messages: Mapping[str, str],
+                 prefixes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__()
+        self.logger_name = logger_name
+        self.messages = dict(messages)
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return ``False`` to drop ``record`` (an enabled event replaces it)."""
+        msg = record.msg
+        try:
+            event = self.messages.get(msg)
+        except TypeError:  # unhashable msg
+            return True
+        if event is None:
+            if not self.prefixes or type(msg) is not str:
+                return True
+            event = next((ev for prefix, ev in self.prefixes if msg.startswith(prefix)), None)
+            if event is None:
+                return True
+        try:
+            if event == "task_failed":
+                args = record.args
+                if isinstance(args, Mapping) and args.get("description") == "INTERNAL ERROR":
+                    event = "task_internal_error"
+            inst = installation()
+            if inst is None:
+                return True
+            return inst.config.event_level(event, DEFAULT_LEVELS[event]) is None
+        except Exception:  # never lose a record because of the filter
+            return True
+
+
+_filters: dict[str, ProseFilter] = {}
+
+
+def _install_filters() -> None:
+    if not _filters:
+        try:
+            prose = _prose()
+        except Exception:  # pragma: no cover - a Celery without these constants
+            prose = {}
+        for name, messages in prose.items():
+            _filters[name] = ProseFilter(name, messages, _PREFIXES.get(name, ()))
+    for name, flt in _filters.items():
+        target = logging.getLogger(name)
+        if flt not in target.filters:
+            target.addFilter(flt)
+
+
+# ---------------------------------------------------------------------------
+# Connecting
+# ---------------------------------------------------------------------------
+
+_RECEIVERS: tuple[tuple[Any, Callable[..., None], str], ...] = (
+    (signals.task_received, on_task_received, "logkit.events.received"),
+    (signals.task_prerun, on_task_prerun, "logkit.events.prerun"),
+    (signals.task_postrun, on_task_postrun, "logkit.events.postrun"),
+    (signals.task_success, on_task_success, "logkit.events.success"),
+    (signals.task_failure, on_task_failure, "logkit.events.failure"),
+    (signals.task_retry, on_task_retry, "logkit.events.retry"),
+    (signals.task_revoked, on_task_revoked, "logkit.events.revoked"),
+    (signals.task_unknown, on_task_unknown, "logkit.events.unknown"),
+    (signals.task_rejected, on_task_rejected, "logkit.events.rejected"),
+    (signals.task_internal_error, on_task_internal_error, "logkit.events.internal_error"),
+    (signals.worker_ready, on_worker_ready, "logkit.events.worker_ready"),
+    (signals.worker_shutting_down, on_worker_shutting_down, "logkit.events.shutting_down"),
+    (signals.worker_process_init, on_worker_process_init, "logkit.events.process_init"),
+    (signals.worker_process_shutdown, on_worker_process_shutdown,
+     "logkit.events.process_shutdown"),
+    (signals.worker_shutdown, on_worker_shutdown, "logkit.events.worker_shutdown"),
+    (signals.beat_init, on_beat_init, "logkit.events.beat_init"),
+)
+
+
+def connect(inst: Installation | None = None) -> None:
+    """Connect the event receivers and the prose filters (idempotent).
+
+    Called by :func:`logkit.install`; whether each event is emitted is decided
+    per record from the installation's config (``events``, ``disabled_events``,
+    ``event_levels``), so nothing here reads the config.
+    """
+    for sig, receiver, uid in _RECEIVERS:
+        sig.connect(receiver, weak=False, dispatch_uid=uid)
+    _install_filters()

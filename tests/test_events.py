@@ -1,0 +1,445 @@
+"""Lifecycle events (logkit.events): real prefork workers, plus unit tests with caplog."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.app import trace
+from workerutil import AppModule, Worker, make_app, start_worker, wait_for
+
+import logkit
+from logkit import events, receivers
+from logkit.config import EVENT_NAMES
+
+SLEEP = 0.3
+
+BODY = """
+import os
+import time
+
+import logkit
+
+logkit.install(app, format="json", event_levels={"worker_process_init": "INFO"})
+
+
+@app.task
+def ok(seconds):
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@app.task
+def boom():
+    raise ValueError("boom happened")
+
+
+@app.task(bind=True, max_retries=5)
+def flaky(self):
+    if self.request.retries < 2:
+        raise self.retry(countdown=0.1, exc=RuntimeError(f"flaky {self.request.retries}"))
+    return "recovered"
+
+
+@app.task
+def slow(path):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(30)
+"""
+
+# Celery's prose lines that the events replace (none may remain while events are on).
+PROSE = ("succeeded in", "raised unexpected", "] received", "retry: Retry in",
+         "Received unregistered task", "Discarding revoked task", "Terminating ")
+
+
+def _events(records: list[dict[str, Any]], kind: str, task_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        r for r in records
+        if r.get("event") == kind and (task_id is None or r.get("task_id") == task_id)
+    ]
+
+
+def _one(records: list[dict[str, Any]], kind: str, task_id: str | None = None) -> dict[str, Any]:
+    found = _events(records, kind, task_id)
+    assert len(found) == 1, f"expected exactly one {kind} for {task_id}, got {found}"
+    return found[0]
+
+
+def _log_has_event(worker: Worker, kind: str, task_id: str) -> bool:
+    text = worker.read_log()
+    return f'"event":"{kind}"' in text and task_id in text and any(
+        r.get("event") == kind and r.get("task_id") == task_id
+        for r in worker.json_lines()
+    )
+
+
+# --------------------------------------------------------------------------
+# One worker run shared by the scenario tests
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    worker: Worker
+    records: list[dict[str, Any]]
+    ids: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    appmod = make_app(tmp_path_factory.mktemp("events"), BODY)
+    started = time.monotonic()
+    worker = start_worker(appmod, logfile="worker.log")
+    try:
+        mod = appmod.load()
+        ids: dict[str, str] = {}
+        flag = appmod.workdir / "slow-running"
+        slow = mod.slow.delay(str(flag))
+        ok = mod.ok.delay(SLEEP)
+        boom = mod.boom.delay()
+        flaky = mod.flaky.delay()
+        ids.update(ok=ok.id, boom=boom.id, flaky=flaky.id, slow=slow.id)
+        wait_for(flag.exists, timeout=20, message="slow task never started")
+        mod.app.control.revoke(slow.id, terminate=True)
+        unknown = mod.app.send_task("nope.missing")
+        ids["unknown"] = unknown.id
+        assert ok.get(timeout=20) == {"slept": SLEEP}
+        assert flaky.get(timeout=20) == "recovered"
+        boom.get(timeout=20, propagate=False)
+        assert boom.failed()
+        for kind, key in (("task_revoked", "slow"), ("task_unknown", "unknown")):
+            wait_for(lambda k=kind, i=ids[key]: _log_has_event(worker, k, i), timeout=20,
+                     message=lambda k=kind: f"no {k} event\n{worker.describe()}")
+        worker.stop(timeout=20)
+        result = Run(worker, worker.json_lines(), ids, time.monotonic() - started)
+        yield result
+    finally:
+        worker.stop(timeout=15)
+        appmod.unload()
+
+
+@pytest.mark.worker
+def test_succeeded_event(run: Run) -> None:
+    task_id = run.ids["ok"]
+    for kind in ("task_received", "task_started", "task_succeeded"):
+        record = _one(run.records, kind, task_id)
+        assert record["level"] == "INFO"
+        assert record["logger"] == "logkit.events"
+        assert record["task_name"].endswith(".ok")
+        assert record["worker"] == run.worker.hostname
+    received = _one(run.records, "task_received", task_id)
+    assert received["queue"] == "celery"
+    assert received["eta"] is None and received["expires"] is None
+    succeeded = _one(run.records, "task_succeeded", task_id)
+    assert SLEEP * 1000 <= succeeded["duration_ms"] < SLEEP * 1000 + 250, succeeded
+    assert succeeded["result"] == repr({"slept": SLEEP})
+    # the task ran in a pool child; received in the parent: both carry the task context
+    assert succeeded["process"] != received["process"] == run.worker.pid
+
+
+@pytest.mark.worker
+def test_failed_event(run: Run) -> None:
+    task_id = run.ids["boom"]
+    failed = _one(run.records, "task_failed", task_id)
+    assert failed["level"] == "ERROR"
+    assert failed["expected"] is False
+    assert failed["exception"]["type"] == "ValueError"
+    assert failed["exception"]["message"] == "boom happened"
+    assert 'raise ValueError("boom happened")' in failed["exception"]["traceback"]
+    assert 0 <= failed["duration_ms"] < 250
+    assert not _events(run.records, "task_succeeded", task_id)
+
+
+@pytest.mark.worker
+def test_retried_events(run: Run) -> None:
+    task_id = run.ids["flaky"]
+    retried = _events(run.records, "task_retried", task_id)
+    assert [r["level"] for r in retried] == ["WARNING", "WARNING"]
+    assert [r["retries"] for r in retried] == [0, 1]
+    assert [r["error"] for r in retried] == ["RuntimeError('flaky 0')", "RuntimeError('flaky 1')"]
+    assert all(r["countdown"] == 0.1 and r["max_retries"] == 5 for r in retried)
+    assert retried[0]["reason"] == "Retry in 0.1s: RuntimeError('flaky 0')"
+    assert len(_events(run.records, "task_received", task_id)) == 3
+    assert len(_events(run.records, "task_started", task_id)) == 3
+    assert _one(run.records, "task_succeeded", task_id)["retries"] == 2
+    assert not _events(run.records, "task_failed", task_id)
+
+
+@pytest.mark.worker
+def test_revoked_event(run: Run) -> None:
+    task_id = run.ids["slow"]
+    revoked = _one(run.records, "task_revoked", task_id)
+    assert revoked["level"] == "WARNING"
+    assert revoked["terminated"] is True and revoked["expired"] is False
+    assert revoked["signum"] == 15 and revoked["signame"] == "SIGTERM"
+    assert revoked["task_name"].endswith(".slow")
+    assert revoked["process"] == run.worker.pid
+    _one(run.records, "task_started", task_id)
+    for kind in ("task_succeeded", "task_failed"):
+        assert not _events(run.records, kind, task_id)
+
+
+@pytest.mark.worker
+def test_unknown_event(run: Run) -> None:
+    unknown = _one(run.records, "task_unknown", run.ids["unknown"])
+    assert unknown["level"] == "ERROR"
+    assert unknown["task_name"] == "nope.missing"
+    assert unknown["error"] == "KeyError('nope.missing')"
+    assert "exception" not in unknown  # Celery's KeyError traceback is noise here
+    assert not _events(run.records, "task_received", run.ids["unknown"])
+
+
+@pytest.mark.worker
+def test_worker_events(run: Run) -> None:
+    ready = _one(run.records, "worker_ready")
+    assert ready["level"] == "INFO" and ready["worker"] == run.worker.hostname
+    assert ready["pool"] == "prefork" and ready["concurrency"] == 2
+    down = _one(run.records, "worker_shutting_down")
+    assert (down["sig"], down["how"], down["exitcode"]) == ("SIGTERM", "Warm", 0)
+    _one(run.records, "worker_shutdown")
+    # event_levels={"worker_process_init": "INFO"} in the app: the children's DEBUG event shows
+    inits = _events(run.records, "worker_process_init")
+    assert len(inits) >= 2 and all(r["level"] == "INFO" for r in inits)
+    assert {r["pid"] for r in inits} == {r["process"] for r in inits}
+    kinds = [r["event"] for r in run.records if "event" in r]
+    assert kinds.index("worker_ready") < kinds.index("task_received")
+    assert kinds[-1] == "worker_shutdown"
+    assert kinds.index("worker_shutting_down") < kinds.index("worker_shutdown")
+
+
+@pytest.mark.worker
+def test_no_celery_prose_for_events(run: Run) -> None:
+    messages = [r["message"] for r in run.records if r["logger"] != "logkit.events"]
+    for phrase in (*PROSE, " ready."):
+        assert not [m for m in messages if phrase in m], phrase
+    assert all(set(r) >= {"timestamp", "level", "logger", "message"} for r in run.records)
+    assert set(_events_kinds(run.records)) <= set(EVENT_NAMES)
+    assert run.elapsed < 30
+
+
+def _events_kinds(records: list[dict[str, Any]]) -> list[str]:
+    return [r["event"] for r in records if "event" in r]
+
+
+# --------------------------------------------------------------------------
+# Options with a real worker: events=False, disabled_events, event_levels
+# --------------------------------------------------------------------------
+
+SMALL_BODY = """
+import logkit
+
+logkit.install(app, format="json")
+
+
+@app.task
+def ok():
+    return 42
+
+
+@app.task
+def boom():
+    raise ValueError("no")
+"""
+
+
+def _small_run(tmp_path: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    appmod: AppModule = make_app(tmp_path, SMALL_BODY)
+    worker = start_worker(appmod, logfile="worker.log", env=env)
+    try:
+        mod = appmod.load()
+        assert mod.ok.delay().get(timeout=20) == 42
+        mod.boom.delay().get(timeout=20, propagate=False)
+        worker.stop(timeout=20)
+        return worker.json_lines()
+    finally:
+        worker.stop(timeout=15)
+        appmod.unload()
+
+
+@pytest.mark.worker
+def test_events_off_keeps_celery_prose(tmp_path: Path) -> None:
+    records = _small_run(tmp_path, {"LOGKIT_EVENTS": "false"})
+    assert not [r for r in records if "event" in r or r["logger"] == "logkit.events"]
+    messages = [r["message"] for r in records]
+    for phrase, count in (("] received", 2), ("succeeded in", 1), (" ready.", 1),
+                          ("raised unexpected: ValueError('no')", 1)):
+        assert len([m for m in messages if phrase in m]) == count, phrase
+
+
+@pytest.mark.worker
+def test_disabled_events_and_levels(tmp_path: Path) -> None:
+    records = _small_run(tmp_path, {
+        "LOGKIT_DISABLED_EVENTS": "task_succeeded,task_received",
+        "LOGKIT_EVENT_LEVELS": "task_started=WARNING,task_failed=CRITICAL",
+    })
+    kinds = _events_kinds(records)
+    assert "task_succeeded" not in kinds and "task_received" not in kinds
+    messages = [r["message"] for r in records]
+    # a disabled event leaves Celery's own line in place
+    assert len([m for m in messages if "succeeded in" in m]) == 1
+    assert len([m for m in messages if "] received" in m]) == 2
+    assert not [m for m in messages if "raised unexpected" in m]
+    assert {r["level"] for r in records if r.get("event") == "task_started"} == {"WARNING"}
+    assert [r["level"] for r in records if r.get("event") == "task_failed"] == ["CRITICAL"]
+
+
+# --------------------------------------------------------------------------
+# Unit tests (in-process, eager tasks, caplog)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def eager_app() -> Iterator[Celery]:
+    previous = receivers.installation()
+    app = Celery("events_unit", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://")
+    try:
+        yield app
+    finally:
+        receivers._installation = previous
+        app.close()
+
+
+def _tasks(app: Celery) -> tuple[Any, Any]:
+    @app.task(name="unit.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="unit.fail", throws=(KeyError,))
+    def fail(kind: str) -> None:
+        raise (KeyError if kind == "key" else ValueError)(kind)
+
+    return add, fail
+
+
+def _event_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == events.EVENTS_LOGGER]
+
+
+def test_unit_default_events(eager_app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logkit.install(eager_app)
+    add, fail = _tasks(eager_app)
+    result = add.apply((2, 3))
+    fail.apply(("value",))
+    fail.apply(("key",))
+    got = [(r.event, r.levelname) for r in _event_records(caplog)]  # type: ignore[attr-defined]
+    assert got == [
+        ("task_started", "INFO"), ("task_succeeded", "INFO"),
+        ("task_started", "INFO"), ("task_failed", "ERROR"),
+        ("task_started", "INFO"), ("task_failed", "INFO"),  # expected (throws): INFO
+    ]
+    succeeded = _event_records(caplog)[1]
+    assert succeeded.result == "5"  # type: ignore[attr-defined]
+    assert succeeded.duration_ms >= 0  # type: ignore[attr-defined]
+    unexpected, expected = _event_records(caplog)[3], _event_records(caplog)[5]
+    assert unexpected.exc_info and unexpected.exc_info[0] is ValueError
+    assert unexpected.exc_text and "raise (KeyError" in unexpected.exc_text
+    assert expected.expected is True  # type: ignore[attr-defined]
+    assert expected.exc_info and expected.exc_info[2] is None  # no traceback, as Celery does
+    # Celery's own lines for these events were dropped
+    prose = [r for r in caplog.records if r.name == "celery.app.trace"]
+    assert prose == []
+    assert result.get() == 5
+
+
+def test_unit_disabled_levels_and_result_repr(
+    eager_app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    logkit.install(
+        eager_app,
+        disabled_events=["task_started"],
+        event_levels={"task_succeeded": "DEBUG"},
+        result_repr=False,
+    )
+    add, _ = _tasks(eager_app)
+    add.apply((1, 1))
+    records = _event_records(caplog)
+    assert [(r.event, r.levelname) for r in records] == [("task_succeeded", "DEBUG")]  # type: ignore[attr-defined]
+    assert not hasattr(records[0], "result")
+    assert not [r for r in caplog.records if r.name == "celery.app.trace"]
+
+
+def test_unit_events_off(eager_app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logkit.install(eager_app, events=False)
+    add, fail = _tasks(eager_app)
+    add.apply((1, 1))
+    fail.apply(("value",))
+    assert _event_records(caplog) == []
+    prose = [r.msg for r in caplog.records if r.name == "celery.app.trace"]
+    assert trace.LOG_SUCCESS in prose and trace.LOG_FAILURE.strip() in prose
+
+
+def test_unit_result_repr_is_capped(eager_app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logkit.install(eager_app, max_field_length=64)
+
+    @eager_app.task(name="unit.big")
+    def big() -> str:
+        return "x" * 10_000
+
+    big.apply()
+    (succeeded,) = [r for r in _event_records(caplog) if r.event == "task_succeeded"]  # type: ignore[attr-defined]
+    assert len(succeeded.result) < 120  # type: ignore[attr-defined]
+
+
+def test_unit_receivers_never_raise(eager_app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logkit.install(eager_app)
+
+    class Broken:
+        @property
+        def request(self) -> Any:
+            raise RuntimeError("broken request")
+
+        name = "broken"
+
+    events.on_task_success(sender=Broken(), result=1)
+    events.on_task_success(sender=Broken(), result=1)
+    events.on_task_revoked(sender=None, request=object(), terminated="x", signum="bad")
+    events.on_task_unknown(sender=None, message=None, exc=None, name=None, id=None)
+    failures = [r for r in caplog.records if "receiver" in r.getMessage()]
+    assert len([r for r in failures if "on_task_success" in r.getMessage()]) == 1
+
+
+def test_prose_filter_matches_only_celery_constants(
+    eager_app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    logkit.install(eager_app, disabled_events=["task_retried"])
+    events.connect()
+    flt = next(f for f in logging.getLogger("celery.app.trace").filters
+               if isinstance(f, events.ProseFilter))
+
+    def record(msg: Any, args: Any = ()) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1, msg, args, None)
+
+    assert flt.filter(record(trace.LOG_SUCCESS, ({"id": 1},))) is False
+    assert flt.filter(record(trace.LOG_RETRY, ({"id": 1},))) is True  # task_retried disabled
+    assert flt.filter(record("Task %s[%s] something else")) is True
+    assert flt.filter(record(["unhashable"])) is True
+    internal = record(trace.LOG_INTERNAL_ERROR.strip(), ({"description": "INTERNAL ERROR"},))
+    assert flt.filter(internal) is False
+    request_filter = next(f for f in logging.getLogger("celery.worker.request").filters
+                          if isinstance(f, events.ProseFilter))
+    by_header = logging.LogRecord("celery.worker.request", logging.INFO, __file__, 1,
+                                  "Discarding revoked task: %s[%s] (revoked by header: {})",
+                                  ("t", "id"), None)
+    assert request_filter.filter(by_header) is False
+
+
+def test_every_event_has_a_level_and_message() -> None:
+    assert set(events.DEFAULT_LEVELS) == set(events.MESSAGES) == set(EVENT_NAMES)
+    assert events.DEFAULT_LEVELS["task_failed"] == logging.ERROR
+    assert events.DEFAULT_LEVELS["task_retried"] == logging.WARNING
+    assert events.DEFAULT_LEVELS["task_revoked"] == logging.WARNING
+    assert events.DEFAULT_LEVELS["worker_process_init"] == logging.DEBUG
