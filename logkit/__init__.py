@@ -12,9 +12,15 @@ from .receivers import Installation, configure, install
 
 __version__ = "0.1.0"
 
+# `celery ... --log-format/--log-field/--log-events`: added to the app by install().
+from .cli import add_preload_options as _add_preload_options
+from .receivers import _INSTALL_HOOKS
+
+if _add_preload_options not in _INSTALL_HOOKS:
+    _INSTALL_HOOKS.append(_add_preload_options)
+
 # Lifecycle events (task_succeeded, worker_ready...): receivers connected by install().
 from .events import connect as _connect_events
-from .receivers import _INSTALL_HOOKS
 
 if _connect_events not in _INSTALL_HOOKS:
     _INSTALL_HOOKS.append(_connect_events)
