@@ -11,7 +11,7 @@ a quoted string, a bracketed ``{...}``/``[...]``/``(...)`` value or a bare word 
 by ``'[REDACTED]'``.
 
 :class:`RedactFilter` applies that to records of the ``celery`` and ``logkit``
-loggers (message, ``data`` and exception) and to the exception of any record.
+loggers (message, ``extra`` fields such as ``data``, exception) and to the exception of any record.
 
 Limits: a secret passed as a *positional* argument has no key and is not found,
 nor is a secret in free text without a ``key=``/``key:`` in front of it.
@@ -24,6 +24,8 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .formatters import RESERVED
 
 __all__ = ["REDACTED", "RedactFilter", "redact_text"]
 
@@ -146,9 +148,7 @@ class RedactFilter(logging.Filter):
         try:
             if ours:
                 self._redact_message(record)
-                data = record.__dict__.get("data")
-                if isinstance(data, Mapping):
-                    record.data = self._value(data, 0)
+                self._redact_extras(record)
             if record.exc_info and record.exc_info[0] is not None:
                 self._redact_exception(record)
         except Exception:  # never lose a record because of redaction
@@ -163,6 +163,16 @@ class RedactFilter(logging.Filter):
         redacted = redact_text(message, self.pattern)
         if redacted is not message and redacted != message:
             record.msg, record.args = redacted, None
+
+    def _redact_extras(self, record: logging.LogRecord) -> None:
+        """``extra`` fields (Celery's ``data``, event fields): by key, and inside strings."""
+        rd = record.__dict__
+        for key in [k for k in rd if k not in RESERVED]:
+            value = rd[key]
+            if self._sensitive(key):
+                rd[key] = REDACTED
+            elif isinstance(value, (str, Mapping, list, tuple)):
+                rd[key] = self._value(value, 0)
 
     def _sensitive(self, key: Any) -> bool:
         name = key.lower() if isinstance(key, str) else ""
