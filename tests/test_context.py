@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import logging
 import threading
@@ -37,7 +38,7 @@ from logkit.receivers import HEADER, TaskContext, redact
 
 TASK_FIELDS = frozenset(CONTEXT_FIELDS) | {"args", "kwargs"}
 
-APP_BODY = r'''
+APP_BODY = r"""
 import json
 import logging
 import os
@@ -149,7 +150,7 @@ def _probe(task_id=None, **kwargs):
     logging.getLogger("ctx.probe").info(
         "postrun probe", extra={"probe_for": task_id, "left_bound": logkit.get_context()}
     )
-'''
+"""
 
 #: pool -> concurrency. Each pool gets one worker for the whole module.
 POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4, "eventlet": 4}
@@ -397,7 +398,7 @@ def test_failed_and_retried_tasks_are_cleared(run: Run) -> None:
 def test_concurrent_tasks_never_see_each_others_ids(run: Run) -> None:
     group = [run.truth[f"group-{i}"] for i in range(4)]
     spans = sorted((t["start"], t["end"]) for t in group)
-    overlapping = any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    overlapping = any(b[0] < a[1] for a, b in itertools.pairwise(spans))
     if POOLS[run.pool] > 1:
         assert overlapping, f"{run.pool}: group tasks did not run concurrently: {spans}"
     else:
@@ -612,7 +613,7 @@ class _Req:
     retries = 2
     hostname = "w1@host"
     correlation_id = "tid"
-    delivery_info = {"routing_key": "rk", "exchange": ""}  # noqa: RUF012
+    delivery_info = {"routing_key": "rk", "exchange": ""}
 
 
 class _Task:
