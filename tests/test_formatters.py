@@ -1,0 +1,269 @@
+"""JSON, console and plain formatters: the documented output (unit, in-process).
+
+Hostile input (cycles, broken ``__repr__``, huge values...) is covered by
+``test_bad_input.py``; this module pins down the normal shape of each format.
+"""
+
+from __future__ import annotations
+
+import calendar
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+import logkit
+from logkit.config import LogConfig
+from logkit.formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
+
+ESC = "\x1b["
+
+
+def make_record(
+    msg: str = "hello %s",
+    args: Any = ("world",),
+    level: int = logging.INFO,
+    name: str = "app.module",
+    exc_info: Any = None,
+    **extra: Any,
+) -> logging.LogRecord:
+    record = logging.LogRecord(name, level, "/src/app/module.py", 42, msg, args, exc_info)
+    record.__dict__.update(extra)
+    return record
+
+
+def _exc_info() -> Any:
+    try:
+        raise KeyError("missing")
+    except KeyError:
+        return sys.exc_info()
+
+
+# ---------------------------------------------------------------------------
+# JSON
+# ---------------------------------------------------------------------------
+
+
+def test_json_base_fields() -> None:
+    record = make_record()
+    record.created = 1700000000.123456
+    record.msecs = 123.456
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert list(data)[:4] == ["timestamp", "level", "logger", "message"]
+    assert data["timestamp"] == "2023-11-14T22:13:20.123Z"  # ISO 8601, UTC, milliseconds
+    assert data["level"] == "INFO"
+    assert data["logger"] == "app.module"
+    assert data["message"] == "hello world"
+    assert data["process"] == record.process and data["thread"] == record.thread
+    # no noise from LogRecord internals
+    for internal in ("args", "msg", "pathname", "lineno", "created", "msecs", "levelno"):
+        assert internal not in data
+
+
+def test_json_timestamp_is_utc_now() -> None:
+    data = json.loads(JsonFormatter().format(make_record()))
+    stamp = calendar.timegm(time.strptime(data["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(stamp - time.time()) < 5
+    assert data["timestamp"].endswith("Z") and len(data["timestamp"]) == 24
+
+
+def test_json_static_fields_context_and_extras() -> None:
+    formatter = JsonFormatter(LogConfig(fields={"service": "billing", "env": "prod"}))
+    record = make_record(user_id=7, payload={"a": [1, 2]}, flag=None)
+    with logkit.bound(request_id="r-1"):
+        data = json.loads(formatter.format(record))
+    assert data["service"] == "billing" and data["env"] == "prod"
+    assert data["request_id"] == "r-1"
+    assert data["user_id"] == 7 and data["payload"] == {"a": [1, 2]} and data["flag"] is None
+
+
+def test_json_unserialisable_values_become_repr() -> None:
+    class Thing:
+        def __repr__(self) -> str:
+            return "<Thing 1>"
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    record = make_record(
+        thing=Thing(), broken=Broken(), raw=b"\xffbytes", items={3, 4}, kind=KeyError
+    )
+    data = json.loads(JsonFormatter().format(record))
+    assert data["thing"] == "<Thing 1>"
+    assert data["broken"].startswith("<unrepresentable ")
+    assert "Broken object: RuntimeError>" in data["broken"]
+    assert data["raw"] == "\\xffbytes"
+    assert sorted(data["items"]) == ["3", "4"]
+    assert data["kind"] == "builtins.KeyError"
+
+
+def test_json_structured_exception_and_stack() -> None:
+    record = make_record("failed", (), level=logging.ERROR, exc_info=_exc_info())
+    data = json.loads(JsonFormatter().format(record))
+    exc = data["exception"]
+    assert exc["type"] == "KeyError"
+    assert exc["message"] == "'missing'"
+    assert exc["traceback"].startswith("Traceback (most recent call last)")
+    assert "raise KeyError" in exc["traceback"]
+    stacked = make_record("here", ())
+    stacked.stack_info = "Stack (most recent call last):\n  File x"
+    assert json.loads(JsonFormatter().format(stacked))["stack"].startswith("Stack")
+
+
+def test_json_exception_type_of_a_library_is_qualified() -> None:
+    from json import JSONDecodeError
+
+    try:
+        json.loads("{")
+    except JSONDecodeError:
+        record = make_record("bad", (), exc_info=sys.exc_info())
+    data = json.loads(JsonFormatter().format(record))
+    assert data["exception"]["type"] == "json.decoder.JSONDecodeError"
+
+
+def test_json_renamed_fields_and_colliding_keys() -> None:
+    config = LogConfig(field_names={"timestamp": "@timestamp", "message": "msg", "level": "lvl"})
+    record = make_record(logger="spoof")
+    with logkit.bound(msg="not the message", lvl="DEBUG"):
+        data = json.loads(JsonFormatter(config).format(record))
+    assert data["@timestamp"].endswith("Z")
+    assert data["msg"] == "hello world"  # a bound key can't replace a base field
+    assert data["lvl"] == "INFO"
+    assert data["_logger"] == "spoof"  # an extra named like a base field is prefixed
+    assert data["logger"] == "app.module"
+
+
+def test_json_message_formatting_error_is_a_record_not_an_exception() -> None:
+    data = json.loads(JsonFormatter().format(make_record("%d items", ("many",))))
+    assert "%d items" in data["message"] and "formatting failed" in data["message"]
+
+
+def test_json_long_values_are_capped() -> None:
+    config = LogConfig(max_field_length=10)
+    data = json.loads(JsonFormatter(config).format(make_record("x" * 50, (), big="y" * 50)))
+    assert data["message"] == "x" * 10 + "…[truncated 40 chars]"
+    assert data["big"] == "y" * 10 + "…[truncated 40 chars]"
+
+
+# ---------------------------------------------------------------------------
+# console
+# ---------------------------------------------------------------------------
+
+
+def test_console_without_colour() -> None:
+    formatter = ConsoleFormatter(LogConfig(fields={"svc": "b"}), use_color=False)
+    with logkit.bound(task_id="t-1", task_name="app.add", root_id="t-0", request_id="r 1"):
+        line = formatter.format(make_record(user=3))
+    assert ESC not in line
+    stamp, rest = line[:23], line[24:]
+    time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")
+    assert rest == "INFO     app.module: [app.add t-1] hello world request_id='r 1' user=3 svc=b"
+
+
+def test_console_colour_codes_only_when_asked() -> None:
+    record = make_record(level=logging.ERROR)
+    coloured = ConsoleFormatter(use_color=True).format(record)
+    assert ESC in coloured and "\x1b[31m" in coloured  # red ERROR
+    assert ESC not in ConsoleFormatter(use_color=False).format(record)
+
+
+def test_console_escapes_control_characters_and_indents_tracebacks() -> None:
+    record = make_record(
+        "line1\nFAKE 2020-01-01 ERROR forged \x1b[31mred", (), exc_info=_exc_info()
+    )
+    text = ConsoleFormatter(use_color=False).format(record)
+    first, *rest = text.split("\n")
+    assert "line1\\nFAKE" in first and "\\x1b[31m" in first
+    assert rest and all(ln.startswith("    ") for ln in rest)
+    assert ESC not in text
+
+
+# ---------------------------------------------------------------------------
+# plain (Celery's formats)
+# ---------------------------------------------------------------------------
+
+CELERY_LOG = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+CELERY_TASK_LOG = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+)
+
+
+def test_plain_is_celerys_format() -> None:
+    line = PlainFormatter(CELERY_LOG).format(make_record())
+    assert line.startswith("[") and line.endswith("/MainProcess] hello world")
+    assert ESC not in line
+
+
+def test_plain_task_prefix_and_task_format() -> None:
+    with logkit.bound(task_id="t-1", task_name="app.add", request_id="r"):
+        root_line = PlainFormatter(CELERY_LOG).format(make_record())
+        task_line = PlainFormatter(CELERY_TASK_LOG).format(make_record())
+    assert root_line.endswith("/MainProcess] [app.add t-1] hello world request_id=r")
+    assert task_line.endswith("/MainProcess] app.add[t-1]: hello world request_id=r")
+    outside = PlainFormatter(CELERY_TASK_LOG).format(make_record())
+    assert outside.endswith("/MainProcess] ???[???]: hello world")  # as Celery outside tasks
+
+
+def test_plain_datefmt_and_multiline() -> None:
+    formatter = PlainFormatter("%(asctime)s %(message)s", datefmt="%Y")
+    text = formatter.format(make_record("a\nb", (), exc_info=_exc_info()))
+    first, *rest = text.split("\n")
+    assert first == f"{time.strftime('%Y')} a\\nb"
+    assert rest and all(ln.startswith("    ") for ln in rest)
+
+
+# ---------------------------------------------------------------------------
+# structlog loggers go through the same handlers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def json_capture() -> Iterator[tuple[io.StringIO, logging.Logger]]:
+    from logkit._structlog import configure_structlog
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(LogConfig(fields={"svc": "x"})))
+    logger = logging.getLogger("sl.test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    old = structlog.get_config()
+    configure_structlog()
+    try:
+        yield stream, logger
+    finally:
+        logger.removeHandler(handler)
+        structlog.configure(**old)
+
+
+def test_structlog_writes_through_the_same_formatter(
+    json_capture: tuple[io.StringIO, logging.Logger],
+) -> None:
+    stream, _ = json_capture
+    log = structlog.get_logger("sl.test")
+    with logkit.bound(task_id="t-9"):
+        log.info("user %s logged in", "bob", user_id=3, process="spoof")
+    log.bind(order=5).warning("plain event")
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        log.exception("failed")
+    lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
+    assert len(lines) == 3
+    first, second, third = lines
+    assert first["message"] == "user bob logged in"
+    assert first["logger"] == "sl.test" and first["level"] == "INFO"
+    assert first["user_id"] == 3 and first["task_id"] == "t-9" and first["svc"] == "x"
+    assert first["process_"] == "spoof"  # a key named like a LogRecord attribute is kept
+    assert second["order"] == 5 and second["level"] == "WARNING" and "task_id" not in second
+    assert third["exception"]["type"] == "ValueError" and third["level"] == "ERROR"
