@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +15,15 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.app import trace
-from workerutil import AppModule, Worker, make_app, start_worker, wait_for
+from workerutil import (
+    REPO_ROOT,
+    AppModule,
+    Worker,
+    make_app,
+    parse_json_lines,
+    start_worker,
+    wait_for,
+)
 
 import logkit
 from logkit import events, receivers
@@ -20,13 +31,46 @@ from logkit.config import EVENT_NAMES
 
 SLEEP = 0.3
 
-BODY = """
+# kombu's filesystem transport writes a message file in place, so a consumer polling at
+# that moment can read it half-written ("Unrecoverable error: JSONDecodeError", seen about
+# once in ten runs with retries + revoke). Write to a temporary name and rename instead.
+ATOMIC_FS = """
+import os as _ev_os
+import uuid as _ev_uuid
+from time import monotonic as _ev_monotonic
+
+from kombu.transport import filesystem as _ev_fs
+from kombu.utils.json import dumps as _ev_dumps
+
+
+class _EvAtomicChannel(_ev_fs.Channel):
+    def _put(self, queue, payload, **kwargs):
+        name = f"{int(round(_ev_monotonic() * 1000))}_{_ev_uuid.uuid4()}.{queue}.msg"
+        final = _ev_os.path.join(self.data_folder_out, name)
+        tmp = _ev_os.path.join(self.data_folder_out, f"tmp-{name}.part")
+        with open(tmp, "wb") as fh:
+            fh.write(_ev_dumps(payload).encode())
+        _ev_os.replace(tmp, final)
+
+
+class _EvAtomicTransport(_WuFilesystemTransport):
+    Channel = _EvAtomicChannel
+
+
+app.conf.broker_transport = _EvAtomicTransport
+"""
+
+BODY = ATOMIC_FS + """
 import os
 import time
 
 import logkit
 
-logkit.install(app, format="json", event_levels={"worker_process_init": "INFO"})
+logkit.install(
+    app,
+    format="json",
+    event_levels={"worker_process_init": "INFO", "worker_process_shutdown": "INFO"},
+)
 
 
 @app.task
@@ -59,7 +103,9 @@ PROSE = ("succeeded in", "raised unexpected", "] received", "retry: Retry in",
          "Received unregistered task", "Discarding revoked task", "Terminating ")
 
 
-def _events(records: list[dict[str, Any]], kind: str, task_id: str | None = None) -> list[dict[str, Any]]:
+def _events(
+    records: list[dict[str, Any]], kind: str, task_id: str | None = None
+) -> list[dict[str, Any]]:
     return [
         r for r in records
         if r.get("event") == kind and (task_id is None or r.get("task_id") == task_id)
@@ -139,7 +185,7 @@ def test_succeeded_event(run: Run) -> None:
     assert received["queue"] == "celery"
     assert received["eta"] is None and received["expires"] is None
     succeeded = _one(run.records, "task_succeeded", task_id)
-    assert SLEEP * 1000 <= succeeded["duration_ms"] < SLEEP * 1000 + 250, succeeded
+    assert SLEEP * 1000 <= succeeded["duration_ms"] < SLEEP * 1000 + 400, succeeded
     assert succeeded["result"] == repr({"slept": SLEEP})
     # the task ran in a pool child; received in the parent: both carry the task context
     assert succeeded["process"] != received["process"] == run.worker.pid
@@ -154,7 +200,7 @@ def test_failed_event(run: Run) -> None:
     assert failed["exception"]["type"] == "ValueError"
     assert failed["exception"]["message"] == "boom happened"
     assert 'raise ValueError("boom happened")' in failed["exception"]["traceback"]
-    assert 0 <= failed["duration_ms"] < 250
+    assert 0 <= failed["duration_ms"] < 1000
     assert not _events(run.records, "task_succeeded", task_id)
 
 
@@ -209,6 +255,10 @@ def test_worker_events(run: Run) -> None:
     inits = _events(run.records, "worker_process_init")
     assert len(inits) >= 2 and all(r["level"] == "INFO" for r in inits)
     assert {r["pid"] for r in inits} == {r["process"] for r in inits}
+    # every pool child says goodbye: at stop, or when the revoke terminated it
+    downs = _events(run.records, "worker_process_shutdown")
+    assert downs and all(r["level"] == "INFO" and isinstance(r["exitcode"], int) for r in downs)
+    assert len(downs) >= 2 and {r["pid"] for r in downs} <= {r["pid"] for r in inits}
     kinds = [r["event"] for r in run.records if "event" in r]
     assert kinds.index("worker_ready") < kinds.index("task_received")
     assert kinds[-1] == "worker_shutdown"
@@ -233,7 +283,7 @@ def _events_kinds(records: list[dict[str, Any]]) -> list[str]:
 # Options with a real worker: events=False, disabled_events, event_levels
 # --------------------------------------------------------------------------
 
-SMALL_BODY = """
+SMALL_BODY = ATOMIC_FS + """
 import logkit
 
 logkit.install(app, format="json")
@@ -443,3 +493,56 @@ def test_every_event_has_a_level_and_message() -> None:
     assert events.DEFAULT_LEVELS["task_retried"] == logging.WARNING
     assert events.DEFAULT_LEVELS["task_revoked"] == logging.WARNING
     assert events.DEFAULT_LEVELS["worker_process_init"] == logging.DEBUG
+
+
+# --------------------------------------------------------------------------
+# Beat: a real `celery beat` process
+# --------------------------------------------------------------------------
+
+BEAT_BODY = """
+import logkit
+
+logkit.install(app, format="json")
+app.conf.beat_schedule = {"every-0.2s": {"task": "nightly.report", "schedule": 0.2}}
+app.conf.beat_max_loop_interval = 0.1
+"""
+
+
+@pytest.mark.worker
+def test_beat_events(tmp_path: Path) -> None:
+    appmod = make_app(tmp_path, BEAT_BODY)
+    log = appmod.workdir / "beat.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), str(appmod.workdir), env.get("PYTHONPATH", "")]
+    )
+    argv = [sys.executable, "-m", "celery", "-A", appmod.name, "beat", "-l", "INFO",
+            "-f", str(log), "-s", str(appmod.workdir / "schedule")]
+    with open(appmod.workdir / "beat.out", "wb") as out:
+        proc = subprocess.Popen(argv, cwd=appmod.workdir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def sent() -> list[dict[str, Any]]:
+            if proc.poll() is not None:
+                raise AssertionError((appmod.workdir / "beat.out").read_text())
+            return _events(parse_json_lines(log.read_text()) if log.exists() else [],
+                           "beat_task_sent")
+
+        wait_for(lambda: len(sent()) >= 2, timeout=20,
+                 message=lambda: (appmod.workdir / "beat.out").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    records = parse_json_lines(log.read_text())
+    started = _one(records, "beat_started")
+    assert started["level"] == "INFO"
+    assert started["scheduler"] == "celery.beat.PersistentScheduler"
+    assert started["max_interval"] == 0.1
+    sends = _events(records, "beat_task_sent")
+    first = sends[0]
+    assert first["level"] == "INFO" and first["entry"] == "every-0.2s"
+    assert first["task_name"] == "nightly.report" and len(first["task_id"]) == 36
+    assert first["schedule"].startswith("<freq:")
+    assert len({r["task_id"] for r in sends}) == len(sends) >= 2
+    messages = [r["message"] for r in records]
+    assert not [m for m in messages if "Sending due task" in m or "beat: Starting" in m]
