@@ -92,6 +92,40 @@ def _formatters(
     )
 
 
+_CLASHING = frozenset({"message", "asctime", "_logkit_ctx"})
+
+
+def _make_record(
+    self: logging.Logger,
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    extra: Any = None,
+    sinfo: str | None = None,
+) -> logging.LogRecord:
+    """``Logger.makeRecord``, but an ``extra`` key that clashes with a record attribute
+    is renamed (``msg`` -> ``msg_``) instead of raising ``KeyError`` into the log call."""
+    record = logging.getLogRecordFactory()(name, level, fn, lno, msg, args, exc_info, func, sinfo)
+    if extra is not None:
+        fields = record.__dict__
+        for key in extra:
+            value = extra[key]
+            while key in _CLASHING or key in fields:
+                key = f"{key}_"
+            fields[key] = value
+    return record
+
+
+def tolerate_clashing_extra() -> None:
+    """Make every stdlib logger accept ``extra`` keys like ``msg`` or ``name`` (renamed)."""
+    logging.Logger.makeRecord = _make_record  # type: ignore[method-assign]
+
+
 def _remove_handlers(target: logging.Logger, only_logkit: bool) -> None:
     for handler in list(target.handlers):
         if not only_logkit or getattr(handler, "_logkit", False):
@@ -192,6 +226,7 @@ def configure_process(
     if config.structlog:
         configure_structlog()
     logging.captureWarnings(True)
+    tolerate_clashing_extra()
 
     if redirect_stdouts is None:
         redirect_stdouts = bool(conf and conf.worker_redirect_stdouts)

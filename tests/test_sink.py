@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from workerutil import AppModule, Worker, parse_json_lines, wait_for
+from workerutil import AppModule, Worker, parse_json_lines
 
 from logkit.config import LogConfig
 from logkit.formatters import JsonFormatter
