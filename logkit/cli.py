@@ -253,11 +253,16 @@ class _Source:
             st = os.stat(self.name)
         except OSError:
             return []
+        data = b""
         if st.st_ino != self.inode or st.st_size < self.fh.tell():
+            if st.st_ino != self.inode:  # rotated: finish the old file first
+                data = self.pending + self.fh.read()
+                if data and not data.endswith(b"\n"):
+                    data += b"\n"
             self.fh.close()
             self.fh = self._open()
             self.pending = b""
-        data = self.pending + self.fh.read()
+        data += self.pending + self.fh.read()
         lines = data.split(b"\n")
         self.pending = lines.pop()
         return [self.entry(line) for line in lines if line.strip()]
