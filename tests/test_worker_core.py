@@ -488,14 +488,23 @@ def test_other_pools_get_the_same_configuration(
     pool: str, app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
 ) -> None:
     appmod = _simple(
-        app_factory, "", '\napp.conf.worker_redirect_stdouts_level = "WARNING"\n'
+        app_factory,
+        ', fields={"deploy": "from-kwargs"}',  # the LOGKIT_FIELDS env var below wins
+        '\napp.conf.worker_redirect_stdouts_level = "WARNING"\n',
     )  # format auto -> json: the log file is not a terminal
-    worker = worker_factory(appmod, pool=pool, concurrency=2, logfile="worker.log")
+    worker = worker_factory(
+        appmod,
+        pool=pool,
+        concurrency=2,
+        logfile="worker.log",
+        env={"LOGKIT_FIELDS": f"deploy={pool}"},
+    )
     mod = appmod.load()
     assert mod.hello.delay("x").get(timeout=30) == worker.pid  # runs in the main process
     described = mod.describe_logging.delay().get(timeout=30)
     wait_for(lambda: "printed x" in worker.read_log(), timeout=10, message=worker.describe)
     records = worker.json_lines()
+    assert {r["deploy"] for r in records} == {pool}
     (printed,) = [r for r in records if r["message"] == "printed x"]
     assert printed["level"] == "WARNING" and printed["task_id"]
     assert {r["logger"] for r in records if r.get("task_id")} >= {
