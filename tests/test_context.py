@@ -71,7 +71,8 @@ def _truth(task, tag, **more):
     data = {
         "tag": tag, "id": req.id, "name": task.name, "parent_id": req.parent_id,
         "root_id": req.root_id, "retries": req.retries, "hostname": req.hostname,
-        "pid": os.getpid(), "context": logkit.get_context(), **more,
+        "pid": os.getpid(), "context": logkit.get_context(),
+        "header": getattr(req, "logkit_context", None), **more,
     }
     tmp = os.path.join(TRUTH, f".{tag}.tmp")
     with open(tmp, "w") as fh:
@@ -342,6 +343,13 @@ def test_publisher_context_travels_to_every_task(run: Run) -> None:
     child = [r for tag, r in run.tagged() if tag == "spawn-child"]
     assert child and all(r["tenant"] == "acme" for r in child)
     assert all(r["tenant"] == "t1" for tag, r in run.tagged() if tag == "spawn")
+    # the message header arrives as task.request.logkit_context (protocol 2), also for
+    # messages published by the worker (the chain's next link) and for retries
+    assert run.truth["chain-0"]["header"] == {"request_id": "req-chain"}
+    assert run.truth["chain-2"]["header"] == {"request_id": "req-chain"}
+    assert run.truth["flaky-try1"]["header"] == {"request_id": "req-misc", "tenant": "t1"}
+    assert run.truth["spawn-child"]["header"] == {"request_id": "req-misc", "tenant": "acme"}
+    assert run.truth["plain"]["header"] is None
     # what the task itself sees through the public API
     assert run.truth["chain-1"]["context"]["request_id"] == "req-chain"
     assert run.truth["chain-1"]["context"]["task_id"] == run.truth["chain-1"]["id"]

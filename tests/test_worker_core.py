@@ -483,6 +483,22 @@ def test_plain_format_uses_celerys_formats(
 
 
 @pytest.mark.worker
+def test_console_format_in_a_file_never_has_escape_codes(
+    app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
+) -> None:
+    appmod = _simple(app_factory, ', format="console"')
+    worker = worker_factory(appmod, concurrency=1, logfile="worker.log", env={"FORCE_COLOR": "1"})
+    result = appmod.load().hello.delay("cf")
+    result.get(timeout=30)
+    wait_for(lambda: "printed cf" in worker.read_log(), timeout=10, message=worker.describe)
+    text = worker.read_log()
+    assert ANSI not in text and "\x1b" not in text
+    line = next(ln for ln in text.splitlines() if "std cf" in ln)
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO +core\.lib: \[", line), line
+    assert f"[{appmod.name}.hello {result.id}] std cf" in line
+
+
+@pytest.mark.worker
 @pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_other_pools_get_the_same_configuration(
     pool: str, app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
