@@ -1,0 +1,280 @@
+"""Worker throughput: a real ``celery worker`` (prefork, 2 processes) draining N tiny tasks.
+
+For each logging mode (Celery's default logging, logkit json), in alternating runs:
+
+1. write an app module in a fresh temp dir (kombu filesystem transport in that dir,
+   or ``--broker redis``: a private ``redis-server``);
+2. publish N tasks (``bench.tiny(i)``: one ``logger.info`` line, then one
+   ``os.write`` of a byte to a shared ``O_APPEND`` counter file: the completion
+   record, so no result backend is involved);
+3. start ``celery worker -P prefork -c 2 -l INFO -f worker.log --without-gossip
+   --without-mingle --without-heartbeat``; its ``worker_ready`` receiver writes the
+   ready time;
+4. wait until the counter file holds N bytes; throughput = N / (time of the last
+   write - ready time); then stop the worker.
+
+Both modes log at INFO to a file (``-f``), as a production worker would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .timing import TIMES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODES = ("celery default logging", "logkit json")
+
+APP_TEMPLATE = '''
+import logging
+import os
+import time
+
+from celery import Celery
+from celery.signals import worker_ready
+from celery.utils.log import get_task_logger
+
+WORKDIR = {workdir!r}
+MODE = {mode!r}
+app = Celery("bench_worker_app")
+if {broker_url!r} == "filesystem://":
+    from kombu.transport import filesystem
+
+    class FastStopTransport(filesystem.Transport):
+        """Polls as usual, but notices a warm shutdown within 0.1 s instead of ~4 s."""
+
+        def drain_events(self, connection, timeout=None):
+            if timeout is not None and timeout > 0.1:
+                timeout = 0.1
+            return super().drain_events(connection, timeout=timeout)
+
+    app.conf.broker_transport = FastStopTransport
+app.conf.update(
+    broker_url={broker_url!r},
+    broker_transport_options={transport_options!r},
+    task_ignore_result=True,
+    worker_prefetch_multiplier=4,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=True,
+)
+if MODE == "logkit json":
+    import logkit
+    logkit.install(app, format="json")
+
+logger = get_task_logger(__name__)
+_fd = None
+
+
+@app.task(name="bench.tiny")
+def tiny(i):
+    global _fd
+    logger.info("tiny task %s done", i)
+    if _fd is None:
+        _fd = os.open(os.path.join(WORKDIR, "done"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(_fd, b"x")
+
+
+@worker_ready.connect
+def _ready(**_):
+    path = os.path.join(WORKDIR, "ready")
+    with open(path + ".tmp", "w") as fh:
+        fh.write(repr(time.time()))
+    os.replace(path + ".tmp", path)
+'''
+
+
+@dataclass
+class Run:
+    """One worker run: mode, tasks, seconds from ready to the last task, log lines."""
+
+    mode: str
+    tasks: int
+    seconds: float
+    log_lines: int
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class Summary:
+    mode: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(r.rate for r in self.runs)
+
+
+class Redis:
+    """A private ``redis-server`` for ``--broker redis``."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(b"FLUSHALL\r\n")
+            conn.recv(64)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _write_app(workdir: Path, mode: str, broker_url: str | None) -> None:
+    if broker_url is None:
+        queue_dir = workdir / "broker"
+        queue_dir.mkdir()
+        (workdir / "control").mkdir()
+        (workdir / "processed").mkdir()
+        broker_url = "filesystem://"
+        transport_options = {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "control_folder": str(workdir / "control"),
+            "processed_folder": str(workdir / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.01,
+        }
+    else:
+        transport_options = {}
+    source = APP_TEMPLATE.format(workdir=str(workdir), mode=mode, broker_url=broker_url,
+                                 transport_options=transport_options)
+    (workdir / "bench_worker_app.py").write_text(textwrap.dedent(source))
+
+
+def _publish(workdir: Path, tasks: int, env: dict[str, str]) -> None:
+    """Publish in a subprocess (the app module is not imported into this process)."""
+    code = (
+        "import bench_worker_app as m\n"
+        "with m.app.producer_or_acquire() as p:\n"
+        f"    for i in range({tasks}):\n"
+        "        m.tiny.apply_async((i,), producer=p)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, check=True,
+                   timeout=600)
+
+
+def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
+             redis: Redis | None = None, timeout: float = 600) -> Run:
+    """Publish ``tasks`` tasks, start a worker in ``mode``, time it until all are done."""
+    workdir = Path(tempfile.mkdtemp(prefix="logkit-bench-"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(workdir)])}
+    for key in [k for k in env if k.startswith("LOGKIT_")]:
+        del env[key]
+    broker_url = None
+    if broker == "redis":
+        assert redis is not None
+        redis.flush()
+        broker_url = redis.url
+    proc = None
+    try:
+        _write_app(workdir, mode, broker_url)
+        _publish(workdir, tasks, env)
+        logfile = workdir / "worker.log"
+        with open(workdir / "worker.out", "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "bench_worker_app", "worker",
+                 "-P", "prefork", "-c", "2", "-l", "INFO", "-f", str(logfile),
+                 "-n", "bench@%h", "--without-gossip", "--without-mingle",
+                 "--without-heartbeat"],
+                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        done, ready = workdir / "done", workdir / "ready"
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{(workdir / 'worker.out').read_text()}")
+            if done.exists() and done.stat().st_size >= tasks and ready.exists():
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {tasks} tasks")
+            time.sleep(0.02)
+        finished = done.stat().st_mtime_ns / 1e9
+        started = float(ready.read_text())
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc = None
+        with open(logfile, "rb") as fh:
+            lines = sum(1 for _ in fh)
+        return Run(mode, tasks, finished - started, lines)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(tasks: int = 5000, repeats: int = 2, broker: str = "filesystem") -> list[Summary]:
+    """Alternate the modes ``repeats`` times; return a summary per mode."""
+    summaries = {mode: Summary(mode) for mode in MODES}
+    redis = None
+    tmp = Path(tempfile.mkdtemp(prefix="logkit-bench-redis-"))
+    try:
+        if broker == "redis":
+            redis = Redis(tmp)
+        for r in range(repeats):
+            order = MODES if r % 2 == 0 else tuple(reversed(MODES))
+            for mode in order:
+                summaries[mode].runs.append(run_once(mode, tasks, broker=broker, redis=redis))
+    finally:
+        if redis is not None:
+            redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return list(summaries.values())
+
+
+def render(summaries: list[Summary], broker: str = "filesystem") -> str:
+    """Markdown table: tasks/s per mode (median of the runs) and ratio to Celery's."""
+    base = summaries[0].median_rate
+    tasks = summaries[0].runs[0].tasks if summaries[0].runs else 0
+    lines = [
+        f"#### worker throughput: {tasks} tiny tasks, prefork -c 2, {broker} broker",
+        "",
+        "| logging | tasks/s (median) | runs (tasks/s) | log lines/task | ratio |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for s in summaries:
+        runs = ", ".join(f"{r.rate:.0f}" for r in s.runs)
+        per_task = statistics.mean(r.log_lines / r.tasks for r in s.runs)
+        lines.append(f"| {s.mode} | {s.median_rate:.0f} | {runs} | {per_task:.1f} | "
+                     f"{s.median_rate / base:.2f}{TIMES} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""The benchmark suite runs end to end (tiny round counts; no timing assertions).
+
+The suite configures logging process-wide, so it runs in a subprocess, through
+its command line, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: float = 240) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGKIT_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _rows(text: str, title: str) -> dict[str, list[str]]:
+    """``{case: cells}`` of the markdown table under ``#### title``."""
+    section = text.split(f"#### {title}", 1)[1].split("####", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and not set(cells[1]) <= set("-:"):
+            rows[cells[0]] = cells[1:]
+    rows.pop("case", None)
+    rows.pop("logging", None)
+    return rows
+
+
+def _number(cell: str) -> float:
+    match = re.match(r"[\d.]+", cell)
+    assert match, cell
+    return float(match.group())
+
+
+def test_formatters_and_tasks_suites_print_every_row() -> None:
+    out = _run("--quick", "--only", "formatters", "--only", "tasks", "--rounds", "2",
+               "--loops", "5")
+    info = _rows(out, "logger.info() to /dev/null")
+    for name in ("stdlib Formatter (floor)", "celery TaskFormatter",
+                 "python-json-logger JsonFormatter", "python-json-logger OrjsonFormatter",
+                 "structlog ProcessorFormatter+JSONRenderer",
+                 "structlog native (orjson, BytesLogger)",
+                 "logkit json", "logkit console", "logkit plain"):
+        assert name in info, name
+        assert _number(info[name][0]) > 0
+    assert info["stdlib Formatter (floor)"][-1] == "1.00\u00d7"
+    for title in ("format() of a prebuilt record", "logger.exception() to /dev/null",
+                  "format() of a prebuilt logger.exception record",
+                  "disabled call (logger.debug at level INFO)"):
+        assert _rows(out, title), title
+    tasks = _rows(out, "empty task, task.apply()")
+    assert set(tasks) == {"celery logging", "logkit json, context only (events=False)",
+                          "logkit json (context + events)"}
+    assert "% of an empty apply()" in out
+
+
+def test_every_json_peer_outputs_the_same_fields() -> None:
+    # Fairness of the formatter tables: the JSON peers all carry the 3 extra and the
+    # 6 context fields (logkit's from its context variable, the peers' as extra).
+    code = (
+        "import json\n"
+        "from benchmarks import formatters as f\n"
+        "print(json.dumps(f.samples()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    samples = json.loads(proc.stdout)
+    from benchmarks.formatters import CONTEXT, EXTRA
+
+    json_peers = [name for name in samples if "json" in name.lower() or "structlog" in name]
+    assert len(json_peers) == 4
+    for name in json_peers:
+        line = json.loads(samples[name])
+        for key, value in {**CONTEXT, **EXTRA}.items():
+            assert line.get(key) == value, (name, key)
+        assert "charged order A-1001 for alice" in line.values(), name
+
+
+def test_task_overhead_state_emits_lifecycle_events() -> None:
+    code = (
+        "import json\n"
+        "from benchmarks import tasks\n"
+        "print(json.dumps(tasks.sample_output()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in json.loads(proc.stdout.strip().splitlines()[-1])]
+    events = [line.get("event") for line in lines]
+    assert events == ["task_started", "task_succeeded"]
+    assert all(line["task_name"] == "bench.noop" and line["task_id"] for line in lines)
+
+
+@pytest.mark.worker
+def test_worker_throughput_suite_runs_real_workers() -> None:
+    out = _run("--only", "worker", "--tasks", "30", "--repeats", "1")
+    rows = _rows(out, "worker throughput: 30 tiny tasks, prefork -c 2, filesystem broker")
+    assert set(rows) == {"celery default logging", "logkit json"}
+    for cells in rows.values():
+        assert _number(cells[0]) > 0  # tasks/s
+        assert _number(cells[2]) >= 1.0  # each task logged at least its own line
+    # logkit's lifecycle events add records: at least as many lines per task
+    assert _number(rows["logkit json"][2]) >= _number(rows["celery default logging"][2])
