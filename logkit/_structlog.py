@@ -7,6 +7,7 @@ records go through the same filters, context, formatter and sink.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -37,6 +38,59 @@ def to_stdlib_call(
     return (event, *positional), kwargs
 
 
+_METHOD_LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class LevelCheckedLogger(structlog.stdlib.BoundLogger):
+    """stdlib ``BoundLogger`` whose level-filtered calls return before any processor runs.
+
+    A disabled ``log.debug(...)`` then costs one ``isEnabledFor`` (cached by the stdlib),
+    as a disabled stdlib call does, instead of copying the context and running the chain
+    up to ``filter_by_level``.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """``logging.Logger.debug`` with structlog's processing, if DEBUG is enabled."""
+        try:
+            if not self._logger.isEnabledFor(logging.DEBUG):
+                return None
+        except AttributeError:  # not a stdlib logger: let filter_by_level decide
+            pass
+        return super()._proxy_to_logger("debug", event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """``logging.Logger.info`` with structlog's processing, if INFO is enabled."""
+        try:
+            if not self._logger.isEnabledFor(logging.INFO):
+                return None
+        except AttributeError:  # not a stdlib logger: let filter_by_level decide
+            pass
+        return super()._proxy_to_logger("info", event, *args, **kw)
+
+    def _proxy_to_logger(
+        self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
+    ) -> Any:
+        level = _METHOD_LEVELS.get(method_name)
+        if level is not None and not self._enabled(level):
+            return None
+        return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
+
+    def _enabled(self, level: int) -> bool:
+        try:
+            return bool(self._logger.isEnabledFor(level))
+        except Exception:  # not a stdlib logger: let filter_by_level decide
+            return True
+
+
 def configure_structlog() -> None:
     """Configure structlog so that ``structlog.get_logger()`` writes through stdlib logging."""
     structlog.configure(
@@ -46,6 +100,6 @@ def configure_structlog() -> None:
             to_stdlib_call,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=LevelCheckedLogger,
         cache_logger_on_first_use=True,
     )
