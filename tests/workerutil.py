@@ -275,7 +275,24 @@ def _wu_mark_ready(sender=None, **kwargs):
 """
 
 _FAST_FS_TRANSPORT = '''
+import os as _wu_os
+import uuid as _wu_uuid
+from time import monotonic as _wu_monotonic
+
 from kombu.transport import filesystem as _wu_fs
+from kombu.utils.json import dumps as _wu_dumps
+
+
+class _WuAtomicChannel(_wu_fs.Channel):
+    """kombu writes a message file in place, so a consumer polling at that moment
+    can read half a message (JSONDecodeError kills the worker); write + rename."""
+
+    def _put(self, queue, payload, **kwargs):
+        name = f"{int(round(_wu_monotonic() * 1000))}_{_wu_uuid.uuid4()}.{queue}.msg"
+        tmp = _wu_os.path.join(self.data_folder_out, f"tmp-{name}.part")
+        with open(tmp, "wb") as fh:
+            fh.write(_wu_dumps(payload).encode())
+        _wu_os.replace(tmp, _wu_os.path.join(self.data_folder_out, name))
 
 
 class _WuFilesystemTransport(_wu_fs.Transport):
@@ -286,6 +303,8 @@ class _WuFilesystemTransport(_wu_fs.Transport):
     set, which makes every warm shutdown take ~4-6 s.  Capping the timeout
     lets the worker notice SIGTERM within ~0.1 s; nothing else changes.
     """
+
+    Channel = _WuAtomicChannel
 
     def drain_events(self, connection, timeout=None):
         if timeout is not None and timeout > 0.1:
