@@ -51,9 +51,11 @@ RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
     "color_message",
 }
 #: Number of attributes of a fresh LogRecord: more means the record has ``extra`` fields.
-_BASE_LEN = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_BASE_KEYS: list[str] = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_BASE_LEN = len(_BASE_KEYS)
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_JSON_LINE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 _TRUNCATED_MARK = "…[truncated {} chars]"
 
 
@@ -165,15 +167,20 @@ def indent_continuation(text: str) -> str:
 
 
 class _Clock:
-    """Formats ``record.created`` as ISO 8601 with milliseconds, one ``strftime`` per second."""
+    """Formats ``record.created`` as ISO 8601 with milliseconds, one ``strftime`` per second.
 
-    __slots__ = ("_cache", "_convert", "_sep", "_suffix")
+    The milliseconds come from a table of the 1000 possible suffixes, so a record in an
+    already seen second costs one ``int()``, one lookup and one concatenation.
+    """
+
+    __slots__ = ("_cache", "_convert", "_ms", "_sep", "_suffix")
 
     def __init__(self, *, utc: bool = True, sep: str = "T") -> None:
         self._convert = time.gmtime if utc else time.localtime
         self._suffix = "Z" if utc else ""
         self._sep = sep
         self._cache: tuple[int, str] = (-1, "")
+        self._ms: tuple[str, ...] = tuple(f".{ms:03d}{self._suffix}" for ms in range(1000))
 
     def __call__(self, created: float, msecs: float) -> str:
         sec = int(created)
@@ -181,7 +188,10 @@ class _Clock:
         if cached[0] != sec:
             cached = (sec, time.strftime(f"%Y-%m-%d{self._sep}%H:%M:%S", self._convert(sec)))
             self._cache = cached
-        return f"{cached[1]}.{int(msecs):03d}{self._suffix}"
+        ms = int(msecs)
+        if 0 <= ms < 1000:
+            return cached[1] + self._ms[ms]
+        return f"{cached[1]}.{ms:03d}{self._suffix}"
 
 
 # ---------------------------------------------------------------------------
@@ -226,12 +236,16 @@ class _Fields:
         rd = record.__dict__
         if len(rd) <= _BASE_LEN:
             return {}
+        keys = list(rd)
+        if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
+            keys = keys[_BASE_LEN:]
         out: dict[Any, Any] = {}
         limit = self.limit
         base = self.base
-        for key, value in rd.items():
+        for key in keys:
             if key in RESERVED:
                 continue
+            value = rd[key]
             if key in base:
                 key = f"_{key}"
             if type(value) is str and len(value) > limit:
@@ -292,45 +306,80 @@ class JsonFormatter(OrjsonFormatter):
         names = config.field_names
         self._process = names.get("process", "process")
         self._thread = names.get("thread", "thread")
+        # Hot-path copies of the field pipeline (one attribute load each in build()).
+        f = self._f
+        self._keys = (f.timestamp, f.level, f.logger, f.message)
+        self._static = dict(f.static)
+        self._message_of = f.message_of
+        self._extras = f.extras
+        #: The last context dict seen and whether it has a key named like a base field;
+        #: context dicts are never mutated, so identity is enough to reuse the answer.
+        self._last_ctx: tuple[Mapping[str, Any] | None, bool] = (None, False)
+        #: A longer line has an uncapped value (bytes, a string nested in a dict...):
+        #: the slow path caps every string at any depth.
+        self._long_line = 4 * f.limit + 4096
 
     def format(self, record: logging.LogRecord) -> str:
         """Return ``record`` as one line of JSON; never raises."""
         try:
-            return orjson.dumps(
+            line = orjson.dumps(
                 self.build(record), default=_json_default, option=_JSON_OPTIONS
             ).decode()
         except Exception:
             return self._format_slow(record)
+        return line if len(line) <= self._long_line else self._format_slow(record)
+
+    def format_line(self, record: logging.LogRecord) -> bytes:
+        """:meth:`format` as UTF-8 bytes ending in a newline (what a sink writes); never raises."""
+        try:
+            line = orjson.dumps(
+                self.build(record), default=_json_default, option=_JSON_LINE_OPTIONS
+            )
+            if len(line) <= self._long_line:
+                return line
+        except Exception:
+            pass
+        return f"{self._format_slow(record)}\n".encode("utf-8", "backslashreplace")
 
     def build(self, record: logging.LogRecord) -> dict[Any, Any]:
         """The record as a dict of output fields (before serialisation)."""
-        f = self._f
+        rd = record.__dict__
+        ctx = rd.get("_logkit_ctx")
+        if ctx is None:
+            ctx = current()
+        ts, level, name, message = self._keys
         out: dict[Any, Any] = {
-            f.timestamp: self._clock(record.created, record.msecs),
-            f.level: record.levelname,
-            f.logger: record.name,
-            f.message: f.message_of(record),
+            ts: self._clock(record.created, record.msecs),
+            level: record.levelname,
+            name: record.name,
+            message: self._message_of(record),
         }
-        if f.static:
-            out.update(f.static)
-        ctx = _context_of(record)
+        if self._static:
+            out.update(self._static)
         if ctx:
             out.update(ctx)
-        if len(record.__dict__) > _BASE_LEN:
-            out.update(f.extras(record))
+        if len(rd) > _BASE_LEN:
+            out.update(self._extras(record))
         out[self._process] = record.process
         out[self._thread] = record.thread
         if record.exc_info or record.exc_text:
-            exc = f.exception_of(self, record)
+            exc = self._f.exception_of(self, record)
             if exc is not None:
-                out[f.exception] = exc
+                out[self._f.exception] = exc
         if record.stack_info:
-            out["stack"] = cap(record.stack_info, f.limit)
-        if ctx and not f.base.isdisjoint(ctx):  # a bound key named like a base field: base wins
-            out[f.level] = record.levelname
-            out[f.logger] = record.name
-            out[f.message] = f.message_of(record)
-            out[f.timestamp] = self._clock(record.created, record.msecs)
+            out["stack"] = cap(record.stack_info, self._f.limit)
+        if ctx:
+            last = self._last_ctx
+            if last[0] is ctx:
+                collides = last[1]
+            else:
+                collides = not self._f.base.isdisjoint(ctx)
+                self._last_ctx = (ctx, collides)
+            if collides:  # a bound key named like a base field: base wins
+                out[level] = record.levelname
+                out[name] = record.name
+                out[message] = self._message_of(record)
+                out[ts] = self._clock(record.created, record.msecs)
         return out
 
     def _format_slow(self, record: logging.LogRecord) -> str:
@@ -338,8 +387,12 @@ class JsonFormatter(OrjsonFormatter):
         try:
             data = _sanitize(self.build(record), self._f.limit)
         except Exception as exc:
+            try:
+                stamp = self._clock(record.created, record.msecs)
+            except Exception:  # ``created`` overwritten by someone: use the time now
+                stamp = self._clock(time.time(), 0)
             data = {
-                self._f.timestamp: self._clock(record.created, record.msecs),
+                self._f.timestamp: stamp,
                 self._f.level: safe_str(getattr(record, "levelname", "ERROR")),
                 self._f.logger: safe_str(getattr(record, "name", "?")),
                 self._f.message: _sanitize(safe_str(getattr(record, "msg", "")), self._f.limit),
@@ -361,8 +414,10 @@ LEVEL_COLORS: dict[int, str] = {
 }
 
 
-def _kv(key: Any, value: Any) -> str:
+def _kv(key: Any, value: Any, limit: int) -> str:
     text = value if type(value) is str else safe_repr(value)
+    if len(text) > limit:  # a repr of bytes or of a dict holding a huge string
+        text = cap(text, limit)
     if not text or " " in text or "=" in text:
         text = safe_repr(text)
     return f"{clean(safe_str(key))}={clean(text)}"
@@ -416,9 +471,9 @@ class ConsoleFormatter(logging.Formatter):
             name = ctx.get(f.task_name, "?")
             parts.append(f"{self._task}[{clean(safe_str(name))} {clean(safe_str(task_id))}]{reset}")
         parts.append(clean(f.message_of(record)))
-        pairs = [_kv(k, v) for k, v in ctx.items() if k not in f.task_keys]
-        pairs.extend(_kv(k, v) for k, v in f.extras(record).items())
-        pairs.extend(_kv(k, v) for k, v in f.static.items())
+        pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
+        pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items())
+        pairs.extend(_kv(k, v, f.limit) for k, v in f.static.items())
         if pairs:
             parts.append(f"{self._dim}{' '.join(pairs)}{reset}")
         line = " ".join(parts)
@@ -435,8 +490,9 @@ class PlainFormatter(logging.Formatter):
 
     Inside a task, a format without ``%(task_id)s`` gets a ``[task_name task_id]``
     prefix on the message; a task format gets ``task_name``/``task_id`` filled in from
-    the context (``???`` outside tasks, as Celery does). User-bound context keys follow
-    the message as ``key=value``.
+    the context (``???`` outside tasks, as Celery does). User-bound context keys and
+    ``extra`` fields (e.g. an event's ``duration_ms``) follow the message as ``key=value``;
+    records of Celery's own ``celery.*`` loggers show no extras (their text has it all).
     """
 
     def __init__(
@@ -469,7 +525,9 @@ class PlainFormatter(logging.Formatter):
         elif task_id is not None:
             name = clean(safe_str(ctx.get(f.task_name, "?")))
             message = f"[{name} {clean(safe_str(task_id))}] {message}"
-        pairs = [_kv(k, v) for k, v in ctx.items() if k not in f.task_keys]
+        pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
+        if not record.name.startswith("celery."):  # Celery's own lines carry their data in text
+            pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items())
         if pairs:
             message = f"{message} {' '.join(pairs)}"
         record.message = message

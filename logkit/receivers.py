@@ -240,6 +240,21 @@ def install(app: Any, **options: Any) -> Installation:
     inst = Installation(app, options)
     _installation = inst
     signals.setup_logging.connect(on_setup_logging, weak=False, dispatch_uid="logkit.setup")
+    _connect(inst)
+    return inst
+
+
+def _flush(**_: Any) -> None:
+    """Write out the non-blocking queue (``queue=True``) before the process exits."""
+    flush_queues()
+
+
+#: Functions called with the new :class:`Installation` by :func:`install` (events, CLI...).
+_INSTALL_HOOKS: list[Callable[[Installation], None]] = []
+
+
+def _connect(inst: Installation) -> None:
+    """Connect the task receivers and run the install hooks (all idempotent)."""
     signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
     signals.task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="logkit.postrun")
     signals.before_task_publish.connect(
@@ -251,16 +266,6 @@ def install(app: Any, **options: Any) -> Installation:
     # Prefork children leave with os._exit (no atexit): flush on worker_process_shutdown.
     signals.worker_process_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush.child")
     signals.worker_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush")
-    return inst
-
-
-def _flush(**_: Any) -> None:
-    """Write out the non-blocking queue (``queue=True``) before the process exits."""
-    flush_queues()
-
-
-#: Functions called with the new :class:`Installation` by :func:`install` (events, CLI...).
-_INSTALL_HOOKS: list[Callable[[Installation], None]] = []
 
 
 def configure(
@@ -294,12 +299,7 @@ def configure(
         _installation = inst
     config = LogConfig.resolve(app, {**inst.options, **check_options(options)}, cli=inst.cli)
     inst.use(config)
-    for sig, receiver, uid in (
-        (signals.task_prerun, on_task_prerun, "logkit.prerun"),
-        (signals.task_postrun, on_task_postrun, "logkit.postrun"),
-        (signals.before_task_publish, on_before_task_publish, "logkit.publish"),
-    ):
-        sig.connect(receiver, weak=False, dispatch_uid=uid)
+    _connect(inst)
     return configure_process(
         config,
         loglevel=loglevel,
