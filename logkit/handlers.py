@@ -200,6 +200,12 @@ class SinkHandler(logging.Handler):
         self.sink = sink
         self.setFormatter(formatter)
 
+    @property
+    def stream(self) -> int:
+        """The sink's fd: Celery keeps handlers' streams open in processes that close
+        all other fds (the beat of ``celery worker -B``)."""
+        return self.sink.fd
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
@@ -302,6 +308,11 @@ class QueueSinkHandler(logging.Handler):
     @property
     def sink(self) -> Sink:
         return self.target.sink  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def stream(self) -> int:
+        """The sink's fd (see :attr:`SinkHandler.stream`)."""
+        return self.sink.fd
 
     def setFormatter(self, fmt: logging.Formatter | None) -> None:
         self.target.setFormatter(fmt)
