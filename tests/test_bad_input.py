@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,7 +165,7 @@ FORMATTERS = {
     "plain": PlainFormatter(DEFAULT_TASK_LOG_FORMAT, None, CONFIG),
 }
 BAD_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -198,7 +199,7 @@ def test_formatters_never_raise_nor_forge_lines(name: str, record: logging.LogRe
         _check_text_line(name, out, record)
 
 
-@BAD_SETTINGS
+@settings(BAD_SETTINGS, max_examples=40)
 @given(batch=st.lists(records(), min_size=1, max_size=8))
 def test_sink_writes_one_parseable_line_per_record(tmp_path_factory: Any, batch: list[Any]) -> None:
     path = tmp_path_factory.mktemp("sink") / "bad.log"
@@ -416,6 +417,42 @@ def test_real_worker_survives_bad_input(bad_worker: tuple[AppModule, Worker]) ->
     assert len(huge) == 1 and "truncated" in huge[0]["message"]
     assert len(huge[0]["message"]) < 4200
     assert "Traceback" not in worker.stderr()
+
+
+LINE_START = {
+    "console": re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[^ ]+: "
+    ),
+    "plain": re.compile(
+        r"^\[\d{4}-\d\d-\d\d [^\]]*: (DEBUG|INFO|WARNING|ERROR|CRITICAL)/[^\]]+\] "
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", ["console", "plain"])
+def test_real_worker_text_formats_cannot_be_forged(
+    fmt: str, tmp_path: Path, app_factory: Any, worker_factory: Any
+) -> None:
+    """User-controlled newlines and escapes never start a line that looks like a record."""
+    appmod = app_factory(BODY)
+    worker = worker_factory(appmod, logfile="worker.log", env={"LOGKIT_FORMAT": fmt})
+    mod = appmod.load()
+    cases = ["control", "bad-repr", "bytes", "surrogate", "exception", "reserved-key"]
+    results = [mod.bad.delay(case) for case in cases]
+    assert [r.get(timeout=30) for r in results] == cases
+    TRIED["records"] += len(cases)
+    worker.stop(timeout=15)
+    text = worker.read_log()
+    assert "\x1b" not in text and "\x00" not in text and "\r" not in text
+    starts = LINE_START[fmt]
+    for line in text.split("\n"):
+        if line:
+            assert starts.match(line) or line.startswith("    "), line  # or an indented traceback
+    assert "forged line" in text and not any(
+        line.startswith("forged") for line in text.split("\n")
+    )
+    task_records = [ln for ln in text.split("\n") if starts.match(ln) and "after " in ln]
+    assert len(task_records) == len(cases)
 
 
 def test_zz_report_bad_inputs_tried() -> None:
