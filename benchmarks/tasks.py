@@ -84,12 +84,17 @@ def states(app: Celery) -> dict[str, _State]:
     logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
     context_state = _State()
     logkit_setup._active = None  # keep that state's sink open: configure() closes the last one
+    logkit.install(app, format="json", redact_keys=())
+    logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
+    unredacted_state = _State()
+    logkit_setup._active = None
     logkit.install(app, format="json")
     logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
     logkit_state = _State()
     return {
         "celery logging": celery_state,
         "logkit json, context only (events=False)": context_state,
+        "logkit json, context + events, no redaction (redact_keys=())": unredacted_state,
         "logkit json (context + events)": logkit_state,
     }
 

@@ -348,11 +348,22 @@ class JsonFormatter(OrjsonFormatter):
         if ctx is None:
             ctx = current()
         ts, level, name, message = self._keys
+        msg = record.msg
+        if type(msg) is str and type(record) is logging.LogRecord:  # getMessage(), inlined
+            if record.args:
+                try:
+                    msg = msg % record.args
+                except Exception:
+                    msg = self._message_of(record)
+            if len(msg) > self._f.limit:
+                msg = cap(msg, self._f.limit)
+        else:  # a custom record class may override getMessage()
+            msg = self._message_of(record)
         out: dict[Any, Any] = {
             ts: self._clock(record.created, record.msecs),
             level: record.levelname,
             name: record.name,
-            message: self._message_of(record),
+            message: msg,
         }
         if self._static:
             out.update(self._static)

@@ -23,7 +23,7 @@ import weakref
 from typing import Any
 
 from .context import current
-from .formatters import safe_str
+from .formatters import JsonFormatter, safe_str
 
 __all__ = ["LogFileError", "QueueSinkHandler", "Sink", "SinkHandler", "flush_queues"]
 
@@ -207,11 +207,16 @@ class SinkHandler(logging.Handler):
         return self.sink.fd
 
     def emit(self, record: logging.LogRecord) -> None:
+        formatter = self.formatter
         try:
-            text = self.format(record)
+            if type(formatter) is JsonFormatter:  # exact type: a subclass may override format()
+                data = formatter.format_line(record)  # bytes with the newline: no re-encoding
+            else:
+                data = f"{self.format(record)}\n".encode("utf-8", "backslashreplace")
         except Exception as exc:  # a formatter set by someone else may raise
             text = f"{record.levelname} {safe_str(record.msg)} (logkit: formatter failed: {exc!r})"
-        self.sink.write(f"{text}\n".encode("utf-8", "backslashreplace"))
+            data = f"{text}\n".encode("utf-8", "backslashreplace")
+        self.sink.write(data)
 
     def close(self) -> None:
         # The sink is shared with the other handler(s); setup closes it explicitly.

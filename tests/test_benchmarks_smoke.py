@@ -66,6 +66,7 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
         assert _rows(out, title), title
     tasks = _rows(out, "empty task, task.apply()")
     assert set(tasks) == {"celery logging", "logkit json, context only (events=False)",
+                          "logkit json, context + events, no redaction (redact_keys=())",
                           "logkit json (context + events)"}
     assert "% of an empty apply()" in out
 
