@@ -35,7 +35,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter as PjlOrjsonFormatter
 import logkit
 from logkit.config import LogConfig
 from logkit.formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
-from logkit.handlers import Sink, SinkHandler
+from logkit.handlers import QueueSinkHandler, Sink, SinkHandler, flush_queues
 from logkit.setup import DEFAULT_TASK_LOG_FORMAT
 
 from .timing import Case, Result, interleaved, table
@@ -88,11 +88,18 @@ def _stdlib_logger(name: str, formatter: logging.Formatter) -> logging.Logger:
     return log
 
 
-def _logkit_logger(name: str, formatter: logging.Formatter, config: LogConfig) -> logging.Logger:
-    """A non-propagating logger with logkit's own handler and sink on ``/dev/null``."""
+def _logkit_logger(name: str, formatter: logging.Formatter, config: LogConfig,
+                   queue: bool = False) -> logging.Logger:
+    """A non-propagating logger with logkit's own handler and sink on ``/dev/null``.
+
+    ``queue``: the non-blocking mode (records are written by logkit's writer thread).
+    """
     log = logging.getLogger(f"bench.{name}")
     log.handlers.clear()
-    log.addHandler(SinkHandler(Sink(os.devnull, watch=config.watch_file), formatter))
+    handler: logging.Handler = SinkHandler(Sink(os.devnull, watch=config.watch_file), formatter)
+    if queue:
+        handler = QueueSinkHandler(handler)
+    log.addHandler(handler)
     if _logkit_make_record is not None:  # what a logger does with logkit configured
         log.makeRecord = types.MethodType(_logkit_make_record, log)  # type: ignore[method-assign]
     log.setLevel(logging.INFO)
@@ -169,6 +176,8 @@ def peers(config: LogConfig | None = None) -> list[Peer]:
         Peer("structlog native (orjson, BytesLogger)", None, native.info, None,
              exc_logger=native.exception),
         Peer("logkit json", lk_json, _logkit_logger("lk-json", lk_json, config).info, EXTRA),
+        Peer("logkit json, queue=True (caller's cost)", None,
+             _logkit_logger("lk-json-queue", lk_json, config, queue=True).info, EXTRA),
         Peer("logkit console", lk_console,
              _logkit_logger("lk-console", lk_console, config).info, EXTRA),
         Peer("logkit plain", lk_plain, _logkit_logger("lk-plain", lk_plain, config).info, EXTRA),
@@ -324,10 +333,12 @@ def run(rounds: int = 40, loops: int = 2000) -> dict[str, list[Result]]:
             format_cases(all_peers, exception=False), rounds=rounds, loops=loops)
         out["logger.info() to /dev/null"] = interleaved(
             call_cases(all_peers, exception=False), rounds=rounds, loops=loops)
+        flush_queues()
         out["format() of a prebuilt logger.exception record"] = interleaved(
             format_cases(all_peers, exception=True), rounds=rounds, loops=exc_loops)
         out["logger.exception() to /dev/null"] = interleaved(
             call_cases(all_peers, exception=True), rounds=rounds, loops=exc_loops)
+        flush_queues()
         out["disabled call (logger.debug at level INFO)"] = interleaved(
             disabled_cases(), rounds=rounds, loops=loops * 5)
     return out
