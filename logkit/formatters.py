@@ -483,7 +483,7 @@ class ConsoleFormatter(logging.Formatter):
             parts.append(f"{self._task}[{clean(safe_str(name))} {clean(safe_str(task_id))}]{reset}")
         parts.append(clean(f.message_of(record)))
         pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
-        pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items())
+        pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items() if v is not None)
         pairs.extend(_kv(k, v, f.limit) for k, v in f.static.items())
         if pairs:
             parts.append(f"{self._dim}{' '.join(pairs)}{reset}")
@@ -538,7 +538,9 @@ class PlainFormatter(logging.Formatter):
             message = f"[{name} {clean(safe_str(task_id))}] {message}"
         pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
         if not record.name.startswith("celery."):  # Celery's own lines carry their data in text
-            pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items())
+            pairs.extend(
+                _kv(k, v, f.limit) for k, v in f.extras(record).items() if v is not None
+            )
         if pairs:
             message = f"{message} {' '.join(pairs)}"
         record.message = message

@@ -30,6 +30,19 @@ __all__ = ["LogFileError", "QueueSinkHandler", "Sink", "SinkHandler", "flush_que
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
+def _unpatched_write() -> Any:
+    """``os.write``, but eventlet's original when eventlet has patched ``os``.
+
+    eventlet's green ``os.write`` refuses to run from its hub ("do not call blocking
+    functions from the mainloop"), which is where signal handlers log at shutdown.
+    """
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None:
+        with contextlib.suppress(Exception):
+            return patcher.original("os").write
+    return os.write
+
+
 class LogFileError(OSError):
     """The log file cannot be opened for writing (message names the path and the reason)."""
 
@@ -59,6 +72,7 @@ class Sink:
         self._stat: tuple[int, int] | None = None
         self._owns_fd = False
         self.fd = -1
+        self._write = _unpatched_write()
         self._open()
         _SINKS.add(self)
 
@@ -109,9 +123,9 @@ class Sink:
                 self._reopen_if_moved()
             if self._torn:  # end the partial line first, so this record starts a line
                 data = b"\n" + data
-            written = os.write(self.fd, data)
+            written = self._write(self.fd, data)
             while written < len(data):  # a full disk writes short, then fails
-                written += os.write(self.fd, data[written:])
+                written += self._write(self.fd, data[written:])
             self._torn = False
         except OSError as exc:
             if written:
