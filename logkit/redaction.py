@@ -23,9 +23,11 @@ import copy
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .formatters import RESERVED
+
+_BASE_LEN = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 
 __all__ = ["REDACTED", "RedactFilter", "redact_text"]
 
@@ -36,17 +38,33 @@ _BARE_END = frozenset(" \t\r\n,;&)]}>\"'")
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "negotiate"})
 
 
-def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
-    """Regex for ``key=``, ``key:``, ``'key':`` and ``"key":`` where key contains a redact key."""
+class KeyPattern(NamedTuple):
+    """Compiled matchers for one set of redact keys."""
+
+    #: The redact keys, lower case (a substring test that most texts fail, cheaply).
+    keys: tuple[str, ...]
+    #: ``key=``, ``key:``, ``'key':``, ``"key":`` where key contains a redact key.
+    pair: re.Pattern[str]
+
+
+def key_pattern(keys: Iterable[str]) -> KeyPattern | None:
+    """Matchers for ``key=value`` pairs whose key contains one of ``keys``; ``None`` if no keys."""
     alternatives = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True) if k)
     if not alternatives:
         return None
     key = rf"[\w.-]*(?:{alternatives})[\w.-]*"
-    # group 1: everything up to the value (quote, key, quote, separator, spaces)
-    return re.compile(
-        rf"((?<![\w.-])(?P<q>\\?['\"]?){key}(?P=q)\s*[:=]\s*)",
-        re.IGNORECASE,
+    return KeyPattern(
+        tuple(sorted(k.lower() for k in keys if k)),
+        # everything up to the value: quote, key, quote, separator, spaces
+        re.compile(rf"(?<![\w.-])(?P<q>\\?['\"]?){key}(?P=q)\s*[:=]\s*", re.IGNORECASE),
     )
+
+
+def _mentions(lowered: str, keys: tuple[str, ...]) -> bool:
+    for key in keys:  # noqa: SIM110 - a plain loop: faster than any() or a regex here
+        if key in lowered:
+            return True
+    return False
 
 
 def _value_end(text: str, start: int) -> int:
@@ -103,13 +121,15 @@ def _quoted_end(text: str, start: int, quote: str, *, escaped: bool) -> int:
     return n
 
 
-def redact_text(text: str, pattern: re.Pattern[str] | None) -> str:
+def redact_text(text: str, pattern: KeyPattern | None) -> str:
     """``text`` with the value after every sensitive ``key=``/``key:`` replaced."""
-    if pattern is None or not text:
+    if pattern is None or ("=" not in text and ":" not in text):  # fast: no key-value pair
+        return text
+    if not _mentions(text.lower(), pattern.keys):
         return text
     out: list[str] = []
     pos = 0
-    for match in pattern.finditer(text):
+    for match in pattern.pair.finditer(text):
         if match.start() < pos:  # inside a value already redacted
             continue
         end = _value_end(text, match.end())
@@ -137,6 +157,7 @@ class RedactFilter(logging.Filter):
         super().__init__()
         self.keys = frozenset(k.lower() for k in keys if k)
         self.pattern = key_pattern(self.keys)
+        self._known: dict[str, bool] = {}  # key name -> sensitive?
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.pattern is None:
@@ -167,6 +188,8 @@ class RedactFilter(logging.Filter):
     def _redact_extras(self, record: logging.LogRecord) -> None:
         """``extra`` fields (Celery's ``data``, event fields): by key, and inside strings."""
         rd = record.__dict__
+        if len(rd) <= _BASE_LEN:
+            return
         for key in [k for k in rd if k not in RESERVED]:
             value = rd[key]
             if self._sensitive(key):
@@ -175,8 +198,15 @@ class RedactFilter(logging.Filter):
                 rd[key] = self._value(value, 0)
 
     def _sensitive(self, key: Any) -> bool:
-        name = key.lower() if isinstance(key, str) else ""
-        return bool(name) and any(k in name for k in self.keys)
+        if not isinstance(key, str):
+            return False
+        known = self._known.get(key)
+        if known is None:
+            name = key.lower()
+            known = any(k in name for k in self.keys)
+            if len(self._known) < 4096:
+                self._known[key] = known
+        return known
 
     def _value(self, value: Any, depth: int) -> Any:
         if isinstance(value, str):
