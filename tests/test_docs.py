@@ -229,6 +229,17 @@ def _records() -> list[dict[str, Any]]:
     return [plain, failed]
 
 
+def _clashing_extra() -> dict[str, Any]:
+    """Extra keys that are LogRecord attributes, through logkit's ``makeRecord``."""
+    from logkit.setup import _make_record
+
+    log = logging.getLogger("docs.example")
+    extra = {"message": 1, "name": 2}
+    record = _make_record(log, log.name, logging.INFO, __file__, 1, "m", (), None, extra=extra)
+    out = json.loads(JsonFormatter().format(record))
+    return {k: v for k, v in out.items() if k in ("message_", "name_")}
+
+
 def test_schema_describes_real_records() -> None:
     schema = _schema()
     plain, failed = _records()
@@ -240,6 +251,7 @@ def test_schema_describes_real_records() -> None:
     assert plain["message"].endswith("…[truncated 39 chars]")  # 89 chars cut to 50
     assert list(plain)[:5] == ["timestamp", "level", "logger", "message", "service"]
     assert failed["exception"]["type"] == "ValueError"
+    assert _clashing_extra() == {"message_": 1, "name_": 2}  # the documented `_` suffix
     if importlib.util.find_spec("jsonschema") is not None:
         import jsonschema
 
@@ -307,3 +319,19 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+
+
+def test_benchmark_flags_are_real() -> None:
+    """Every flag on the benchmarks page is accepted by ``python -m benchmarks``."""
+    if not (ROOT / "benchmarks" / "__main__.py").is_file():
+        pytest.skip("benchmarks/ has no command line yet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    documented = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", read(DOCS / "benchmarks.md")))
+    documented -= {"--benchmark-only"}  # pytest-benchmark's flag
+    assert documented
+    for flag in documented:
+        assert flag in proc.stdout, f"benchmarks.md documents {flag}, not a benchmarks flag"
