@@ -12,6 +12,7 @@ tasks calling eager tasks get their caller's context back.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -65,13 +66,15 @@ class TaskScope:
     """Bind a task's context and restore what was there before, keyed by task id.
 
     A dict keyed by task id (not a stack) copes with pools where prerun and postrun
-    of different tasks interleave in one process (threads, gevent, eventlet).
+    of different tasks interleave in one process (threads, gevent, eventlet). The key
+    includes the thread (greenlet, once gevent/eventlet patched ``threading``), so a
+    redelivered message running while the first delivery still runs gets its own entry.
     """
 
     __slots__ = ("_tokens",)
 
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[Token[dict[str, Any]], dict[str, Any]]] = {}
+        self._tokens: dict[tuple[str, int], tuple[Token[dict[str, Any]], dict[str, Any]]] = {}
 
     def enter(
         self, task_id: str, values: Mapping[str, Any], replace: frozenset[str] = frozenset()
@@ -83,10 +86,10 @@ class TaskScope:
         else:
             base = previous
         token = _CTX.set({**base, **values})
-        self._tokens[task_id] = (token, previous)
+        self._tokens[(task_id, threading.get_ident())] = (token, previous)
 
     def exit(self, task_id: str) -> None:
-        entry = self._tokens.pop(task_id, None)
+        entry = self._tokens.pop((task_id, threading.get_ident()), None)
         if entry is None:
             return
         token, previous = entry

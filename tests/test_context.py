@@ -740,3 +740,32 @@ def test_pool_skip_reason_is_precise() -> None:
     assert _pool_skip_reason("prefork") is None
     for pool in ("gevent", "eventlet"):
         assert _pool_skip_reason(pool) is None  # both are test dependencies: they must run
+
+
+def test_same_task_id_running_twice_at_once_in_two_threads() -> None:
+    """A redelivered message (e.g. redis visibility timeout) can run while the first
+    delivery still runs: both executions must get their own context back."""
+    scope = context.TaskScope()
+    steps = [threading.Event() for _ in range(4)]
+    left: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, enter_after: int, exit_after: int, done: int, exited: int) -> None:
+        logkit.bind(thread=name)
+        if enter_after >= 0:
+            steps[enter_after].wait(5)
+        scope.enter("same-id", {"task_id": "same-id", "copy": name}, frozenset({"task_id"}))
+        steps[done].set()
+        steps[exit_after].wait(5)
+        scope.exit("same-id")
+        steps[exited].set()
+        left[name] = logkit.get_context()
+
+    # order: A enters, B enters, A exits, B exits
+    a = threading.Thread(target=run, args=("A", -1, 1, 0, 2))
+    b = threading.Thread(target=run, args=("B", 0, 2, 1, 3))
+    a.start()
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert left == {"A": {"thread": "A"}, "B": {"thread": "B"}}
+    assert len(scope) == 0

@@ -86,13 +86,19 @@ def outcome(
         for n in range(TASKS):
             with logkit.bound(request_id=f"req-{n}"):
                 pending.append(mod.interleave.delay(n))
-        results = [r.get(timeout=60) for r in pending]
+        # the same task id delivered twice at once (as after a redis visibility timeout)
+        dup_id = f"dup-{pool}"
+        for n in (100, 101):
+            with logkit.bound(request_id=f"req-{n}"):
+                pending.append(mod.interleave.apply_async((n,), task_id=dup_id))
+        results = [r.get(timeout=60) for r in pending[:TASKS]]
         ids = {r["id"] for r in results}
-        wait_for(
-            lambda: ids <= {r.get("after_id") for r in worker.json_lines()},
-            timeout=20,
-            message=worker.describe,
-        )
+
+        def all_done() -> bool:
+            after = [r.get("after_id") for r in worker.json_lines()]
+            return ids <= set(after) and after.count(dup_id) == 2
+
+        wait_for(all_done, timeout=20, message=worker.describe)
         yield Outcome(pool, worker, results)
     finally:
         worker.stop(timeout=15)
@@ -117,18 +123,20 @@ def test_tasks_really_interleave(outcome: Outcome) -> None:
 @pytest.mark.worker
 def test_every_record_carries_only_its_own_task(outcome: Outcome) -> None:
     by_n = {n: res for n, res in enumerate(outcome.results)}
+    by_n[100] = by_n[101] = {"id": f"dup-{outcome.pool}"}
     lines = [r for r in outcome.records if r["logger"] in ("pool.lib", "pool.tasks")]
-    assert len(lines) == TASKS * 10
+    assert len(lines) == (TASKS + 2) * 10
     for rec in lines:
         n = int(rec["message"].split()[0].split("=")[1])
         assert rec["task_id"] == by_n[n]["id"], rec
         assert rec["request_id"] == f"req-{n}", rec
         assert rec["own"] == n, rec
     done = [r for r in outcome.records if r["logger"] == "pool.sl"]
-    assert len(done) == TASKS
+    assert len(done) == TASKS + 2
     assert all(r["task_id"] == by_n[r["n"]]["id"] and r["own"] == r["n"] for r in done)
+    assert all(r["request_id"] == f"req-{r['n']}" for r in done)
     # what the task itself saw through logkit.get_context()
-    for n, res in by_n.items():
+    for n, res in enumerate(outcome.results):
         assert res["context"]["task_id"] == res["id"]
         assert res["context"]["request_id"] == f"req-{n}" and res["context"]["own"] == n
 
@@ -136,7 +144,7 @@ def test_every_record_carries_only_its_own_task(outcome: Outcome) -> None:
 @pytest.mark.worker
 def test_nothing_is_left_bound_after_a_task(outcome: Outcome) -> None:
     after = [r for r in outcome.records if r["logger"] == "pool.probe"]
-    assert len(after) == TASKS
+    assert len(after) == TASKS + 2
     for rec in after:
         assert rec["left"] == {}, rec
         assert "task_id" not in rec and "request_id" not in rec and "own" not in rec, rec
