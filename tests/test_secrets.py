@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from workerutil import Worker, make_app, parse_json_lines, start_worker
 
 from logkit.config import DEFAULT_REDACT_KEYS
@@ -203,3 +205,46 @@ def test_no_redact_keys_means_no_filter_work() -> None:
     RedactFilter([]).filter(record)
     assert record.getMessage() == "password=p"
 
+
+
+# --------------------------------------------------------------------------
+# hypothesis: whatever the values look like, a redacted key's value never survives
+# --------------------------------------------------------------------------
+
+SECRET_KEYS = st.sampled_from(["password", "API_KEY", "x-auth-token", "db_passwd", "Cookie"])
+PLAIN_KEYS = st.sampled_from(["user", "id", "note", "n", "path"])
+TRICKY = st.text(
+    st.sampled_from(list("ab '\"\\{}[](),:=\n\t")) | st.characters(codec="utf-8"), max_size=12
+)
+
+
+def _secret_value(draw: st.DrawFn) -> Any:
+    """A value holding the marker at every leaf: a string, or a container of them."""
+    text = st.builds(lambda a, b: f"{a}{MARK}{b}", TRICKY, TRICKY)
+    return draw(st.one_of(text, st.lists(text, max_size=3), st.dictionaries(PLAIN_KEYS, text)))
+
+
+@st.composite
+def secret_kwargs(draw: st.DrawFn) -> dict[str, Any]:
+    plain = st.recursive(
+        st.one_of(TRICKY, st.integers(), st.none()),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(PLAIN_KEYS, inner, max_size=3),
+        max_leaves=6,
+    )
+    out: dict[str, Any] = draw(st.dictionaries(PLAIN_KEYS, plain, max_size=3))
+    for key in draw(st.lists(SECRET_KEYS, min_size=1, max_size=3, unique=True)):
+        value = _secret_value(draw)
+        if draw(st.booleans()):  # nested one level down
+            out.setdefault("nested", {})[key] = value
+        else:
+            out[key] = value
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(kwargs=secret_kwargs())
+def test_redact_text_hides_values_of_any_shape(kwargs: dict[str, Any]) -> None:
+    import json
+
+    for text in (repr(kwargs), f"ValueError({kwargs!r})", json.dumps(kwargs)):
+        assert MARK not in redact_text(text, PATTERN), text
