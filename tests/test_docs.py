@@ -335,3 +335,15 @@ def test_benchmark_flags_are_real() -> None:
     assert documented
     for flag in documented:
         assert flag in proc.stdout, f"benchmarks.md documents {flag}, not a benchmarks flag"
+
+
+def test_celery_names_in_the_docs_are_real() -> None:
+    """Every ``worker_*``/``beat_*`` name is a Celery setting, a Celery signal or an event."""
+    from celery import signals
+    from celery.app.defaults import DEFAULTS
+
+    known = set(DEFAULTS) | set(EVENT_NAMES) | {n for n in dir(signals) if not n.startswith("_")}
+    texts = {**all_docs(), ROOT / "README.md": read(ROOT / "README.md")}
+    for path, text in texts.items():
+        for name in set(re.findall(r"\b((?:worker|beat)_[a-z_]+)\b", text)):
+            assert name in known, f"{path.name}: {name} is no Celery setting, signal or event"
