@@ -30,6 +30,7 @@ from workerutil import (
     AppModule,
     Worker,
     WorkerStartError,
+    expand_nodename,
     make_app,
     parse_json_lines,
     ready_marker,
@@ -435,7 +436,7 @@ def test_console_colour_on_a_tty(
     appmod = _simple(app_factory)  # format auto: console on a terminal
     proc, output = _start_on_pty(appmod, env, global_args)
     try:
-        marker = ready_marker(appmod.workdir, f"w1@{socket.gethostname()}")
+        marker = ready_marker(appmod.workdir, expand_nodename("w1@%h"))
         wait_for(lambda: marker.exists() or proc.poll() is not None, timeout=60)
         assert proc.poll() is None, output()
         appmod.load().hello.delay("tty").get(timeout=30)
