@@ -135,7 +135,7 @@ def _read_text(path: Path | None) -> str:
         return ""
     try:
         return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:  # missing, or under a non-directory (NotADirectoryError)
         return ""
 
 
