@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import formatters, machine, tasks, worker
+from .timing import TIMES, Result
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SUITES = ("formatters", "tasks", "worker")
@@ -48,24 +49,82 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(text)
 
     started = time.monotonic()
+    fmt_results = task_results = worker_results = None
     if "formatters" in only:
         loops = args.loops or (200 if quick else 2000)
         emit("### Formatters (same record: 2 args, 3 extra fields, 6 context fields)\n")
-        emit(formatters.render(formatters.run(rounds=rounds, loops=loops)))
+        fmt_results = formatters.run(rounds=rounds, loops=loops)
+        emit(formatters.render(fmt_results))
     if "tasks" in only:
         emit("### Per-task overhead\n")
-        emit(tasks.render(tasks.run(rounds=rounds, loops=args.loops or (50 if quick else 300))))
+        task_results = tasks.run(rounds=rounds * 2, loops=args.loops or (20 if quick else 100))
+        emit(tasks.render(task_results))
     if "worker" in only:
         n = args.tasks or (500 if quick else 5000)
         repeats = args.repeats or (1 if quick else 2)
         emit("### Worker throughput\n")
-        emit(worker.render(worker.run(tasks=n, repeats=repeats, broker=args.broker),
-                           args.broker))
+        worker_results = worker.run(tasks=n, repeats=repeats, broker=args.broker)
+        emit(worker.render(worker_results, args.broker))
+    summary = targets(fmt_results, task_results, worker_results)
+    if summary:
+        sections.insert(0, summary)
+        print(summary, flush=True)
     elapsed = time.monotonic() - started
     print(f"(ran in {elapsed:.0f} s)", file=sys.stderr)
     if args.write_results:
         write_results(sections, argv if argv is not None else sys.argv[1:])
     return 0
+
+
+def _median(rows: list[Result], name: str) -> float:
+    return next(r.median_ns for r in rows if r.name == name)
+
+
+def targets(fmt: dict[str, list[Result]] | None, task: dict[str, list[Result]] | None,
+            work: list[worker.Summary] | None) -> str:
+    """The issue's targets as ratios from this run, each marked met or not."""
+    lines: list[tuple[str, str, float, bool]] = []
+    if fmt:
+        floor, json, pjl = "stdlib Formatter (floor)", "logkit json", \
+            "python-json-logger JsonFormatter"
+        for title in ("format() of a prebuilt record", "logger.info() to /dev/null"):
+            rows = fmt[title]
+            ratio = _median(rows, json) / _median(rows, floor)
+            lines.append((f"logkit json / stdlib floor, {title}", f"≤ 1.5{TIMES}", ratio,
+                          ratio <= 1.5))
+            speedup = _median(rows, pjl) / _median(rows, json)
+            lines.append((f"python-json-logger JsonFormatter / logkit json, {title}", f"≥ 2{TIMES}",
+                          speedup, speedup >= 2))
+        rows = fmt["disabled call (logger.debug at level INFO)"]
+        plain = _median(rows, "stdlib logger.debug, plain stdlib (floor)")
+        ratio = _median(rows, "stdlib logger.debug, logkit installed") / plain
+        noisy = f"≤ 1{TIMES} (±5% noise)"
+        lines.append(("disabled stdlib call with logkit / plain stdlib", noisy,
+                      ratio, ratio <= 1.05))
+        via_logkit = _median(rows, "structlog via logkit")
+        lines.append(("disabled structlog call via logkit / plain stdlib call", noisy,
+                      via_logkit / plain, via_logkit / plain <= 1.05))
+        native = _median(rows, "structlog native filtering bound logger")
+        lines.append(("disabled structlog call via logkit / structlog's native filtering logger",
+                      noisy, via_logkit / native, via_logkit / native <= 1.05))
+    if task:
+        rows = next(iter(task.values()))
+        base = _median(rows, "celery logging")
+        ratio = _median(rows, "logkit json (context + events)") / base - 1
+        lines.append(("per-task overhead, context + events, of an empty apply()", "≤ 10%",
+                      ratio * 100, ratio <= 0.10))
+    if work:
+        ratio = work[1].median_rate / work[0].median_rate
+        lines.append(("worker tasks/s, logkit json / Celery's default logging", f"≥ 0.95{TIMES}",
+                      ratio, ratio >= 0.95))
+    if not lines:
+        return ""
+    out = ["### Targets (ratios from this run)", "",
+           "| target | goal | this run | met |", "|---|---|---:|---|"]
+    for name, goal, value, met in lines:
+        unit = "%" if goal.endswith("%") else TIMES
+        out.append(f"| {name} | {goal} | {value:.2f}{unit} | {'yes' if met else '**no**'} |")
+    return "\n".join(out) + "\n"
 
 
 def write_results(sections: list[str], argv: list[str]) -> None:

@@ -233,13 +233,17 @@ class _Fields:
 
     def extras(self, record: logging.LogRecord) -> dict[Any, Any]:
         """The record's ``extra`` fields; keys that collide with base fields get a ``_`` prefix."""
+        out: dict[Any, Any] = {}
+        if len(record.__dict__) > _BASE_LEN:
+            self.add_extras(record, out)
+        return out
+
+    def add_extras(self, record: logging.LogRecord, out: dict[Any, Any]) -> None:
+        """Put the record's ``extra`` fields into ``out`` (see :meth:`extras`)."""
         rd = record.__dict__
-        if len(rd) <= _BASE_LEN:
-            return {}
         keys = list(rd)
         if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
             keys = keys[_BASE_LEN:]
-        out: dict[Any, Any] = {}
         limit = self.limit
         base = self.base
         for key in keys:
@@ -251,7 +255,6 @@ class _Fields:
             if type(value) is str and len(value) > limit:
                 value = cap(value, limit)
             out[key] = value
-        return out
 
     def exception_of(self, formatter: logging.Formatter, record: logging.LogRecord) -> Any:
         """``{"type", "message", "traceback"}`` for ``record.exc_info``, or ``None``."""
@@ -311,7 +314,8 @@ class JsonFormatter(OrjsonFormatter):
         self._keys = (f.timestamp, f.level, f.logger, f.message)
         self._static = dict(f.static)
         self._message_of = f.message_of
-        self._extras = f.extras
+        self._add_extras = f.add_extras
+        self._stamp = self._clock.__call__
         #: The last context dict seen and whether it has a key named like a base field;
         #: context dicts are never mutated, so identity is enough to reuse the answer.
         self._last_ctx: tuple[Mapping[str, Any] | None, bool] = (None, False)
@@ -360,7 +364,7 @@ class JsonFormatter(OrjsonFormatter):
         else:  # a custom record class may override getMessage()
             msg = self._message_of(record)
         out: dict[Any, Any] = {
-            ts: self._clock(record.created, record.msecs),
+            ts: self._stamp(record.created, record.msecs),
             level: record.levelname,
             name: record.name,
             message: msg,
@@ -370,7 +374,7 @@ class JsonFormatter(OrjsonFormatter):
         if ctx:
             out.update(ctx)
         if len(rd) > _BASE_LEN:
-            out.update(self._extras(record))
+            self._add_extras(record, out)
         out[self._process] = record.process
         out[self._thread] = record.thread
         if record.exc_info or record.exc_text:

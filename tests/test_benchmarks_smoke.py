@@ -31,7 +31,7 @@ def _run(*args: str, timeout: float = 240) -> str:
 
 def _rows(text: str, title: str) -> dict[str, list[str]]:
     """``{case: cells}`` of the markdown table under ``#### title``."""
-    section = text.split(f"#### {title}", 1)[1].split("####", 1)[0]
+    section = text.split(f"#### {title}", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -69,6 +69,8 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
                           "logkit json, context + events, no redaction (redact_keys=())",
                           "logkit json (context + events)"}
     assert "% of an empty apply()" in out
+    assert "### Targets (ratios from this run)" in out
+    assert out.count(" | yes |") + out.count(" | **no** |") == 8  # every target, judged
 
 
 def test_every_json_peer_outputs_the_same_fields() -> None:
