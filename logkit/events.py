@@ -221,7 +221,10 @@ def _bind_for(task_id: Any, name: Any, request: Any) -> dict[str, Any] | None:
     key = _names(inst).get("task_id", "task_id")
     if task_id is not None and context.current().get(key) == task_id:
         return None
-    return task_identity(name, request)
+    values = task_identity(name, request)
+    if task_id is not None:  # the request may be another one (e.g. the parent's empty one)
+        values[key] = task_id
+    return values
 
 
 def _worker_bind(hostname: Any) -> dict[str, Any]:
@@ -229,6 +232,10 @@ def _worker_bind(hostname: Any) -> dict[str, Any]:
     if inst is None or hostname is None:
         return {}
     return {_names(inst).get("worker", "worker"): safe_str(hostname)}
+
+
+#: Task ids whose ``task_failed`` was emitted in this process (bounded, oldest dropped).
+_failed: dict[Any, None] = {}
 
 
 def _duration_ms(task_id: Any) -> float | None:
@@ -409,6 +416,13 @@ def on_task_failure(
         return
     request = sender.request
     task_id = task_id if task_id is not None else getattr(request, "id", None)
+    if task_id is not None:
+        # Celery signals a hard time limit twice (timeout, then the lost worker): log once.
+        if task_id in _failed:
+            return
+        _failed[task_id] = None
+        if len(_failed) > 1024:
+            del _failed[next(iter(_failed))]
     fields = {"duration_ms": _duration_ms(task_id), "expected": expected}
     emit(
         "task_failed", level, fields,

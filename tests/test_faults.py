@@ -164,7 +164,10 @@ def test_fault_events_are_logged(faulted: dict[str, Any]) -> None:
     killed = _events(records, "task_failed", faulted["killed"])
     assert killed and "WorkerLostError" in killed[0]["exception"]["type"]
     timed = _events(records, "task_failed", faulted["timed_out"])
-    assert timed and "TimeLimitExceeded" in timed[0]["exception"]["type"]
+    assert len(timed) == 1 and "TimeLimitExceeded" in timed[0]["exception"]["type"]
+    assert not [
+        r for r in records if r.get("event") == "task_failed" and r.get("task_id") is None
+    ]
     (revoked,) = _events(records, "task_revoked", faulted["revoked"])
     assert revoked["terminated"] is True and revoked["signame"] == "SIGTERM"
     # the killed/timed-out/revoked tasks never logged a success
