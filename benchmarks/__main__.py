@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loops", type=int, help="calls per case per round (formatters)")
     parser.add_argument("--tasks", type=int, help="tasks per worker run (default 5000)")
     parser.add_argument("--repeats", type=int,
-                        help="worker runs per logging mode, alternated (default 2)")
+                        help="worker runs per logging mode, alternated (default 3)")
     parser.add_argument("--broker", choices=("filesystem", "redis"), default="filesystem",
                         help="broker of the worker benchmark (default: kombu filesystem)")
     parser.add_argument("--write-results", action="store_true",
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(tasks.render(task_results))
     if "worker" in only:
         n = args.tasks or (500 if quick else 5000)
-        repeats = args.repeats or (1 if quick else 2)
+        repeats = args.repeats or (1 if quick else 3)
         emit("### Worker throughput\n")
         worker_results = worker.run(tasks=n, repeats=repeats, broker=args.broker)
         emit(worker.render(worker_results, args.broker))

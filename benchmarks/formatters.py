@@ -70,6 +70,8 @@ class Peer:
     logger: Callable[..., Any]  # bound logger method taking (msg, *args, **kw), or None
     extra: dict[str, Any] | None
     exc_logger: Callable[..., Any] | None = None
+    #: Untimed, after each timed run (the queue case drains its writer thread).
+    after: Callable[[], object] | None = None
 
 
 def _devnull_stream() -> io.TextIOWrapper:
@@ -176,8 +178,9 @@ def peers(config: LogConfig | None = None) -> list[Peer]:
         Peer("structlog native (orjson, BytesLogger)", None, native.info, None,
              exc_logger=native.exception),
         Peer("logkit json", lk_json, _logkit_logger("lk-json", lk_json, config).info, EXTRA),
-        Peer("logkit json, queue=True (caller's cost)", None,
-             _logkit_logger("lk-json-queue", lk_json, config, queue=True).info, EXTRA),
+        Peer("logkit json, queue=True (caller's cost; writer drained untimed)", None,
+             _logkit_logger("lk-json-queue", lk_json, config, queue=True).info, EXTRA,
+             after=flush_queues),
         Peer("logkit console", lk_console,
              _logkit_logger("lk-console", lk_console, config).info, EXTRA),
         Peer("logkit plain", lk_plain, _logkit_logger("lk-plain", lk_plain, config).info, EXTRA),
@@ -267,7 +270,8 @@ def call_cases(all_peers: list[Peer], *, exception: bool) -> list[Case]:
     for peer in all_peers:
         method = peer.exc_logger if exception else peer.logger
         assert method is not None
-        cases.append(Case(peer.name, _call_runner(method, peer.extra, exception)))
+        cases.append(Case(peer.name, _call_runner(method, peer.extra, exception),
+                          after=peer.after))
     return cases
 
 

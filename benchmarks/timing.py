@@ -22,6 +22,9 @@ class Case:
     name: str
     run: Runner
     note: str = ""
+    #: Called after each timed run, untimed (e.g. drain a background queue so its
+    #: thread does not compete with the next case).
+    after: Callable[[], object] | None = None
 
 
 @dataclass
@@ -43,20 +46,37 @@ def interleaved(cases: Sequence[Case], *, rounds: int, loops: int) -> list[Resul
     """Time every case ``rounds`` times, interleaved; medians of ns per call.
 
     Each round runs every case once (``loops`` calls each), in an order rotated by
-    one every round so no case always runs right after the same neighbour.
+    one every round so no case always runs right after the same neighbour. The
+    cyclic garbage collector is run before, and paused during, each timed run.
     Quartiles are returned as the spread.
     """
     for case in cases:  # warm up: caches, lazily built state, first-call imports
         case.run(max(1, loops // 10))
+        if case.after is not None:
+            case.after()
     samples: dict[str, list[float]] = {case.name: [] for case in cases}
     n = len(cases)
-    for r in range(rounds):
-        gc.collect()
-        order = [cases[(i + r) % n] for i in range(n)]
-        for case in order:
-            start = time.perf_counter_ns()
-            case.run(loops)
-            samples[case.name].append((time.perf_counter_ns() - start) / loops)
+    gc_was_enabled = gc.isenabled()
+    try:
+        for r in range(rounds):
+            order = [cases[(i + r) % n] for i in range(n)]
+            for case in order:
+                # As timeit does: no cyclic GC pass lands inside one case's timing (a
+                # full collection would be charged to whichever case happens to run).
+                gc.collect()
+                gc.disable()
+                start = time.perf_counter_ns()
+                case.run(loops)
+                elapsed = time.perf_counter_ns() - start
+                gc.enable()
+                samples[case.name].append(elapsed / loops)
+                if case.after is not None:
+                    case.after()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        else:
+            gc.disable()
     out = []
     for case in cases:
         values = sorted(samples[case.name])
