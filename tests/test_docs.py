@@ -335,6 +335,12 @@ def test_benchmark_flags_are_real() -> None:
     assert documented
     for flag in documented:
         assert flag in proc.stdout, f"benchmarks.md documents {flag}, not a benchmarks flag"
+    # "(default N)" in the --help text is the default the page gives for that flag
+    help_text = " ".join(proc.stdout.split())
+    page = read(DOCS / "benchmarks.md")
+    for flag, default in re.findall(r"(--[a-z-]+) [A-Z]+ [^-]*?\(default (\d+)\)", help_text):
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{flag}"))
+        assert f"default {default}" in row, (flag, default, row)
 
 
 def test_celery_names_in_the_docs_are_real() -> None:
