@@ -6,10 +6,15 @@ Prints markdown tables; ``--write-results`` also rewrites ``benchmarks/RESULTS.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from . import formatters, machine, tasks, worker
 from .timing import TIMES, Result
@@ -31,17 +36,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="worker runs per logging mode, alternated (default 3)")
     parser.add_argument("--broker", choices=("filesystem", "redis"), default="filesystem",
                         help="broker of the worker benchmark (default: kombu filesystem)")
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
     parser.add_argument("--write-results", action="store_true",
                         help=f"rewrite {RESULTS.name} with the machine and these figures")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the selected benchmarks, print their tables; return the exit code."""
-    args = parse_args(argv)
-    only = args.only or list(SUITES)
+def _run_suite(suite: str, args: argparse.Namespace) -> Any:
+    """Run one suite in this process; return its raw results."""
     quick = args.quick
     rounds = args.rounds or (5 if quick else 40)
+    if suite == "formatters":
+        return formatters.run(rounds=rounds, loops=args.loops or (200 if quick else 2000))
+    if suite == "tasks":
+        return tasks.run(rounds=rounds * 2, loops=args.loops or (20 if quick else 100))
+    return worker.run(tasks=args.tasks or (500 if quick else 5000),
+                      repeats=args.repeats or (1 if quick else 3), broker=args.broker)
+
+
+def _dump(results: Any) -> Any:
+    if isinstance(results, dict):
+        return {title: [dataclasses.asdict(r) for r in rows] for title, rows in results.items()}
+    return [{"mode": s.mode, "runs": [dataclasses.asdict(r) for r in s.runs]} for s in results]
+
+
+def _load(suite: str, data: Any) -> Any:
+    if suite == "worker":
+        return [worker.Summary(s["mode"], [worker.Run(**r) for r in s["runs"]]) for s in data]
+    return {title: [Result(**r) for r in rows] for title, rows in data.items()}
+
+
+def _in_subprocess(suite: str, argv: list[str]) -> Any:
+    """Run ``suite`` in a fresh interpreter (each suite configures logging process-wide)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results.json"
+        passed = [a for a in argv if a != "--write-results"]
+        cmd = [sys.executable, "-m", "benchmarks", *_without_only(passed), "--only", suite,
+               "--child-json", str(out)]
+        subprocess.run(cmd, check=True)
+        return _load(suite, json.loads(out.read_text(encoding="utf-8")))
+
+
+def _without_only(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--only":
+            skip = True
+        elif not arg.startswith("--only="):
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks, print their tables; return the exit code.
+
+    Each suite runs in its own interpreter: the formatter suite configures logkit
+    process-wide, which must not leak into the per-task suite's "Celery only" state.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    only = args.only or list(SUITES)
+    if args.child_json:
+        (suite,) = only
+        Path(args.child_json).write_text(json.dumps(_dump(_run_suite(suite, args))),
+                                         encoding="utf-8")
+        return 0
     sections: list[str] = []
 
     def emit(text: str) -> None:
@@ -51,19 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     fmt_results = task_results = worker_results = None
     if "formatters" in only:
-        loops = args.loops or (200 if quick else 2000)
+        fmt_results = _in_subprocess("formatters", argv)
         emit("### Formatters (same record: 2 args, 3 extra fields, 6 context fields)\n")
-        fmt_results = formatters.run(rounds=rounds, loops=loops)
         emit(formatters.render(fmt_results))
     if "tasks" in only:
+        task_results = _in_subprocess("tasks", argv)
         emit("### Per-task overhead\n")
-        task_results = tasks.run(rounds=rounds * 2, loops=args.loops or (20 if quick else 100))
         emit(tasks.render(task_results))
     if "worker" in only:
-        n = args.tasks or (500 if quick else 5000)
-        repeats = args.repeats or (1 if quick else 3)
+        worker_results = _in_subprocess("worker", argv)
         emit("### Worker throughput\n")
-        worker_results = worker.run(tasks=n, repeats=repeats, broker=args.broker)
         emit(worker.render(worker_results, args.broker))
     summary = targets(fmt_results, task_results, worker_results)
     if summary:
@@ -72,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(f"(ran in {elapsed:.0f} s)", file=sys.stderr)
     if args.write_results:
-        write_results(sections, argv if argv is not None else sys.argv[1:])
+        write_results(sections, argv)
     return 0
 
 

@@ -47,6 +47,8 @@ class _State:
             log = logging.getLogger(name)
             self.loggers[name] = (list(log.handlers), list(log.filters), log.level, log.propagate)
         self.installation = receivers._installation
+        # logkit.configure() swaps Logger.makeRecord process-wide (clashing extra keys)
+        self.make_record = logging.Logger.makeRecord
 
     def restore(self) -> None:
         for name, saved in self.signals.items():
@@ -60,6 +62,7 @@ class _State:
             log.level = level
             log.propagate = propagate
         logging.Logger.manager._clear_cache()
+        logging.Logger.makeRecord = self.make_record  # type: ignore[method-assign]
         receivers._installation = self.installation
 
 
@@ -127,8 +130,8 @@ def render(results: dict[str, list[Result]]) -> str:
         text = table(title, rows, unit="µs/task")
         base = rows[0]
         extra = [
-            f"- {row.name}: +{(row.median_ns - base.median_ns) / 1000:.2f} µs/task "
-            f"(+{(row.median_ns / base.median_ns - 1) * 100:.1f}% of an empty apply())"
+            f"- {row.name}: {(row.median_ns - base.median_ns) / 1000:+.2f} µs/task "
+            f"({(row.median_ns / base.median_ns - 1) * 100:+.1f}% of an empty apply())"
             for row in rows[1:]
         ]
         out.append(text + "\n" + "\n".join(extra) + "\n")
