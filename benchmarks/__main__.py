@@ -29,8 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="few rounds and 500 tasks: a smoke run, not figures to quote")
     parser.add_argument("--only", choices=SUITES, action="append",
                         help="run only this benchmark (repeatable)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per table")
-    parser.add_argument("--loops", type=int, help="calls per case per round (formatters)")
+    parser.add_argument("--rounds", type=int,
+                        help="interleaved rounds per table (default 40, 5 with --quick; "
+                        "the per-task table runs twice as many)")
+    parser.add_argument("--loops", type=int,
+                        help="calls per case per round (default 2000 for formatters, 100 for "
+                        "tasks; 200 and 20 with --quick)")
     parser.add_argument("--tasks", type=int, help="tasks per worker run (default 5000)")
     parser.add_argument("--repeats", type=int,
                         help="worker runs per logging mode, alternated (default 3)")
