@@ -438,7 +438,48 @@ def _kv(key: Any, value: Any, limit: int) -> str:
     return f"{clean(safe_str(key))}={clean(text)}"
 
 
-class ConsoleFormatter(logging.Formatter):
+class _TextFormatter(logging.Formatter):
+    """What console and plain output share: never raising, ``key=value`` pairs, tracebacks."""
+
+    _f: _Fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as text (plus indented traceback lines); never raises."""
+        try:
+            return self._format(record)
+        except Exception as exc:
+            return (
+                f"{safe_str(getattr(record, 'levelname', '?'))} "
+                f"{clean(safe_repr(getattr(record, 'msg', '')))} "
+                f"(logkit: record could not be formatted: {type(exc).__name__})"
+            )
+
+    def _format(self, record: logging.LogRecord) -> str:
+        raise NotImplementedError
+
+    def _pairs(
+        self, record: logging.LogRecord, ctx: Mapping[str, Any], *, extras: bool, static: bool
+    ) -> list[str]:
+        """``key=value`` for user-bound context, then (optionally) extras and static fields."""
+        f = self._f
+        pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
+        if extras:
+            pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items() if v is not None)
+        if static:
+            pairs.extend(_kv(k, v, f.limit) for k, v in f.static.items())
+        return pairs
+
+    def _with_traceback(self, text: str, record: logging.LogRecord) -> str:
+        """``text`` followed by the record's traceback and stack, indented."""
+        exc = self._f.exception_of(self, record)
+        if exc is not None:
+            text = f"{text}\n    {indent_continuation(exc['traceback'])}"
+        if record.stack_info:
+            text = f"{text}\n    {indent_continuation(record.stack_info)}"
+        return text
+
+
+class ConsoleFormatter(_TextFormatter):
     """Human output: ``time LEVEL logger: [task_name task_id] message key=value ...``.
 
     Colours (via colorama codes) only when ``use_color`` is true; control characters in
@@ -455,17 +496,6 @@ class ConsoleFormatter(logging.Formatter):
             self._task, self._name = Style.BRIGHT + Fore.CYAN, Fore.MAGENTA
         else:
             self._dim = self._reset = self._task = self._name = ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Return ``record`` as one console line (plus indented traceback lines)."""
-        try:
-            return self._format(record)
-        except Exception as exc:
-            return (
-                f"{safe_str(getattr(record, 'levelname', '?'))} "
-                f"{clean(safe_repr(getattr(record, 'msg', '')))} "
-                f"(logkit: record could not be formatted: {type(exc).__name__})"
-            )
 
     def _format(self, record: logging.LogRecord) -> str:
         f = self._f
@@ -486,21 +516,13 @@ class ConsoleFormatter(logging.Formatter):
             name = ctx.get(f.task_name, "?")
             parts.append(f"{self._task}[{clean(safe_str(name))} {clean(safe_str(task_id))}]{reset}")
         parts.append(clean(f.message_of(record)))
-        pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
-        pairs.extend(_kv(k, v, f.limit) for k, v in f.extras(record).items() if v is not None)
-        pairs.extend(_kv(k, v, f.limit) for k, v in f.static.items())
+        pairs = self._pairs(record, ctx, extras=True, static=True)
         if pairs:
             parts.append(f"{self._dim}{' '.join(pairs)}{reset}")
-        line = " ".join(parts)
-        exc = f.exception_of(self, record)
-        if exc is not None:
-            line = f"{line}\n    {indent_continuation(exc['traceback'])}"
-        if record.stack_info:
-            line = f"{line}\n    {indent_continuation(record.stack_info)}"
-        return line
+        return self._with_traceback(" ".join(parts), record)
 
 
-class PlainFormatter(logging.Formatter):
+class PlainFormatter(_TextFormatter):
     """Celery's own text format (``worker_log_format`` / ``worker_task_log_format``).
 
     Inside a task, a format without ``%(task_id)s`` gets a ``[task_name task_id]``
@@ -517,17 +539,6 @@ class PlainFormatter(logging.Formatter):
         self._f = _Fields(config or LogConfig())
         self._task_format = "%(task_id)" in fmt or "%(task_name)" in fmt
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Return ``record`` in Celery's text format; never raises."""
-        try:
-            return self._format(record)
-        except Exception as exc:
-            return (
-                f"[{safe_str(getattr(record, 'levelname', '?'))}] "
-                f"{clean(safe_repr(getattr(record, 'msg', '')))} "
-                f"(logkit: record could not be formatted: {type(exc).__name__})"
-            )
-
     def _format(self, record: logging.LogRecord) -> str:
         f = self._f
         ctx = _context_of(record)
@@ -540,23 +551,14 @@ class PlainFormatter(logging.Formatter):
         elif task_id is not None:
             name = clean(safe_str(ctx.get(f.task_name, "?")))
             message = f"[{name} {clean(safe_str(task_id))}] {message}"
-        pairs = [_kv(k, v, f.limit) for k, v in ctx.items() if k not in f.task_keys]
-        if not record.name.startswith("celery."):  # Celery's own lines carry their data in text
-            pairs.extend(
-                _kv(k, v, f.limit) for k, v in f.extras(record).items() if v is not None
-            )
+        # Celery's own lines carry their data in their text already.
+        pairs = self._pairs(record, ctx, extras=not record.name.startswith("celery."), static=False)
         if pairs:
             message = f"{message} {' '.join(pairs)}"
         record.message = message
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
-        text = self.formatMessage(record)
-        exc = f.exception_of(self, record)
-        if exc is not None:
-            text = f"{text}\n    {indent_continuation(exc['traceback'])}"
-        if record.stack_info:
-            text = f"{text}\n    {indent_continuation(record.stack_info)}"
-        return text
+        return self._with_traceback(self.formatMessage(record), record)
 
 
 def traceback_text(exc: BaseException) -> str:
