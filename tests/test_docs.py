@@ -353,3 +353,18 @@ def test_celery_names_in_the_docs_are_real() -> None:
     for path, text in texts.items():
         for name in set(re.findall(r"\b((?:worker|beat)_[a-z_]+)\b", text)):
             assert name in known, f"{path.name}: {name} is no Celery setting, signal or event"
+
+
+def test_documented_event_fields_are_emitted_by_the_code() -> None:
+    """Each field in the events table is a key that ``logkit/events.py`` writes."""
+    source = read(ROOT / "logkit" / "events.py")
+    # bound from the context, written by the formatter, or a JSON value named in the text
+    context_keys = {"task_id", "task_name", "worker", "exception", "null"}
+    rows = [line for line in read(EVENTS_PAGE).splitlines() if re.match(r"\| `\w+` \| [A-Z]", line)]
+    assert len(rows) == len(EVENT_NAMES)
+    for row in rows:
+        fields_column = row.split("|")[4]
+        for name in re.findall(r"`(\w+)`", fields_column):
+            if name in context_keys or not name.islower():
+                continue
+            assert f'"{name}"' in source, f"{name} ({row.split('|')[1].strip()}) not in events.py"
