@@ -103,3 +103,16 @@ def configure_structlog() -> None:
         wrapper_class=LevelCheckedLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def contextvars_snapshot() -> dict[str, Any]:
+    """What is bound with ``structlog.contextvars`` in the current context."""
+    return structlog.contextvars.get_contextvars()
+
+
+def restore_contextvars(snapshot: dict[str, Any]) -> None:
+    """Put ``structlog.contextvars`` back as ``snapshot`` (drop what a task bound)."""
+    if structlog.contextvars.get_contextvars() != snapshot:
+        structlog.contextvars.clear_contextvars()
+        if snapshot:
+            structlog.contextvars.bind_contextvars(**snapshot)

@@ -189,8 +189,29 @@ def _subset(choices: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
     return parse
 
 
+#: Output keys that ``field_names`` can rename.
+RENAMABLE: tuple[str, ...] = (
+    "timestamp",
+    "level",
+    "logger",
+    "message",
+    "process",
+    "thread",
+    "exception",
+    *CONTEXT_FIELDS,
+    "args",
+    "kwargs",
+)
+
+
 def _renames(value: Any) -> Mapping[str, str]:
     pairs = _pairs(value)
+    unknown = [key for key in pairs if key not in RENAMABLE]
+    if unknown:
+        raise ValueError(
+            f"cannot rename {', '.join(map(repr, unknown))}; renamable keys: "
+            f"{', '.join(map(repr, RENAMABLE))}"
+        )
     for key, val in pairs.items():
         if not isinstance(val, str) or not val:
             raise ValueError(f"the new name for {key!r} must be a non-empty string; got {val!r}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
 
 from . import context
+from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import ConfigError, LogConfig, check_options
 from .formatters import cap, safe_repr
 from .handlers import flush_queues
@@ -120,6 +122,8 @@ class Installation:
         self._config: LogConfig | None = None
         self._task_context: TaskContext | None = None
         self.scope = context.TaskScope()
+        #: structlog.contextvars as they were when a task started, by (task id, thread).
+        self.structlog_snapshots: dict[tuple[str, int], dict[str, Any]] = {}
 
     @property
     def config(self) -> LogConfig:
@@ -201,9 +205,10 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
         values = inst.task_context.for_task(task, args, kwargs)
     except Exception as exc:  # never break a task because of logging
         values = {"task_id": task_id, "logkit_error": f"context unavailable: {exc!r}"}
-    inst.scope.enter(
-        task_id or values.get("task_id", ""), values, inst.task_context.task_keys
-    )
+    key = task_id or values.get("task_id", "")
+    inst.scope.enter(key, values, inst.task_context.task_keys)
+    if inst.config.structlog:  # what the task binds with structlog.contextvars ends with it too
+        inst.structlog_snapshots[(key, threading.get_ident())] = contextvars_snapshot()
 
 
 def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
@@ -211,6 +216,9 @@ def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
     inst = _installation
     if inst is not None:
         inst.scope.exit(task_id or "")
+        snapshot = inst.structlog_snapshots.pop((task_id or "", threading.get_ident()), None)
+        if snapshot is not None:
+            restore_contextvars(snapshot)
 
 
 def on_before_task_publish(headers: Any = None, **_: Any) -> None:

@@ -121,6 +121,7 @@ def test_bad_env_value_names_option_source_value_and_choices() -> None:
         ({"context_fields": ["task_id", "tsk_name"]}, ["'tsk_name'", "'task_name'"]),
         ({"fields": "novalue"}, ["'fields'", "key=value"]),
         ({"field_names": {"task_id": ""}}, ["'field_names'", "'task_id'"]),
+        ({"field_names": {"timestmp": "ts"}}, ["'field_names'", "'timestmp'", "'timestamp'"]),
         ({"event_levels": {"task_succeeded": "LOUD"}}, ["'task_succeeded'", "'LOUD'", "'DEBUG'"]),
         ({"disabled_events": ["nope"]}, ["'nope'", "'task_received'"]),
     ],

@@ -307,3 +307,29 @@ def test_setup_logging_receiver_of_the_user_disables_logkit(tmp_path: Path) -> N
     on_setup_logging(loglevel=logging.INFO, logfile=str(tmp_path / "w.log"))
     assert len(_logkit_handlers(logging.getLogger())) == 1
     assert os.path.exists(tmp_path / "w.log")
+
+
+def test_structlog_contextvars_bound_in_a_task_end_with_it(tmp_path: Path) -> None:
+    app = _app(task_always_eager=True)
+    logkit.install(app, format="json")
+    logfile = tmp_path / "w.log"
+    logkit.configure(loglevel=logging.INFO, logfile=str(logfile), app=app)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(worker_wide="kept")
+
+    @app.task
+    def binds(n: int) -> None:
+        if n == 1:
+            structlog.contextvars.bind_contextvars(leaky="yes")
+        structlog.get_logger("sl").info("in task", n=n)
+
+    try:
+        binds.delay(1)
+        assert structlog.contextvars.get_contextvars() == {"worker_wide": "kept"}
+        binds.delay(2)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+    in_task = {r["n"]: r for r in lines if r["message"] == "in task"}
+    assert in_task[1]["leaky"] == "yes" and in_task[1]["worker_wide"] == "kept"
+    assert "leaky" not in in_task[2] and in_task[2]["worker_wide"] == "kept"
