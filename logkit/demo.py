@@ -177,6 +177,8 @@ def run_demo(
         err.write(f"logkit demo: {message}\n")
         err.flush()
 
+    if broker:
+        _check_broker(broker)  # before making anything that would need cleaning up
     workdir = Path(tempfile.mkdtemp(prefix="logkit-demo-"))
     env = dict(os.environ, LOGKIT_DEMO_DIR=str(workdir), PYTHONUNBUFFERED="1")
     # Celery warns (before logging is set up) when run as root, e.g. in a container.
@@ -185,7 +187,6 @@ def run_demo(
     )
     env.pop("LOGKIT_DEMO_BROKER", None)
     if broker:
-        _check_broker(broker)
         env["LOGKIT_DEMO_BROKER"] = broker
     if fmt in ("console", "auto") and _isatty(out) and not env.get("NO_COLOR"):
         env.setdefault("FORCE_COLOR", "1")  # the worker writes to a pipe, we to a terminal

@@ -20,12 +20,15 @@ import logging
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_ready
 from kombu.transport import filesystem
+from kombu.utils.json import dumps
 
 import logkit
 
@@ -43,13 +46,26 @@ def workdir() -> Path:
     return Path(path).resolve()
 
 
+class _DemoChannel(filesystem.Channel):
+    """kombu writes a message file in place: a consumer polling at that moment can read
+    half a message (and the worker dies on a JSONDecodeError). Write, then rename."""
+
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        tmp = os.path.join(self.data_folder_out, f"tmp-{name}.part")
+        with open(tmp, "wb") as fh:
+            fh.write(dumps(payload).encode())  # type: ignore[no-untyped-call]
+        os.replace(tmp, os.path.join(self.data_folder_out, name))
+
+
 class _DemoTransport(filesystem.Transport):
-    """kombu's filesystem transport, waiting at most 0.1 s per poll.
+    """kombu's filesystem transport, waiting at most 0.1 s per poll, with atomic puts.
 
     Celery drains a non-async transport with a 2 s timeout, so a warm shutdown
     would wait seconds for nothing; the demo should stop in about one.
     """
 
+    Channel = _DemoChannel
     #: Keep the URL as given, so the worker logs ``Connected to filesystem://localhost//``.
     can_parse_url = True
 
