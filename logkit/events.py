@@ -25,6 +25,8 @@ import signal as _signal
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from threading import current_thread as _current_thread
+from threading import get_ident as _get_ident
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -32,10 +34,13 @@ from celery import signals
 from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
-from . import context
+from . import context, receivers
 from .config import EVENT_NAMES
-from .formatters import cap, safe_repr, safe_str
+from .formatters import JsonFormatter, cap, safe_repr, safe_str
+from .handlers import SinkHandler
 from .receivers import HEADER, Installation, installation
+from .redaction import RedactFilter, redact_text
+from .setup import CONFIGURED_HOOKS
 
 __all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "connect", "emit"]
 
@@ -141,6 +146,134 @@ def emit(
             logger.handle(record)
     else:
         logger.handle(record)
+
+
+# The hot path: task_started and task_succeeded, once per task.
+#
+# When the ``logkit.events`` records go where logkit configured them (the root's
+# SinkHandler(s), no other handler or filter on the way, the stdlib record
+# factory), a record is built from a per-process template and handed to those
+# handlers directly: no ``makeRecord``, no walk through ``Logger.handle``, and the
+# redaction filter applied only to what can hold a secret (the ``result`` text).
+# The output is the same as :func:`emit`'s (tests compare them); anything else
+# takes :func:`emit`.
+
+_LogRecord = logging.LogRecord
+_new_record = _LogRecord.__new__
+_templates: dict[tuple[str, int], dict[str, Any]] = {}
+_template_pid = [0]
+
+
+def _route() -> tuple[list[SinkHandler], list[Any]] | None:
+    """logkit's handlers an events record reaches, and their redaction patterns, or ``None``."""
+    if (
+        logging.getLogRecordFactory() is not _LogRecord
+        or not (logging.logThreads and logging.logProcesses and logging.logMultiprocessing)
+    ):
+        return None
+    handlers: list[SinkHandler] = []
+    patterns: list[Any] = []
+    node: Any = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        for handler in node.handlers:
+            if type(handler) is not SinkHandler:
+                return None
+            for flt in handler.filters:
+                if type(flt) is not RedactFilter:
+                    return None
+                if flt.pattern is not None and flt.pattern not in patterns:
+                    patterns.append(flt.pattern)
+            handlers.append(handler)
+        if not node.propagate:
+            break
+        node = node.parent
+    return handlers, patterns
+
+
+def _record(event: str, level: int, fields: Mapping[str, Any]) -> logging.LogRecord:
+    """A ``LogRecord`` equal to ``emit``'s, from a template made once per process."""
+    pid = os.getpid()
+    if _template_pid[0] != pid:
+        _templates.clear()
+        _template_pid[0] = pid
+    template = _templates.get((event, level))
+    if template is None:
+        made = _LogRecord(logger.name, level, __file__, 0, MESSAGES[event], (), None)
+        template = _templates[(event, level)] = dict(made.__dict__)
+    record = _new_record(_LogRecord)
+    d = record.__dict__
+    d.update(template)
+    ct = time.time()
+    d["created"] = ct
+    d["msecs"] = int((ct - int(ct)) * 1000) + 0.0
+    d["relativeCreated"] = (ct - _start_time) * 1000
+    d["thread"] = _get_ident()
+    d["threadName"] = _current_thread().name
+    d["event"] = event
+    d.update(fields)
+    return record
+
+
+_start_time: float = logging._startTime  # type: ignore[attr-defined]
+
+
+def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
+    """:func:`emit` for a record with no exception and nothing to bind.
+
+    JSON handlers get the line from :meth:`JsonFormatter.event_line` (no
+    ``LogRecord`` at all); other formatters get a record made from a template.
+    """
+    route = _route()
+    if route is None or not route[0]:
+        emit(event, level, fields)
+        return
+    handlers, patterns = route
+    if patterns:
+        for value in fields.values():
+            if type(value) is str and ("=" in value or ":" in value):  # could hold a secret
+                fields = {
+                    k: _redact_all(v, patterns) if type(v) is str else v
+                    for k, v in fields.items()
+                }
+                break
+    record: logging.LogRecord | None = None
+    line: bytes | None = None
+    ct = time.time()
+    for handler in handlers:
+        if level < handler.level:
+            continue
+        formatter = handler.formatter
+        if type(formatter) is JsonFormatter:
+            line = formatter.event_line(
+                ct, int((ct - int(ct)) * 1000) + 0.0, _level_name(level), logger.name,
+                MESSAGES[event], context.current(), {"event": event, **fields},
+                _getpid(), _get_ident(),
+            )
+        if line is not None:  # one O_APPEND write: no handler lock needed
+            handler.sink.write(line)
+            line = None
+            continue
+        if record is None:
+            record = _record(event, level, fields)
+        handler.acquire()
+        try:
+            handler.emit(record)
+        except Exception:
+            handler.handleError(record)
+        finally:
+            handler.release()
+
+
+_level_name = logging.getLevelName
+_getpid = os.getpid
+
+
+def _redact_all(text: str, patterns: list[Any]) -> str:
+    for pattern in patterns:
+        text = redact_text(text, pattern)
+    return text
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -346,43 +479,107 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
          bind=_bind_for(request.id, getattr(request, "name", None), request))
 
 
-@_guarded
-def on_task_prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
-    """``task_prerun``: remember the start time and emit ``task_started``."""
-    if task_id is not None:
-        _starts[task_id] = time.monotonic()
-    level = level_of("task_started")
-    if level is None or task is None:
-        return
-    emit("task_started", level, {}, bind=_bind_for(task_id, task.name, task.request))
+def task_started(inst: Installation, task_id: Any, task: Any) -> None:
+    """Called by the ``task_prerun`` receiver once the task's context is bound.
+
+    Remembers the start time and emits ``task_started``.
+    """
+    try:
+        if task_id is not None:
+            _starts[task_id] = time.monotonic()
+        level = _task_level(inst, "task_started")
+        if level is None or task is None:
+            return
+        if _is_bound(inst, task_id):
+            emit_fast("task_started", level, _NO_FIELDS)
+        else:
+            emit("task_started", level, _NO_FIELDS,
+                 bind=_bind_for(task_id, task.name, task.request))
+    except Exception:
+        _report_failure("task_started")
 
 
-@_guarded
-def on_task_postrun(task_id: Any = None, **_: Any) -> None:
-    """``task_postrun``: forget the start time."""
-    if task_id is not None:
-        _starts.pop(task_id, None)
+def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, state: Any) -> None:
+    """Called by the ``task_postrun`` receiver before the task's context is restored.
+
+    Emits ``task_succeeded`` (with ``duration_ms`` and, optionally, a capped
+    ``result`` repr) when the task succeeded, and forgets the start time. Using
+    ``task_postrun`` rather than ``task_success`` spares Celery a third signal
+    dispatch per task.
+    """
+    try:
+        start = _starts.pop(task_id, None) if task_id is not None else None
+        if state != _SUCCESS or task is None:
+            if state == _IGNORED and task is not None and _quieted[0]:
+                _reemit_ignored(task, retval)
+            return
+        level = _task_level(inst, "task_succeeded")
+        if level is None:
+            return
+        config = inst.config
+        fields: dict[str, Any] = {
+            "duration_ms": None if start is None
+            else round((time.monotonic() - start) * 1000.0, 3),
+        }
+        if config.result_repr:
+            fields["result"] = _result_repr(task, retval, config.max_field_length)
+        if _is_bound(inst, task_id):
+            emit_fast("task_succeeded", level, fields)
+        else:
+            emit("task_succeeded", level, fields,
+                 bind=_bind_for(task_id, task.name, task.request))
+    except Exception:
+        _report_failure("task_succeeded")
 
 
-@_guarded
-def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    """``task_success``: ``duration_ms`` and (optionally) a capped ``result`` repr."""
-    level = level_of("task_succeeded")
-    if level is None or sender is None:
-        return
-    inst = installation()
-    assert inst is not None
-    request = sender.request
-    task_id = getattr(request, "id", None)
-    fields: dict[str, Any] = {"duration_ms": _duration_ms(task_id)}
-    if inst.config.result_repr:
-        limit = min(getattr(sender, "resultrepr_maxsize", 1024) or 1024,
-                    inst.config.max_field_length)
-        try:
-            fields["result"] = cap(saferepr(result, limit), limit)
-        except Exception:
-            fields["result"] = cap(safe_repr(result), limit)
-    emit("task_succeeded", level, fields, bind=_bind_for(task_id, sender.name, request))
+_levels: tuple[Any, dict[str, int | None]] = (None, {})
+
+
+def _task_level(inst: Installation, event: str) -> int | None:
+    """:func:`level_of` with the config's event levels looked up once per config."""
+    global _levels
+    config = inst.config
+    cached = _levels
+    if cached[0] is not config:
+        cached = _levels = (
+            config, {e: config.event_level(e, level) for e, level in DEFAULT_LEVELS.items()}
+        )
+    level = cached[1][event]
+    if level is None or not logger.isEnabledFor(level):
+        return None
+    return level
+
+
+def _is_bound(inst: Installation, task_id: Any) -> bool:
+    """Is ``task_id``'s context the one bound now (the task did not clear it)?"""
+    return task_id is None or context.current().get(inst.task_context.task_id_key) == task_id
+
+
+_SUCCESS = "SUCCESS"
+_IGNORED = "IGNORED"
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+_reported: set[str] = set()
+
+
+def _report_failure(what: str) -> None:
+    """Report the first failure of each task hook (never raise into Celery)."""
+    if what not in _reported:
+        _reported.add(what)
+        _internal.warning("logkit: lifecycle event %s failed", what, exc_info=True)
+
+
+def _result_repr(task: Any, result: Any, max_length: int) -> str:
+    """The ``result`` field: Celery's ``saferepr``, capped; plain ``repr`` for small scalars."""
+    limit = min(getattr(task, "resultrepr_maxsize", 1024) or 1024, max_length)
+    kind = type(result)
+    if result is None or kind is bool or kind is int or kind is float:
+        text = repr(result)  # what saferepr gives, without its machinery
+        if len(text) <= limit:
+            return text
+    try:
+        return cap(saferepr(result, limit), limit)
+    except Exception:
+        return cap(safe_repr(result), limit)
 
 
 def _expected(task: Any, exception: Any) -> bool:
@@ -744,6 +941,64 @@ class ProseFilter(logging.Filter):
             return True
 
 
+# Celery builds its "Task x[id] succeeded in 0.01s: None" line (saferepr of the
+# result, a LogRecord) whenever ``celery.app.trace`` is enabled for INFO, before
+# the ProseFilter drops it: that was half of logkit's cost per task. While every
+# event that replaces an INFO line of that logger is enabled (task_succeeded,
+# task_retried, task_failed for expected exceptions), logkit sets the logger to
+# WARNING so the line is never built, and re-emits the one INFO line no event
+# replaces ("Task x[id] ignored", for a task raising ``Ignore``). A level the user
+# set on that logger is left alone.
+
+TRACE_LOGGER = "celery.app.trace"
+_REPLACED = ("task_succeeded", "task_retried", "task_failed")
+_quieted = [False]
+
+
+def quiet_trace_logger(config: Any, app: Any) -> None:
+    """Set ``celery.app.trace`` to WARNING while events replace its INFO lines (or undo it)."""
+    trace_logger = logging.getLogger(TRACE_LOGGER)
+    replaced = all(config.event_level(e, DEFAULT_LEVELS[e]) is not None for e in _REPLACED)
+    # worker_deduplicate_successful_tasks logs another INFO line no event replaces
+    dedupe = bool(app is not None and getattr(app.conf, "worker_deduplicate_successful_tasks",
+                                              False))
+    if replaced and not dedupe:
+        if trace_logger.level == logging.NOTSET:
+            trace_logger.setLevel(logging.WARNING)
+            _quieted[0] = True
+    elif _quieted[0]:
+        if trace_logger.level == logging.WARNING:
+            trace_logger.setLevel(logging.NOTSET)
+        _quieted[0] = False
+
+
+def _reemit_ignored(task: Any, retval: Any) -> None:
+    """Celery's "Task x[id] ignored" INFO line, which the WARNING level above dropped."""
+    trace_logger = logging.getLogger(TRACE_LOGGER)
+    parent = trace_logger.parent
+    if parent is None or not parent.isEnabledFor(_I) or trace_logger.level != logging.WARNING:
+        return
+    from celery.app.trace import LOG_IGNORED
+
+    request = task.request
+    data = {
+        "hostname": getattr(request, "hostname", None),
+        "id": getattr(request, "id", None),
+        "name": getattr(task, "name", None),
+        "exc": safe_repr(retval),
+        "traceback": "",
+        "args": getattr(request, "argsrepr", None) or safe_repr(getattr(request, "args", None)),
+        "kwargs": getattr(request, "kwargsrepr", None)
+        or safe_repr(getattr(request, "kwargs", None)),
+        "description": "ignored",
+        "internal": True,
+    }
+    record = trace_logger.makeRecord(
+        TRACE_LOGGER, _I, __file__, 0, LOG_IGNORED.strip(), (data,), None, extra={"data": data}
+    )
+    trace_logger.handle(record)
+
+
 _filters: dict[str, ProseFilter] = {}
 
 
@@ -767,9 +1022,6 @@ def _install_filters() -> None:
 
 _RECEIVERS: tuple[tuple[Any, Callable[..., None], str], ...] = (
     (signals.task_received, on_task_received, "logkit.events.received"),
-    (signals.task_prerun, on_task_prerun, "logkit.events.prerun"),
-    (signals.task_postrun, on_task_postrun, "logkit.events.postrun"),
-    (signals.task_success, on_task_success, "logkit.events.success"),
     (signals.task_failure, on_task_failure, "logkit.events.failure"),
     (signals.task_retry, on_task_retry, "logkit.events.retry"),
     (signals.task_revoked, on_task_revoked, "logkit.events.revoked"),
@@ -795,4 +1047,8 @@ def connect(inst: Installation | None = None) -> None:
     """
     for sig, receiver, uid in _RECEIVERS:
         sig.connect(receiver, weak=False, dispatch_uid=uid)
+    # task_started / task_succeeded ride on the context receivers (one dispatch each)
+    receivers.set_task_hooks(task_started, task_finished)
+    if quiet_trace_logger not in CONFIGURED_HOOKS:
+        CONFIGURED_HOOKS.append(quiet_trace_logger)
     _install_filters()

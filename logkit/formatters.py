@@ -322,6 +322,12 @@ class JsonFormatter(OrjsonFormatter):
         #: A longer line has an uncapped value (bytes, a string nested in a dict...):
         #: the slow path caps every string at any depth.
         self._long_line = 4 * f.limit + 4096
+        #: event_line(): the last context and its serialised ``static + context`` fields.
+        self._ctx_json: tuple[Any, bytes, frozenset[Any]] = (None, b"", frozenset())
+        self._static_ok = f.base.isdisjoint(self._static)
+        self._reserved_or_base = RESERVED | f.base
+        #: event_line(): serialised level/logger/message, by (levelname, logger, message).
+        self._heads: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         """Return ``record`` as one line of JSON; never raises."""
@@ -396,6 +402,78 @@ class JsonFormatter(OrjsonFormatter):
                 out[message] = self._message_of(record)
                 out[ts] = self._clock(record.created, record.msecs)
         return out
+
+    def event_line(
+        self,
+        created: float,
+        msecs: float,
+        levelname: str,
+        name: str,
+        msg: str,
+        ctx: Mapping[str, Any],
+        extras: Mapping[str, Any],
+        process: int | None,
+        thread: int | None,
+    ) -> bytes | None:
+        """:meth:`format_line` of a record with these attributes, no args, exception or
+        stack, and ``extras`` as its ``extra`` fields -- or ``None`` when unsure.
+
+        The shortcut behind logkit's per-task events: no ``LogRecord``, and the
+        ``static + context`` part serialised once per context (context dicts are never
+        mutated, so the same dict object means the same bytes). Whenever a key could
+        collide (base fields, ``extra`` keys, ``process``/``thread``), a string is too
+        long or a value does not serialise, it returns ``None`` and the caller formats
+        a real record, so the output is always what :meth:`format_line` would write.
+        """
+        if not self._static_ok:
+            return None
+        try:
+            cached = self._ctx_json
+            if cached[0] is ctx:
+                part, taken = cached[1], cached[2]
+            else:
+                if ctx and not self._f.base.isdisjoint(ctx):
+                    return None
+                merged = {**self._static, **ctx} if self._static else ctx
+                part = (
+                    orjson.dumps(merged, default=_json_default, option=_JSON_OPTIONS)[1:-1]
+                    if merged
+                    else b""
+                )
+                taken = frozenset(merged)
+                self._ctx_json = (ctx, part, taken)
+            if not taken.isdisjoint(extras) or not self._reserved_or_base.isdisjoint(extras):
+                return None
+            limit = self._f.limit
+            for value in extras.values():
+                if type(value) is str and len(value) > limit:
+                    return None
+            pkey, tkey = self._process, self._thread
+            if pkey in taken or tkey in taken or pkey in extras or tkey in extras or pkey == tkey:
+                return None
+            head = self._heads.get((levelname, name, msg))
+            if head is None:
+                if len(msg) > limit or len(self._heads) > 256:
+                    return None
+                ts, level, logger_key, message = self._keys
+                # everything after the timestamp's value: '","level":"INFO",...,"message":"x"'
+                rest = orjson.dumps({level: levelname, logger_key: name, message: msg})[1:-1]
+                head = self._heads[(levelname, name, msg)] = (
+                    orjson.dumps(ts) + b':"', b'",' + rest
+                )
+            tail = orjson.dumps(
+                {**extras, pkey: process, tkey: thread},
+                default=_json_default,
+                option=_JSON_LINE_OPTIONS,
+            )
+            stamp = self._stamp(created, msecs).encode()
+        except Exception:
+            return None
+        if part:
+            line = b"".join((b"{", head[0], stamp, head[1], b",", part, b",", tail[1:]))
+        else:
+            line = b"".join((b"{", head[0], stamp, head[1], b",", tail[1:]))
+        return line if len(line) <= self._long_line else None
 
     def _format_slow(self, record: logging.LogRecord) -> str:
         """Cycles, odd keys, surrogates, huge ints: sanitise everything, then serialise."""

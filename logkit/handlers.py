@@ -3,7 +3,10 @@
 * One ``os.write`` per record on a file opened with ``O_APPEND``: the prefork
   children of a worker share the file descriptor and their lines never interleave.
 * ``watch=True`` reopens the file when it was renamed or removed (logrotate), like
-  :class:`logging.handlers.WatchedFileHandler`.
+  :class:`logging.handlers.WatchedFileHandler`: a removed (or replaced) file is
+  noticed on the next write (``fstat``: no line goes to a deleted file), a renamed
+  one within :data:`WATCH_INTERVAL` (the path is looked up at most that often;
+  lines written in between land in the renamed file, none is lost).
 * A write error (disk full, file gone read-only) is reported once on the real
   stderr, not once per record; the task logging it is never affected.
 * :class:`QueueSinkHandler` is the optional non-blocking mode (``queue=True``).
@@ -19,6 +22,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -27,7 +31,14 @@ from .formatters import JsonFormatter, safe_str
 
 __all__ = ["LogFileError", "QueueSinkHandler", "Sink", "SinkHandler", "flush_queues"]
 
+#: Seconds between two look-ups of a watched file's path (rename detection).
+WATCH_INTERVAL = 0.1
+
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+_monotonic = time.monotonic
+_fstat = os.fstat
 
 
 def _unpatched_write() -> Any:
@@ -70,6 +81,7 @@ class Sink:
         # process that takes it reports a failure, so a worker reports it once, not per child.
         self._token = _token_pipe()
         self._stat: tuple[int, int] | None = None
+        self._next_lookup = 0.0  # time.monotonic() of the next path look-up
         self._owns_fd = False
         self.fd = -1
         self._write = _unpatched_write()
@@ -120,7 +132,10 @@ class Sink:
         written = 0
         try:
             if self.watch:
-                self._reopen_if_moved()
+                now = _monotonic()
+                if now >= self._next_lookup or _fstat(self.fd).st_nlink == 0:
+                    self._next_lookup = now + WATCH_INTERVAL
+                    self._reopen_if_moved()
             if self._torn:  # end the partial line first, so this record starts a line
                 data = b"\n" + data
             written = self._write(self.fd, data)

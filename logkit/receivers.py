@@ -67,6 +67,42 @@ _GETTERS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+#: The same fields as Python expressions, for the function :func:`_compile_fill` writes.
+_EXPRESSIONS: dict[str, str] = {
+    "task_id": "req.id",
+    "task_name": "task.name",
+    "parent_id": "req.parent_id",
+    "root_id": "req.root_id",
+    "retries": "req.retries",
+    "worker": "req.hostname",
+    "queue": "_queue_of(req)",
+    "correlation_id": "req.correlation_id",
+}
+
+
+def _compile_fill(fields: list[tuple[str, str]]) -> Callable[[Any, Any, dict[str, Any]], None]:
+    """A function that puts the chosen task fields (``(output name, field)``) into a dict.
+
+    Written once per config, like attrs writes ``__init__``: one inline attribute
+    read per field, instead of a loop calling a getter per field on every task.
+    """
+    lines = ["def fill(task, req, values):"]
+    for out, name in fields:
+        lines += [
+            "    try:",
+            f"        v = {_EXPRESSIONS[name]}",
+            "    except Exception:",
+            "        v = None",
+            "    if v is not None:",
+            f"        values[{out!r}] = v",
+        ]
+    lines.append("    return None")
+    namespace: dict[str, Any] = {"_queue_of": _queue_of}
+    exec(compile("\n".join(lines), "<logkit task context>", "exec"), namespace)
+    fill: Callable[[Any, Any, dict[str, Any]], None] = namespace["fill"]
+    return fill
+
+
 class TaskContext:
     """Builds the context bound for a task, with field choices and names decided once."""
 
@@ -74,11 +110,15 @@ class TaskContext:
         names = config.field_names
         self.config = config
         self.getters = [(names.get(n, n), _GETTERS[n]) for n in config.context_fields]
+        self._fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
+        self._log_args = config.log_args
         #: Output names of the task's own fields: never propagated to child tasks.
         self.task_keys = frozenset(names.get(n, n) for n in (*_GETTERS, "args", "kwargs"))
         self.propagate_all = "*" in config.propagate
         self.propagate = frozenset(config.propagate) - {"*"}
         self.args_key = names.get("args", "args")
+        self.structlog = config.structlog
+        self.task_id_key = names.get("task_id", "task_id")
         self.kwargs_key = names.get("kwargs", "kwargs")
 
     def for_task(self, task: Any, args: Any = None, kwargs: Any = None) -> dict[str, Any]:
@@ -88,14 +128,8 @@ class TaskContext:
         inherited = getattr(request, HEADER, None)
         if isinstance(inherited, Mapping):
             values.update(inherited)
-        for name, getter in self.getters:
-            try:
-                value = getter(task, request)
-            except Exception:
-                value = None
-            if value is not None:
-                values[name] = value
-        if self.config.log_args:
+        self._fill(task, request, values)
+        if self._log_args:
             keys, limit = self.config.redact_keys, self.config.args_max_length
             values[self.args_key] = cap(safe_repr(redact(list(args or ()), keys)), limit)
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
@@ -201,24 +235,53 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     inst = _installation
     if inst is None or task is None:
         return
+    task_context = inst.task_context
     try:
-        values = inst.task_context.for_task(task, args, kwargs)
+        values = task_context.for_task(task, args, kwargs)
     except Exception as exc:  # never break a task because of logging
         values = {"task_id": task_id, "logkit_error": f"context unavailable: {exc!r}"}
     key = task_id or values.get("task_id", "")
-    inst.scope.enter(key, values, inst.task_context.task_keys)
-    if inst.config.structlog:  # what the task binds with structlog.contextvars ends with it too
+    inst.scope.enter(key, values, task_context.task_keys)
+    if task_context.structlog:  # what the task binds with structlog.contextvars ends with it too
         inst.structlog_snapshots[(key, threading.get_ident())] = contextvars_snapshot()
+    hook = _task_hooks[0]
+    if hook is not None:
+        hook(inst, task_id, task)
 
 
-def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
+def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = None,
+                    state: Any = None, **_: Any) -> None:
     """``task_postrun``: restore the context that was there before the task."""
     inst = _installation
-    if inst is not None:
-        inst.scope.exit(task_id or "")
+    if inst is None:
+        return
+    hook = _task_hooks[1]
+    if hook is not None:
+        hook(inst, task_id, task, retval, state)
+    inst.scope.exit(task_id or "")
+    if inst.structlog_snapshots:
         snapshot = inst.structlog_snapshots.pop((task_id or "", threading.get_ident()), None)
         if snapshot is not None:
             restore_contextvars(snapshot)
+
+
+#: ``(started, finished)``: called by the two receivers above, with the task's context
+#: bound (set by :mod:`logkit.events`). One receiver per signal, not two, because
+#: Celery's dispatch costs per receiver on every task.
+_task_hooks: list[Any] = [None, None]
+
+
+def set_task_hooks(
+    started: Callable[[Installation, Any, Any], None] | None,
+    finished: Callable[[Installation, Any, Any, Any, Any], None] | None,
+) -> None:
+    """Set the functions called at the start and end of each task (they must not raise).
+
+    ``started(installation, task_id, task)`` runs right after the task's context is
+    bound, ``finished(installation, task_id, task, retval, state)`` right before it
+    is restored.
+    """
+    _task_hooks[:] = [started, finished]
 
 
 def on_before_task_publish(headers: Any = None, **_: Any) -> None:

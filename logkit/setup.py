@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,10 @@ class Active:
 
 
 _active: Active | None = None
+
+#: Called with ``(config, app)`` at the end of :func:`configure_process` (set by
+#: :mod:`logkit.events`, which decides about Celery's own task lines there).
+CONFIGURED_HOOKS: list[Callable[[LogConfig, Any], None]] = []
 
 
 def active() -> Active | None:
@@ -239,6 +244,8 @@ def configure_process(
             sys.stdout = sys.stderr = proxy
 
     _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers)
+    for hook in CONFIGURED_HOOKS:
+        hook(config, app)
     logger.debug(
         "logkit configured logging: format=%s level=%s logfile=%s",
         fmt,

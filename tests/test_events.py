@@ -454,12 +454,16 @@ def test_unit_receivers_never_raise(eager_app: Celery, caplog: pytest.LogCapture
 
         name = "broken"
 
-    events.on_task_success(sender=Broken(), result=1)
-    events.on_task_success(sender=Broken(), result=1)
+    inst = logkit.receivers.installation()
+    assert inst is not None
+    events._reported.discard("task_succeeded")
+    events.task_finished(inst, "t1", Broken(), 1, "SUCCESS")  # must not raise
+    events.task_finished(inst, "t2", Broken(), 1, "SUCCESS")
+    events.task_started(inst, "t3", Broken())
     events.on_task_revoked(sender=None, request=object(), terminated="x", signum="bad")
     events.on_task_unknown(sender=None, message=None, exc=None, name=None, id=None)
-    failures = [r for r in caplog.records if "receiver" in r.getMessage()]
-    assert len([r for r in failures if "on_task_success" in r.getMessage()]) == 1
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len([r for r in failures if "task_succeeded" in r.getMessage()]) == 1
 
 
 def test_prose_filter_matches_only_celery_constants(

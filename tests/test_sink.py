@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from workerutil import AppModule, Worker, parse_json_lines
 
 from logkit.config import LogConfig
 from logkit.formatters import JsonFormatter
-from logkit.handlers import Sink, SinkHandler
+from logkit.handlers import WATCH_INTERVAL, Sink, SinkHandler
 
 FAIL_LINE = "logkit: cannot write log records to"
 AGAIN_LINE = "logkit: writing to"
@@ -70,6 +71,9 @@ def test_unwritable_mid_run_then_recovers(
         for i in range(300):
             log.info("during %d", i)
         _swap(path, None)
+        # a path swapped while the old fd is still a live file (here /dev/full) is noticed
+        # at the next path look-up, at most WATCH_INTERVAL later
+        time.sleep(WATCH_INTERVAL * 1.5)
         for i in range(7):
             log.info("after %d", i)
     finally:
