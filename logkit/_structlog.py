@@ -50,6 +50,9 @@ _METHOD_LEVELS: dict[str, int] = {
 }
 
 
+_DEBUG, _INFO = logging.DEBUG, logging.INFO
+
+
 class LevelCheckedLogger(structlog.stdlib.BoundLogger):
     """stdlib ``BoundLogger`` whose level-filtered calls return before any processor runs.
 
@@ -58,22 +61,29 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
     up to ``filter_by_level``.
     """
 
+    # debug()/info() are the calls most often filtered out: the stdlib's level cache is
+    # read inline (what ``Logger.isEnabledFor`` does, minus one Python call).
+
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """``logging.Logger.debug`` with structlog's processing, if DEBUG is enabled."""
+        lg = self._logger
         try:
-            if not self._logger.isEnabledFor(logging.DEBUG):
-                return None
-        except AttributeError:  # not a stdlib logger: let filter_by_level decide
-            pass
+            enabled = lg._cache[_DEBUG] and not lg.disabled  # type: ignore[attr-defined]
+        except (KeyError, AttributeError):  # not cached yet, or not a stdlib logger
+            enabled = self._enabled(_DEBUG)
+        if not enabled:
+            return None
         return super()._proxy_to_logger("debug", event, *args, **kw)
 
     def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """``logging.Logger.info`` with structlog's processing, if INFO is enabled."""
+        lg = self._logger
         try:
-            if not self._logger.isEnabledFor(logging.INFO):
-                return None
-        except AttributeError:  # not a stdlib logger: let filter_by_level decide
-            pass
+            enabled = lg._cache[_INFO] and not lg.disabled  # type: ignore[attr-defined]
+        except (KeyError, AttributeError):
+            enabled = self._enabled(_INFO)
+        if not enabled:
+            return None
         return super()._proxy_to_logger("info", event, *args, **kw)
 
     def _proxy_to_logger(

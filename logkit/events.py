@@ -510,7 +510,7 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
     try:
         start = _starts.pop(task_id, None) if task_id is not None else None
         if state != _SUCCESS or task is None:
-            if state == _IGNORED and task is not None and _quieted[0]:
+            if state == _IGNORED and task is not None and TRACE_LOGGER in _quieted:
                 _reemit_ignored(task, retval)
             return
         level = _task_level(inst, "task_succeeded")
@@ -943,33 +943,40 @@ class ProseFilter(logging.Filter):
 
 # Celery builds its "Task x[id] succeeded in 0.01s: None" line (saferepr of the
 # result, a LogRecord) whenever ``celery.app.trace`` is enabled for INFO, before
-# the ProseFilter drops it: that was half of logkit's cost per task. While every
-# event that replaces an INFO line of that logger is enabled (task_succeeded,
-# task_retried, task_failed for expected exceptions), logkit sets the logger to
-# WARNING so the line is never built, and re-emits the one INFO line no event
-# replaces ("Task x[id] ignored", for a task raising ``Ignore``). A level the user
-# set on that logger is left alone.
+# the ProseFilter drops it: that was half of logkit's cost per task; the consumer
+# does the same for "Received task" on ``celery.worker.strategy``. While every
+# event that replaces an INFO line of such a logger is enabled, logkit sets the
+# logger to WARNING so the line is never built, and re-emits the one INFO line no
+# event replaces ("Task x[id] ignored", for a task raising ``Ignore``). A level the
+# user set on those loggers is left alone.
 
 TRACE_LOGGER = "celery.app.trace"
-_REPLACED = ("task_succeeded", "task_retried", "task_failed")
-_quieted = [False]
+
+#: Celery logger -> the events that replace every INFO line it logs.
+QUIETED_LOGGERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    TRACE_LOGGER: ("task_succeeded", "task_retried", "task_failed"),
+    "celery.worker.strategy": ("task_received",),
+})
+#: The loggers logkit set to WARNING (and may set back to NOTSET).
+_quieted: set[str] = set()
 
 
-def quiet_trace_logger(config: Any, app: Any) -> None:
-    """Set ``celery.app.trace`` to WARNING while events replace its INFO lines (or undo it)."""
-    trace_logger = logging.getLogger(TRACE_LOGGER)
-    replaced = all(config.event_level(e, DEFAULT_LEVELS[e]) is not None for e in _REPLACED)
+def quiet_celery_loggers(config: Any, app: Any) -> None:
+    """Set Celery's task loggers to WARNING while events replace their INFO lines (or undo)."""
     # worker_deduplicate_successful_tasks logs another INFO line no event replaces
     dedupe = bool(app is not None and getattr(app.conf, "worker_deduplicate_successful_tasks",
                                               False))
-    if replaced and not dedupe:
-        if trace_logger.level == logging.NOTSET:
-            trace_logger.setLevel(logging.WARNING)
-            _quieted[0] = True
-    elif _quieted[0]:
-        if trace_logger.level == logging.WARNING:
-            trace_logger.setLevel(logging.NOTSET)
-        _quieted[0] = False
+    for name, replaced_by in QUIETED_LOGGERS.items():
+        target = logging.getLogger(name)
+        replaced = all(config.event_level(e, DEFAULT_LEVELS[e]) is not None for e in replaced_by)
+        if replaced and not (dedupe and name == TRACE_LOGGER):
+            if target.level == logging.NOTSET:
+                target.setLevel(logging.WARNING)
+                _quieted.add(name)
+        elif name in _quieted:
+            if target.level == logging.WARNING:
+                target.setLevel(logging.NOTSET)
+            _quieted.discard(name)
 
 
 def _reemit_ignored(task: Any, retval: Any) -> None:
@@ -1049,6 +1056,6 @@ def connect(inst: Installation | None = None) -> None:
         sig.connect(receiver, weak=False, dispatch_uid=uid)
     # task_started / task_succeeded ride on the context receivers (one dispatch each)
     receivers.set_task_hooks(task_started, task_finished)
-    if quiet_trace_logger not in CONFIGURED_HOOKS:
-        CONFIGURED_HOOKS.append(quiet_trace_logger)
+    if quiet_celery_loggers not in CONFIGURED_HOOKS:
+        CONFIGURED_HOOKS.append(quiet_celery_loggers)
     _install_filters()

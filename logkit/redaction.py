@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 from .formatters import RESERVED
 
-_BASE_LEN = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_BASE_KEYS = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_BASE_LEN = len(_BASE_KEYS)
 
 __all__ = ["REDACTED", "RedactFilter", "redact_text"]
 
@@ -190,12 +191,19 @@ class RedactFilter(logging.Filter):
         rd = record.__dict__
         if len(rd) <= _BASE_LEN:
             return
-        for key in [k for k in rd if k not in RESERVED]:
+        keys = list(rd)
+        if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
+            keys = keys[_BASE_LEN:]
+        for key in keys:
+            if key in RESERVED:
+                continue
             value = rd[key]
             if self._sensitive(key):
                 rd[key] = REDACTED
             elif isinstance(value, (str, Mapping, list, tuple)):
-                rd[key] = self._value(value, 0)
+                redacted = self._value(value, 0)
+                if redacted is not value:
+                    rd[key] = redacted
 
     def _sensitive(self, key: Any) -> bool:
         if not isinstance(key, str):
@@ -209,17 +217,25 @@ class RedactFilter(logging.Filter):
         return known
 
     def _value(self, value: Any, depth: int) -> Any:
+        """``value`` with secrets replaced; a plain ``dict`` or ``list`` with nothing to
+        redact comes back as the same object (no copy)."""
         if isinstance(value, str):
             return redact_text(value, self.pattern)
         if depth > 16:
             return value
         if isinstance(value, Mapping):
-            return {
+            out = {
                 k: REDACTED if self._sensitive(k) else self._value(v, depth + 1)
                 for k, v in value.items()
             }
+            if type(value) is dict and all(out[k] is v for k, v in value.items()):
+                return value
+            return out
         if isinstance(value, (list, tuple)):
-            return [self._value(v, depth + 1) for v in value]
+            items = [self._value(v, depth + 1) for v in value]
+            if type(value) is list and all(a is b for a, b in zip(items, value, strict=True)):
+                return value
+            return items
         return value
 
     def _redact_exception(self, record: logging.LogRecord) -> None:
