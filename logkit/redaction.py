@@ -33,6 +33,7 @@ _BASE_LEN = len(_BASE_KEYS)
 __all__ = ["REDACTED", "RedactFilter", "redact_text"]
 
 REDACTED = "[REDACTED]"
+_SCALARS = frozenset({int, float, bool, type(None)})
 _FORMATTER = logging.Formatter()
 _CLOSING = {"{": "}", "[": "]", "(": ")"}
 _BARE_END = frozenset(" \t\r\n,;&)]}>\"'")
@@ -223,6 +224,8 @@ class RedactFilter(logging.Filter):
             return redact_text(value, self.pattern)
         if depth > 16:
             return value
+        if type(value) is dict and self._clean_flat(value):
+            return value
         if isinstance(value, Mapping):
             out = {
                 k: REDACTED if self._sensitive(k) else self._value(v, depth + 1)
@@ -237,6 +240,21 @@ class RedactFilter(logging.Filter):
                 return value
             return items
         return value
+
+    def _clean_flat(self, value: dict[Any, Any]) -> bool:
+        """Quick check: no sensitive key, and only scalars or strings without ``=``/``:``
+        (what Celery's ``data`` dicts usually are), so nothing in it can be redacted."""
+        sensitive = self._sensitive
+        for key, item in value.items():
+            if sensitive(key):
+                return False
+            kind = type(item)
+            if kind is str:
+                if "=" in item or ":" in item:
+                    return False
+            elif kind not in _SCALARS:
+                return False
+        return True
 
     def _redact_exception(self, record: logging.LogRecord) -> None:
         exc_info = record.exc_info
