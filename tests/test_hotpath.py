@@ -665,6 +665,54 @@ def test_reemitted_ignored_line_internal_flag_matches_celerys(tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------
+# the generated task-context filler
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        (None, {}),
+        (None, {"task_id": "tid", "task_name": "job", "worker": "host", "queue": "q"}),
+        (["retries", "task_id", "queue"], {"retries": "attempt"}),
+        (["task_name", "root_id"], {"root_id": "trace_id"}),
+    ],
+)
+def test_task_context_fields_and_names(
+    tmp_path: Path, fields: list[str] | None, names: dict[str, str]
+) -> None:
+    options: dict[str, Any] = {"field_names": names}
+    if fields is not None:
+        options["context_fields"] = fields
+    app, logfile = _setup(tmp_path, "json", **options)
+    chosen = fields if fields is not None else list(receivers._GETTERS)
+    seen: dict[str, Any] = {}
+
+    @app.task(name="hot.ctx", bind=True)
+    def ctx_task(self: Any) -> None:
+        seen["ctx"] = list(logkit.get_context().items())
+        expected = []
+        for name in chosen:  # what the per-field getters (the old loop) give
+            value = receivers._GETTERS[name](self, self.request)
+            if value is not None:
+                expected.append((names.get(name, name), value))
+        seen["expected"] = expected
+        logging.getLogger("hot.ctx").info("inside")
+
+    with logkit.bound(request_id="r-9"):
+        task_id = ctx_task.apply().id
+    assert seen["ctx"] == [("request_id", "r-9"), *seen["expected"]]
+    keys = {key for key, _ in seen["expected"]}
+    id_key = names.get("task_id", "task_id")
+    if "task_id" in chosen:
+        assert dict(seen["ctx"])[id_key] == task_id
+    (inside,) = [r for r in parse_json_lines(logfile.read_text()) if r["message"] == "inside"]
+    hidden = {names.get(n, n) for n in receivers._GETTERS} - keys
+    assert keys <= set(inside) and not hidden & set(inside)
+    assert inside["request_id"] == "r-9"
+
+
+# --------------------------------------------------------------------------
 # real workers
 # --------------------------------------------------------------------------
 
