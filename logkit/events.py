@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from threading import current_thread as _current_thread
 from threading import get_ident as _get_ident
+from traceback import format_exception as _format_exception
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -39,7 +40,7 @@ from .config import EVENT_NAMES
 from .formatters import JsonFormatter, cap, safe_repr, safe_str
 from .handlers import SinkHandler
 from .receivers import HEADER, Installation, installation
-from .redaction import RedactFilter, redact_text
+from .redaction import RedactFilter
 from .setup import CONFIGURED_HOOKS
 
 __all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "connect", "emit"]
@@ -164,15 +165,15 @@ _templates: dict[tuple[str, int], dict[str, Any]] = {}
 _template_pid = [0]
 
 
-def _route() -> tuple[list[SinkHandler], list[Any]] | None:
-    """logkit's handlers an events record reaches, and their redaction patterns, or ``None``."""
+def _route() -> tuple[list[SinkHandler], list[RedactFilter]] | None:
+    """logkit's handlers an events record reaches, and their redaction filters, or ``None``."""
     if (
         logging.getLogRecordFactory() is not _LogRecord
         or not (logging.logThreads and logging.logProcesses and logging.logMultiprocessing)
     ):
         return None
     handlers: list[SinkHandler] = []
-    patterns: list[Any] = []
+    redactors: list[RedactFilter] = []
     node: Any = logger
     while node is not None:
         if node.filters or node.disabled:
@@ -183,17 +184,20 @@ def _route() -> tuple[list[SinkHandler], list[Any]] | None:
             for flt in handler.filters:
                 if type(flt) is not RedactFilter:
                     return None
-                if flt.pattern is not None and flt.pattern not in patterns:
-                    patterns.append(flt.pattern)
+                if flt.pattern is not None:
+                    redactors.append(flt)
             handlers.append(handler)
         if not node.propagate:
             break
         node = node.parent
-    return handlers, patterns
+    return handlers, redactors
 
 
-def _record(event: str, level: int, fields: Mapping[str, Any]) -> logging.LogRecord:
-    """A ``LogRecord`` equal to ``emit``'s, from a template made once per process."""
+def _record(event: str, level: int, extras: Mapping[str, Any]) -> logging.LogRecord:
+    """A ``LogRecord`` equal to ``emit``'s, from a template made once per process.
+
+    ``extras`` are the ``extra`` fields, ``event`` first.
+    """
     pid = os.getpid()
     if _template_pid[0] != pid:
         _templates.clear()
@@ -211,8 +215,7 @@ def _record(event: str, level: int, fields: Mapping[str, Any]) -> logging.LogRec
     d["relativeCreated"] = (ct - _start_time) * 1000
     d["thread"] = _get_ident()
     d["threadName"] = _current_thread().name
-    d["event"] = event
-    d.update(fields)
+    d.update(extras)
     return record
 
 
@@ -229,15 +232,12 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
     if route is None or not route[0]:
         emit(event, level, fields)
         return
-    handlers, patterns = route
-    if patterns:
-        for value in fields.values():
-            if type(value) is str and ("=" in value or ":" in value):  # could hold a secret
-                fields = {
-                    k: _redact_all(v, patterns) if type(v) is str else v
-                    for k, v in fields.items()
-                }
-                break
+    handlers, redactors = route
+    extras: Mapping[str, Any] = (
+        {"event": event, **fields} if fields else _EVENT_ONLY.get(event) or _event_only(event)
+    )
+    for redactor in redactors:  # what their RedactFilter would do to the record's extras
+        extras = redactor.redact_fields(extras)
     record: logging.LogRecord | None = None
     line: bytes | None = None
     ct = time.time()
@@ -248,15 +248,14 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
         if type(formatter) is JsonFormatter:
             line = formatter.event_line(
                 ct, int((ct - int(ct)) * 1000) + 0.0, _level_name(level), logger.name,
-                MESSAGES[event], context.current(), {"event": event, **fields},
-                _getpid(), _get_ident(),
+                MESSAGES[event], context.current(), extras, _getpid(), _get_ident(),
             )
         if line is not None:  # one O_APPEND write: no handler lock needed
             handler.sink.write(line)
             line = None
             continue
         if record is None:
-            record = _record(event, level, fields)
+            record = _record(event, level, extras)
         handler.acquire()
         try:
             handler.emit(record)
@@ -266,14 +265,17 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
             handler.release()
 
 
+#: ``{"event": name}``, read-only, per event: the formatter reuses its bytes.
+_EVENT_ONLY: dict[str, Mapping[str, Any]] = {}
+
+
+def _event_only(event: str) -> Mapping[str, Any]:
+    extras = _EVENT_ONLY[event] = MappingProxyType({"event": event})
+    return extras
+
+
 _level_name = logging.getLevelName
 _getpid = os.getpid
-
-
-def _redact_all(text: str, patterns: list[Any]) -> str:
-    for pattern in patterns:
-        text = redact_text(text, pattern)
-    return text
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -979,6 +981,25 @@ def quiet_celery_loggers(config: Any, app: Any) -> None:
             _quieted.discard(name)
 
 
+def unquiet_celery_loggers() -> None:
+    """Give the loggers :func:`quiet_celery_loggers` set to WARNING their level back."""
+    for name in list(_quieted):
+        target = logging.getLogger(name)
+        if target.level == logging.WARNING:
+            target.setLevel(logging.NOTSET)
+        _quieted.discard(name)
+
+
+def _traceback_of(exc: Any) -> str:
+    """The formatted traceback of ``exc`` (what Celery's ``ExceptionInfo`` gives), or ``""``."""
+    if not isinstance(exc, BaseException):
+        return ""
+    try:
+        return "".join(_format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        return ""
+
+
 def _reemit_ignored(task: Any, retval: Any) -> None:
     """Celery's "Task x[id] ignored" INFO line, which the WARNING level above dropped."""
     trace_logger = logging.getLogger(TRACE_LOGGER)
@@ -993,12 +1014,12 @@ def _reemit_ignored(task: Any, retval: Any) -> None:
         "id": getattr(request, "id", None),
         "name": getattr(task, "name", None),
         "exc": safe_repr(retval),
-        "traceback": "",
+        "traceback": _traceback_of(retval),
         "args": getattr(request, "argsrepr", None) or safe_repr(getattr(request, "args", None)),
         "kwargs": getattr(request, "kwargsrepr", None)
         or safe_repr(getattr(request, "kwargs", None)),
         "description": "ignored",
-        "internal": True,
+        "internal": False,
     }
     record = trace_logger.makeRecord(
         TRACE_LOGGER, _I, __file__, 0, LOG_IGNORED.strip(), (data,), None, extra={"data": data}
@@ -1054,6 +1075,9 @@ def connect(inst: Installation | None = None) -> None:
     """
     for sig, receiver, uid in _RECEIVERS:
         sig.connect(receiver, weak=False, dispatch_uid=uid)
+    # A new installation's events may differ: Celery's loggers get their level back
+    # until the next configuration decides again (so no line is lost meanwhile).
+    unquiet_celery_loggers()
     # task_started / task_succeeded ride on the context receivers (one dispatch each)
     receivers.set_task_hooks(task_started, task_finished)
     if quiet_celery_loggers not in CONFIGURED_HOOKS:

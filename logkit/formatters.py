@@ -20,6 +20,7 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -55,6 +56,7 @@ _BASE_KEYS: list[str] = list(logging.LogRecord("", 0, "", 0, "", None, None).__d
 _BASE_LEN = len(_BASE_KEYS)
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _JSON_LINE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 _TRUNCATED_MARK = "…[truncated {} chars]"
 
@@ -323,9 +325,11 @@ class JsonFormatter(OrjsonFormatter):
         #: the slow path caps every string at any depth.
         self._long_line = 4 * f.limit + 4096
         #: event_line(): the last context and its serialised ``static + context`` fields.
-        self._ctx_json: tuple[Any, bytes, frozenset[Any]] = (None, b"", frozenset())
-        self._static_ok = f.base.isdisjoint(self._static)
-        self._reserved_or_base = RESERVED | f.base
+        self._ctx_json: tuple[Any, bytes, Any] = (None, b"", frozenset())
+        #: event_line(): the last read-only extras, process, thread and their bytes.
+        self._tail: tuple[Any, Any, Any, bytes] = (None, None, None, b"")
+        self._static_ok = f.base.isdisjoint(self._static) and self._process != self._thread
+        self._blocked = RESERVED | f.base | {self._process, self._thread}
         #: event_line(): serialised level/logger/message, by (levelname, logger, message).
         self._heads: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
@@ -435,22 +439,25 @@ class JsonFormatter(OrjsonFormatter):
                 if ctx and not self._f.base.isdisjoint(ctx):
                     return None
                 merged = {**self._static, **ctx} if self._static else ctx
+                if self._process in merged or self._thread in merged:
+                    return None
                 part = (
                     orjson.dumps(merged, default=_json_default, option=_JSON_OPTIONS)[1:-1]
                     if merged
                     else b""
                 )
-                taken = frozenset(merged)
-                self._ctx_json = (ctx, part, taken)
-            if not taken.isdisjoint(extras) or not self._reserved_or_base.isdisjoint(extras):
+                taken = merged.keys()
+                # cached only when no value can change (a bound list could be appended to)
+                if _IMMUTABLE.issuperset(map(type, merged.values())):
+                    self._ctx_json = (ctx, part, taken)
+            # an extra field named like a base, reserved, context or static key would collide
+            if not self._blocked.isdisjoint(extras) or not taken.isdisjoint(extras):
                 return None
             limit = self._f.limit
             for value in extras.values():
                 if type(value) is str and len(value) > limit:
                     return None
             pkey, tkey = self._process, self._thread
-            if pkey in taken or tkey in taken or pkey in extras or tkey in extras or pkey == tkey:
-                return None
             head = self._heads.get((levelname, name, msg))
             if head is None:
                 if len(msg) > limit or len(self._heads) > 256:
@@ -461,11 +468,17 @@ class JsonFormatter(OrjsonFormatter):
                 head = self._heads[(levelname, name, msg)] = (
                     orjson.dumps(ts) + b':"', b'",' + rest
                 )
-            tail = orjson.dumps(
-                {**extras, pkey: process, tkey: thread},
-                default=_json_default,
-                option=_JSON_LINE_OPTIONS,
-            )
+            last = self._tail
+            if last[0] is extras and last[1] == process and last[2] == thread:
+                tail = last[3]
+            else:
+                tail = orjson.dumps(
+                    {**extras, pkey: process, tkey: thread},
+                    default=_json_default,
+                    option=_JSON_LINE_OPTIONS,
+                )
+                if type(extras) is MappingProxyType:  # read-only: the same bytes next time
+                    self._tail = (extras, process, thread, tail)
             stamp = self._stamp(created, msecs).encode()
         except Exception:
             return None

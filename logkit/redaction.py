@@ -206,6 +206,38 @@ class RedactFilter(logging.Filter):
                 if redacted is not value:
                     rd[key] = redacted
 
+    def redact_fields(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``fields`` (a record's ``extra`` fields) as :meth:`filter` would leave them: by key,
+        and inside strings and containers. The same dict when nothing is redacted."""
+        pattern = self.pattern
+        if pattern is None:
+            return fields
+        known = self._known
+        out: dict[str, Any] | None = None
+        for key, value in fields.items():
+            sensitive = known.get(key)
+            if sensitive is None:
+                sensitive = self._sensitive(key)
+            if sensitive:
+                new: Any = REDACTED
+            else:
+                kind = type(value)
+                if kind is str:
+                    if "=" not in value and ":" not in value:  # redact_text's own shortcut
+                        continue
+                    new = redact_text(value, pattern)
+                elif kind in _SCALARS:
+                    continue
+                elif isinstance(value, (str, Mapping, list, tuple)):
+                    new = self._value(value, 0)
+                else:
+                    continue
+            if new is not value:
+                if out is None:
+                    out = dict(fields)
+                out[key] = new
+        return fields if out is None else out
+
     def _sensitive(self, key: Any) -> bool:
         if not isinstance(key, str):
             return False

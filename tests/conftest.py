@@ -82,6 +82,27 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return False
 
 
+@pytest.fixture(autouse=True)
+def _celery_logger_levels() -> Iterator[None]:
+    """Each test starts with Celery's task loggers at their default level (NOTSET) and
+    logkit holding none of them at WARNING; what a test's configure() set is undone."""
+    import logging
+
+    from logkit import events
+
+    names = tuple(events.QUIETED_LOGGERS)
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    events._quieted.clear()
+    try:
+        yield
+    finally:
+        events._quieted.clear()
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 # --------------------------------------------------------------------------
 # apps and workers
 # --------------------------------------------------------------------------

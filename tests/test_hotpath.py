@@ -14,7 +14,6 @@ fstat/look-up split, structlog.contextvars around tasks.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -59,19 +58,13 @@ def _is_pytest(handler: logging.Handler) -> bool:
 
 
 def _trace_quieted() -> bool:
-    """Does logkit hold celery.app.trace at WARNING (``events._quieted``: a set of logger
-    names, or a one-item list of a bool in b45d50b)?"""
-    quieted: Any = events._quieted
-    return TRACE in quieted if isinstance(quieted, set) else bool(quieted[0])
+    """Does logkit hold celery.app.trace at WARNING (by its own decision)?"""
+    return TRACE in events._quieted
 
 
-def _set_quieted(value: Any) -> None:
-    quieted: Any = events._quieted
-    if isinstance(quieted, set):
-        quieted.clear()
-        quieted.update(value if isinstance(value, set) else ())
-    else:
-        quieted[0] = value if isinstance(value, bool) else False
+def _set_quieted(value: set[str]) -> None:
+    events._quieted.clear()
+    events._quieted.update(value)
 
 
 @pytest.fixture(autouse=True)
@@ -88,12 +81,11 @@ def restore_logging() -> Iterator[None]:
     structlog_config = structlog.get_config()
     active = setup_mod._active
     installation = receivers._installation
-    quieted = copy.copy(events._quieted)
-    quieted = quieted if isinstance(quieted, set) else quieted[0]
+    quieted = set(events._quieted)
     # other test files may have left Celery's loggers quieted: start from Celery's defaults
     for name in (TRACE, "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.NOTSET)
-    _set_quieted(set() if isinstance(quieted, set) else False)
+    _set_quieted(set())
     try:
         yield
     finally:
@@ -340,9 +332,6 @@ def test_emit_fast_equals_emit_random_contexts(
         assert seen["fast_lines"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "emit_fast skips RedactFilter's by-key check: with 'result' (or 'event', "
-    "'duration') among redact_keys, emit writes result='[REDACTED]', emit_fast the value"))
 @pytest.mark.parametrize("fmt", ["json", "plain"])
 def test_emit_fast_redacts_by_key_like_emit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
@@ -355,9 +344,6 @@ def test_emit_fast_redacts_by_key_like_emit(
     _assert_same(pair, fmt)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "JsonFormatter.event_line caches the serialised context per context dict; a mutable "
-    "value bound in it (a list) that changes later is written stale by emit_fast"))
 def test_emit_fast_sees_a_mutated_context_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -372,9 +358,6 @@ def test_emit_fast_sees_a_mutated_context_value(
     _assert_same(second, "json")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "in a task: task_succeeded (emit_fast) writes result in clear although 'result' is a "
-    "redact key; emit (and logkit before b45d50b) writes '[REDACTED]'"))
 def test_eager_task_result_redacted_by_key(tmp_path: Path) -> None:
     app, logfile = _setup(tmp_path, "json", redact_keys=["password", "result"])
 
@@ -388,9 +371,6 @@ def test_eager_task_result_redacted_by_key(tmp_path: Path) -> None:
     assert succeeded["result"] == "[REDACTED]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "in a task: task_succeeded reuses the context bytes serialised for task_started (same "
-    "context dict), so a bound mutable value changed by the task is written stale"))
 def test_eager_task_succeeded_shows_the_current_context_values(tmp_path: Path) -> None:
     app, logfile = _setup(tmp_path, "json")
     stats = {"processed": 0}
@@ -655,9 +635,6 @@ def test_reemitted_ignored_line_matches_celerys(tmp_path: Path) -> None:
     assert ours["data"]["kwargs"] == "{'password': '[REDACTED]'}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_reemit_ignored hard-codes data['internal']=True; Celery's own ignored line has "
-    "internal=False (handle_ignore logs a fresh ExceptionInfo())"))
 def test_reemitted_ignored_line_internal_flag_matches_celerys(tmp_path: Path) -> None:
     ours = _ignored_record(tmp_path)
     celerys = _ignored_record(tmp_path, disabled_events=["task_succeeded"])
