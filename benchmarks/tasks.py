@@ -139,20 +139,15 @@ def render(results: dict[str, list[Result]]) -> str:
 
 
 def sample_output() -> list[str]:
-    """What one ``apply()`` writes under logkit (to check the events are there)."""
-    import io
+    """What one ``apply()`` writes in the measured logkit state: the same options and
+    path (no extra handler), a temporary file instead of ``/dev/null``."""
+    import tempfile
 
     app, task = make_app()
-    all_states = states(app)
-    buf = io.StringIO()
-    state = all_states["logkit json (context + events)"]
-    state.restore()
-    formatter = logging.getLogger().handlers[0].formatter
-    capture = logging.StreamHandler(buf)
-    capture.setFormatter(formatter)
-    logging.getLogger().addHandler(capture)
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sample.log")
+        logkit.install(app, format="json")
+        logkit.configure(loglevel="INFO", logfile=path, app=app)
         task.apply()
-    finally:
-        all_states["celery logging"].restore()
-    return buf.getvalue().splitlines()
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()

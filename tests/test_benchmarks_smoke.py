@@ -97,18 +97,24 @@ def test_every_json_peer_outputs_the_same_fields() -> None:
 
 
 def test_task_overhead_state_emits_lifecycle_events() -> None:
+    # what the measured state writes per apply(), through the same (fast) path
     code = (
         "import json\n"
         "from benchmarks import tasks\n"
-        "print(json.dumps(tasks.sample_output()))\n"
+        "from logkit import events\n"
+        "lines = tasks.sample_output()\n"
+        "print(json.dumps({'lines': lines, 'fast': events._route() is not None}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in json.loads(proc.stdout.strip().splitlines()[-1])]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["fast"] is True  # the events took the no-LogRecord path, as when timed
+    lines = [json.loads(line) for line in out["lines"]]
     events = [line.get("event") for line in lines]
-    assert events == ["task_started", "task_succeeded"]
+    assert events == ["task_started", "task_succeeded"]  # and no Celery prose line
     assert all(line["task_name"] == "bench.noop" and line["task_id"] for line in lines)
+    assert lines[1]["duration_ms"] >= 0 and lines[1]["result"] == "None"
 
 
 @pytest.mark.worker
