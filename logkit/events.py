@@ -160,6 +160,9 @@ def emit(
 # takes :func:`emit`.
 
 _LogRecord = logging.LogRecord
+_Logger = logging.Logger
+_STD_HANDLE = logging.Logger.handle
+_STD_CALL_HANDLERS = logging.Logger.callHandlers
 _new_record = _LogRecord.__new__
 _templates: dict[tuple[str, int], dict[str, Any]] = {}
 _template_pid = [0]
@@ -170,6 +173,9 @@ def _route() -> tuple[list[SinkHandler], list[RedactFilter]] | None:
     if (
         logging.getLogRecordFactory() is not _LogRecord
         or not (logging.logThreads and logging.logProcesses and logging.logMultiprocessing)
+        # patched by someone (Sentry's logging integration wraps callHandlers): let them see it
+        or _Logger.handle is not _STD_HANDLE
+        or _Logger.callHandlers is not _STD_CALL_HANDLERS
     ):
         return None
     handlers: list[SinkHandler] = []

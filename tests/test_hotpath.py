@@ -428,9 +428,11 @@ def _events_in(logfile: Path, task_id: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "scenario",
     ["events_handler", "events_logger_filter", "root_handler_filter", "root_logger_filter",
-     "queue", "record_factory", "events_not_propagating_to_root"],
+     "queue", "record_factory", "events_not_propagating_to_root", "patched_call_handlers"],
 )
-def test_fallback_keeps_every_event_once(tmp_path: Path, scenario: str) -> None:
+def test_fallback_keeps_every_event_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
+) -> None:
     app, logfile = _setup(tmp_path, "json", queue=scenario == "queue")
     events_logger = logging.getLogger(events.EVENTS_LOGGER)
     root = logging.getLogger()
@@ -455,6 +457,15 @@ def test_fallback_keeps_every_event_once(tmp_path: Path, scenario: str) -> None:
     elif scenario == "events_not_propagating_to_root":
         events_logger.addHandler(recorder)
         events_logger.propagate = False
+    elif scenario == "patched_call_handlers":  # what Sentry's logging integration does
+        original = logging.Logger.callHandlers
+        seen: list[str] = []
+
+        def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+            seen.append(getattr(record, "event", ""))
+            original(self, record)
+
+        monkeypatch.setattr(logging.Logger, "callHandlers", call_handlers)
     assert events._route() is None  # detected: the generic stdlib path is taken
 
     @app.task(name="hot.add")
@@ -483,6 +494,8 @@ def test_fallback_keeps_every_event_once(tmp_path: Path, scenario: str) -> None:
         assert all("marked" not in r for r in found)
     if scenario == "record_factory":
         assert all(r["factory_mark"] == "custom" for r in found)
+    if scenario == "patched_call_handlers":
+        assert [e for e in seen if e] == ["task_started", "task_succeeded"]
 
 
 # --------------------------------------------------------------------------
