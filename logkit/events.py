@@ -229,7 +229,7 @@ _start_time: float = logging._startTime  # type: ignore[attr-defined]
 
 
 def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
-    """:func:`emit` for a record with no exception and nothing to bind.
+    """:func:`emit` for a record with no exception (bind context around the call).
 
     JSON handlers get the line from :meth:`JsonFormatter.event_line` (no
     ``LogRecord`` at all); other formatters get a record made from a template.
@@ -343,14 +343,7 @@ def task_identity(name: Any, request: Any) -> dict[str, Any]:
     inherited = getattr(view, HEADER, None)
     if isinstance(inherited, Mapping):
         values.update(inherited)
-    named = _Named(name)
-    for key, getter in inst.task_context.getters:
-        try:
-            value = getter(named, view)
-        except Exception:
-            value = None
-        if value is not None:
-            values[key] = value
+    inst.task_context.fill(_Named(name), view, values)
     return values
 
 
@@ -483,8 +476,12 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         "eta": _iso(getattr(request, "eta", None)),
         "expires": _iso(getattr(request, "expires", None)),
     }
-    emit("task_received", level, fields,
-         bind=_bind_for(request.id, getattr(request, "name", None), request))
+    bind = _bind_for(request.id, getattr(request, "name", None), request)
+    if bind:  # the worker's main process: no task context is bound there
+        with context.bound(**bind):
+            emit_fast("task_received", level, fields)
+    else:
+        emit_fast("task_received", level, fields)
 
 
 def task_started(inst: Installation, task_id: Any, task: Any) -> None:

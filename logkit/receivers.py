@@ -110,7 +110,8 @@ class TaskContext:
         names = config.field_names
         self.config = config
         self.getters = [(names.get(n, n), _GETTERS[n]) for n in config.context_fields]
-        self._fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
+        #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
+        self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
         self._log_args = config.log_args
         #: Output names of the task's own fields: never propagated to child tasks.
         self.task_keys = frozenset(names.get(n, n) for n in (*_GETTERS, "args", "kwargs"))
@@ -128,7 +129,7 @@ class TaskContext:
         inherited = getattr(request, HEADER, None)
         if isinstance(inherited, Mapping):
             values.update(inherited)
-        self._fill(task, request, values)
+        self.fill(task, request, values)
         if self._log_args:
             keys, limit = self.config.redact_keys, self.config.args_max_length
             values[self.args_key] = cap(safe_repr(redact(list(args or ()), keys)), limit)
