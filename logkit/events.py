@@ -253,7 +253,8 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
         formatter = handler.formatter
         if type(formatter) is JsonFormatter:
             line = formatter.event_line(
-                ct, int((ct - int(ct)) * 1000) + 0.0, _level_name(level), logger.name,
+                ct, int((ct - int(ct)) * 1000) + 0.0,
+                _LEVEL_NAMES.get(level) or logging.getLevelName(level), logger.name,
                 MESSAGES[event], context.current(), extras, _getpid(), _get_ident(),
             )
         if line is not None:  # one O_APPEND write: no handler lock needed
@@ -280,7 +281,7 @@ def _event_only(event: str) -> Mapping[str, Any]:
     return extras
 
 
-_level_name = logging.getLevelName
+_LEVEL_NAMES: dict[int, str] = logging._levelToName  # getLevelName(), inlined
 _getpid = os.getpid
 
 
