@@ -27,7 +27,7 @@ import logkit
 from logkit import receivers
 from logkit import setup as logkit_setup
 
-from .timing import Case, Result, interleaved, table
+from .timing import Case, Result, interleaved, paired_ratio, table
 
 _LOGGERS = ("", "celery", "celery.task", "celery.app.trace", "celery.worker.strategy",
             "celery.redirected", "logkit", "logkit.events")
@@ -131,7 +131,8 @@ def render(results: dict[str, list[Result]]) -> str:
         base = rows[0]
         extra = [
             f"- {row.name}: {(row.median_ns - base.median_ns) / 1000:+.2f} µs/task "
-            f"({(row.median_ns / base.median_ns - 1) * 100:+.1f}% of an empty apply())"
+            f"({(row.median_ns / base.median_ns - 1) * 100:+.1f}% of an empty apply(); "
+            f"paired per round: {(paired_ratio(row, base) - 1) * 100:+.1f}%)"
             for row in rows[1:]
         ]
         out.append(text + "\n" + "\n".join(extra) + "\n")

@@ -6,7 +6,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: The multiplication sign of ratios ("1.25x" with a real times sign).
 TIMES = "\u00d7"
@@ -36,6 +36,8 @@ class Result:
     low_ns: float
     high_ns: float
     note: str = ""
+    #: ns per call of every round, in round order (for paired comparisons).
+    samples: list[float] = field(default_factory=list)
 
     @property
     def us(self) -> float:
@@ -85,8 +87,20 @@ def interleaved(cases: Sequence[Case], *, rounds: int, loops: int) -> list[Resul
             low, high = q[0], q[2]
         else:
             low, high = values[0], values[-1]
-        out.append(Result(case.name, statistics.median(values), low, high, case.note))
+        out.append(Result(case.name, statistics.median(values), low, high, case.note,
+                          samples[case.name]))
     return out
+
+
+def paired_ratio(case: Result, base: Result) -> float:
+    """Median over the rounds of ``case / base`` measured in the same round.
+
+    Both ran back to back in each round, so a slow spell of the machine (another VM
+    on the host) raises both: the per-round ratio cancels it, where a ratio of the
+    two medians keeps whatever the spell did to one side's median.
+    """
+    ratios = [c / b for c, b in zip(case.samples, base.samples, strict=True) if b > 0]
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def table(title: str, results: Sequence[Result], *, floor: Result | None = None,

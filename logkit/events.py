@@ -239,11 +239,19 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
         emit(event, level, fields)
         return
     handlers, redactors = route
-    extras: Mapping[str, Any] = (
-        {"event": event, **fields} if fields else _EVENT_ONLY.get(event) or _event_only(event)
-    )
-    for redactor in redactors:  # what their RedactFilter would do to the record's extras
-        extras = redactor.redact_fields(extras)
+    extras: Mapping[str, Any]
+    if fields:
+        extras = {"event": event, **fields}
+        for redactor in redactors:  # what their RedactFilter would do to the record's extras
+            extras = redactor.redact_fields(extras)
+    else:  # {"event": name}: read-only, redacted once per event and set of filters
+        cached = _EVENT_ONLY.get(event)
+        if cached is None or cached[0] != redactors:
+            extras = {"event": event}
+            for redactor in redactors:
+                extras = redactor.redact_fields(extras)
+            cached = _EVENT_ONLY[event] = (redactors, MappingProxyType(dict(extras)))
+        extras = cached[1]
     record: logging.LogRecord | None = None
     line: bytes | None = None
     ct = time.time()
@@ -273,12 +281,7 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
 
 
 #: ``{"event": name}``, read-only, per event: the formatter reuses its bytes.
-_EVENT_ONLY: dict[str, Mapping[str, Any]] = {}
-
-
-def _event_only(event: str) -> Mapping[str, Any]:
-    extras = _EVENT_ONLY[event] = MappingProxyType({"event": event})
-    return extras
+_EVENT_ONLY: dict[str, tuple[list[RedactFilter], Mapping[str, Any]]] = {}
 
 
 _LEVEL_NAMES: dict[int, str] = logging._levelToName  # getLevelName(), inlined
@@ -496,7 +499,7 @@ def task_started(inst: Installation, task_id: Any, task: Any) -> None:
         level = _task_level(inst, "task_started")
         if level is None or task is None:
             return
-        if _is_bound(inst, task_id):
+        if task_id is None or context.current().get(inst.task_context.task_id_key) == task_id:
             emit_fast("task_started", level, _NO_FIELDS)
         else:
             emit("task_started", level, _NO_FIELDS,
