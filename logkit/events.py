@@ -22,11 +22,10 @@ import functools
 import logging
 import os
 import signal as _signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from threading import current_thread as _current_thread
-from threading import get_ident as _get_ident
 from traceback import format_exception as _format_exception
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -219,8 +218,9 @@ def _record(event: str, level: int, extras: Mapping[str, Any]) -> logging.LogRec
     d["created"] = ct
     d["msecs"] = int((ct - int(ct)) * 1000) + 0.0
     d["relativeCreated"] = (ct - _start_time) * 1000
-    d["thread"] = _get_ident()
-    d["threadName"] = _current_thread().name
+    # looked up on the module each time, as LogRecord does: gevent/eventlet patch them
+    d["thread"] = threading.get_ident()
+    d["threadName"] = threading.current_thread().name
     d.update(extras)
     return record
 
@@ -263,7 +263,7 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
             line = formatter.event_line(
                 ct, int((ct - int(ct)) * 1000) + 0.0,
                 _LEVEL_NAMES.get(level) or logging.getLevelName(level), logger.name,
-                MESSAGES[event], context.current(), extras, _getpid(), _get_ident(),
+                MESSAGES[event], context.current(), extras, _getpid(), threading.get_ident(),
             )
         if line is not None:  # one O_APPEND write: no handler lock needed
             handler.sink.write(line)
