@@ -264,6 +264,7 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
                 ct, int((ct - int(ct)) * 1000) + 0.0,
                 _LEVEL_NAMES.get(level) or logging.getLevelName(level), logger.name,
                 MESSAGES[event], context.current(), extras, _getpid(), threading.get_ident(),
+                _FIELD_KEYS.get(event) or frozenset(extras),
             )
         if line is not None:  # one O_APPEND write: no handler lock needed
             handler.sink.write(line)
@@ -283,6 +284,13 @@ def emit_fast(event: str, level: int, fields: Mapping[str, Any]) -> None:
 #: ``{"event": name}``, read-only, per event: the formatter reuses its bytes.
 _EVENT_ONLY: dict[str, tuple[list[RedactFilter], Mapping[str, Any]]] = {}
 
+
+#: Every key the fast-path events can have (their ``extra`` fields), as one constant set.
+_FIELD_KEYS: dict[str, frozenset[str]] = {
+    "task_started": frozenset({"event"}),
+    "task_succeeded": frozenset({"event", "duration_ms", "result"}),
+    "task_received": frozenset({"event", "queue", "eta", "expires"}),
+}
 
 _LEVEL_NAMES: dict[int, str] = logging._levelToName  # getLevelName(), inlined
 _getpid = os.getpid

@@ -20,7 +20,6 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -56,7 +55,6 @@ _BASE_KEYS: list[str] = list(logging.LogRecord("", 0, "", 0, "", None, None).__d
 _BASE_LEN = len(_BASE_KEYS)
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
-_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _JSON_LINE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 _TRUNCATED_MARK = "…[truncated {} chars]"
 
@@ -324,14 +322,15 @@ class JsonFormatter(OrjsonFormatter):
         #: A longer line has an uncapped value (bytes, a string nested in a dict...):
         #: the slow path caps every string at any depth.
         self._long_line = 4 * f.limit + 4096
-        #: event_line(): the last context and its serialised ``static + context`` fields.
-        self._ctx_json: tuple[Any, bytes, Any] = (None, b"", frozenset())
-        #: event_line(): the last read-only extras, process, thread and their bytes.
-        self._tail: tuple[Any, Any, Any, bytes] = (None, None, None, b"")
+        #: event_line(): static fields that cannot collide with a base or record field.
         self._static_ok = f.base.isdisjoint(self._static) and self._process != self._thread
+        #: event_line(): names an ``extra`` field must not have (renamed or dropped by build()).
         self._blocked = RESERVED | f.base | {self._process, self._thread}
-        #: event_line(): serialised level/logger/message, by (levelname, logger, message).
-        self._heads: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
+        self._base_pt = f.base | {self._process, self._thread}
+        #: event_line(): the last context, and whether the last key set checked against it
+        #: (``(context, keys, verdict)``) could go without a collision. Context dicts are
+        #: never mutated, so the same dict object has the same keys.
+        self._ctx_keys: tuple[Any, Any, bool] = (None, None, False)
 
     def format(self, record: logging.LogRecord) -> str:
         """Return ``record`` as one line of JSON; never raises."""
@@ -418,74 +417,54 @@ class JsonFormatter(OrjsonFormatter):
         extras: Mapping[str, Any],
         process: int | None,
         thread: int | None,
+        keys: frozenset[str],
     ) -> bytes | None:
         """:meth:`format_line` of a record with these attributes, no args, exception or
-        stack, and ``extras`` as its ``extra`` fields -- or ``None`` when unsure.
+        stack, and ``extras`` as its ``extra`` fields (their names among ``keys``, a
+        constant set) -- or ``None`` when a shortcut could differ.
 
-        The shortcut behind logkit's per-task events: no ``LogRecord``, and the
-        ``static + context`` part serialised once per context (context dicts are never
-        mutated, so the same dict object means the same bytes). Whenever a key could
-        collide (base fields, ``extra`` keys, ``process``/``thread``), a string is too
-        long or a value does not serialise, it returns ``None`` and the caller formats
-        a real record, so the output is always what :meth:`format_line` would write.
+        The shortcut behind logkit's per-task events: no ``LogRecord``, and the checks
+        that decide whether a plain dict merge gives :meth:`build`'s output (no key of
+        the context, the static fields or ``keys`` named like a base field,
+        ``process``/``thread`` or each other) made once per context and key set. A
+        string longer than the field limit, an over-long line or a value that does not
+        serialise also return ``None``; the caller then formats a real record.
         """
         if not self._static_ok:
             return None
         try:
-            cached = self._ctx_json
-            if cached[0] is ctx:
-                part, taken = cached[1], cached[2]
+            cached = self._ctx_keys
+            if cached[0] is ctx and cached[1] is keys:
+                ok = cached[2]
             else:
-                if ctx and not self._f.base.isdisjoint(ctx):
-                    return None
-                merged = {**self._static, **ctx} if self._static else ctx
-                if self._process in merged or self._thread in merged:
-                    return None
-                part = (
-                    orjson.dumps(merged, default=_json_default, option=_JSON_OPTIONS)[1:-1]
-                    if merged
-                    else b""
+                taken = ctx.keys() | self._static.keys() if self._static else ctx.keys()
+                ok = (
+                    self._base_pt.isdisjoint(taken)  # build() lets a base field win
+                    and self._blocked.isdisjoint(keys)  # build() renames or drops these
+                    and taken.isdisjoint(keys)
                 )
-                taken = merged.keys()
-                # cached only when no value can change (a bound list could be appended to)
-                if _IMMUTABLE.issuperset(map(type, merged.values())):
-                    self._ctx_json = (ctx, part, taken)
-            # an extra field named like a base, reserved, context or static key would collide
-            if not self._blocked.isdisjoint(extras) or not taken.isdisjoint(extras):
+                self._ctx_keys = (ctx, keys, ok)
+            if not ok or not keys.issuperset(extras):
                 return None
             limit = self._f.limit
             for value in extras.values():
                 if type(value) is str and len(value) > limit:
                     return None
-            pkey, tkey = self._process, self._thread
-            head = self._heads.get((levelname, name, msg))
-            if head is None:
-                if len(msg) > limit or len(self._heads) > 256:
-                    return None
-                ts, level, logger_key, message = self._keys
-                # everything after the timestamp's value: '","level":"INFO",...,"message":"x"'
-                rest = orjson.dumps({level: levelname, logger_key: name, message: msg})[1:-1]
-                head = self._heads[(levelname, name, msg)] = (
-                    orjson.dumps(ts) + b':"', b'",' + rest
-                )
-            last = self._tail
-            if last[0] is extras and last[1] == process and last[2] == thread:
-                tail = last[3]
-            else:
-                tail = orjson.dumps(
-                    {**extras, pkey: process, tkey: thread},
-                    default=_json_default,
-                    option=_JSON_LINE_OPTIONS,
-                )
-                if type(extras) is MappingProxyType:  # read-only: the same bytes next time
-                    self._tail = (extras, process, thread, tail)
-            stamp = self._stamp(created, msecs).encode()
+            if len(msg) > limit:
+                return None
+            ts, level, logger_key, message = self._keys
+            out: dict[str, Any] = {ts: self._stamp(created, msecs), level: levelname,
+                                   logger_key: name, message: msg}
+            if self._static:
+                out.update(self._static)
+            if ctx:
+                out.update(ctx)
+            out.update(extras)
+            out[self._process] = process
+            out[self._thread] = thread
+            line = orjson.dumps(out, default=_json_default, option=_JSON_LINE_OPTIONS)
         except Exception:
             return None
-        if part:
-            line = b"".join((b"{", head[0], stamp, head[1], b",", part, b",", tail[1:]))
-        else:
-            line = b"".join((b"{", head[0], stamp, head[1], b",", tail[1:]))
         return line if len(line) <= self._long_line else None
 
     def _format_slow(self, record: logging.LogRecord) -> str:
