@@ -507,11 +507,7 @@ def task_started(inst: Installation, task_id: Any, task: Any) -> None:
         level = _task_level(inst, "task_started")
         if level is None or task is None:
             return
-        if task_id is None or context.current().get(inst.task_context.task_id_key) == task_id:
-            emit_fast("task_started", level, _NO_FIELDS)
-        else:
-            emit("task_started", level, _NO_FIELDS,
-                 bind=_bind_for(task_id, task.name, task.request))
+        _emit_for_task(inst, "task_started", level, _NO_FIELDS, task_id, task)
     except Exception:
         _report_failure("task_started")
 
@@ -540,11 +536,7 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
         }
         if config.result_repr:
             fields["result"] = _result_repr(task, retval, config.max_field_length)
-        if _is_bound(inst, task_id):
-            emit_fast("task_succeeded", level, fields)
-        else:
-            emit("task_succeeded", level, fields,
-                 bind=_bind_for(task_id, task.name, task.request))
+        _emit_for_task(inst, "task_succeeded", level, fields, task_id, task)
     except Exception:
         _report_failure("task_succeeded")
 
@@ -567,9 +559,15 @@ def _task_level(inst: Installation, event: str) -> int | None:
     return level
 
 
-def _is_bound(inst: Installation, task_id: Any) -> bool:
-    """Is ``task_id``'s context the one bound now (the task did not clear it)?"""
-    return task_id is None or context.current().get(inst.task_context.task_id_key) == task_id
+def _emit_for_task(
+    inst: Installation, event: str, level: int, fields: Mapping[str, Any], task_id: Any, task: Any
+) -> None:
+    """The fast path while the task's own context is bound (the usual case); else the
+    ordinary one, with the task's identity bound for the record (the task cleared it)."""
+    if task_id is None or context.current().get(inst.task_context.task_id_key) == task_id:
+        emit_fast(event, level, fields)
+    else:
+        emit(event, level, fields, bind=_bind_for(task_id, task.name, task.request))
 
 
 _SUCCESS = "SUCCESS"
