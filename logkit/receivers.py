@@ -55,19 +55,8 @@ def _queue_of(request: Any) -> Any:
     return info.get("routing_key") or info.get("queue")
 
 
-_GETTERS: dict[str, Callable[[Any, Any], Any]] = {
-    "task_id": lambda task, req: req.id,
-    "task_name": lambda task, req: task.name,
-    "parent_id": lambda task, req: req.parent_id,
-    "root_id": lambda task, req: req.root_id,
-    "retries": lambda task, req: req.retries,
-    "worker": lambda task, req: req.hostname,
-    "queue": lambda task, req: _queue_of(req),
-    "correlation_id": lambda task, req: req.correlation_id,
-}
-
-
-#: The same fields as Python expressions, for the function :func:`_compile_fill` writes.
+#: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
+#: function :func:`_compile_fill` writes.
 _EXPRESSIONS: dict[str, str] = {
     "task_id": "req.id",
     "task_name": "task.name",
@@ -109,12 +98,11 @@ class TaskContext:
     def __init__(self, config: LogConfig) -> None:
         names = config.field_names
         self.config = config
-        self.getters = [(names.get(n, n), _GETTERS[n]) for n in config.context_fields]
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
         self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
         self._log_args = config.log_args
         #: Output names of the task's own fields: never propagated to child tasks.
-        self.task_keys = frozenset(names.get(n, n) for n in (*_GETTERS, "args", "kwargs"))
+        self.task_keys = frozenset(names.get(n, n) for n in (*_EXPRESSIONS, "args", "kwargs"))
         self.propagate_all = "*" in config.propagate
         self.propagate = frozenset(config.propagate) - {"*"}
         self.args_key = names.get("args", "args")
