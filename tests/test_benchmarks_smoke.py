@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,15 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
     assert out.count(" | yes |") + out.count(" | **no** |") == 8  # every target, judged
 
 
+def _python_json(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter (it configures logging process-wide); return the
+    JSON value it prints last."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_every_json_peer_outputs_the_same_fields() -> None:
     # Fairness of the formatter tables: the JSON peers all carry the 3 extra and the
     # 6 context fields (logkit's from its context variable, the peers' as extra).
@@ -81,10 +91,7 @@ def test_every_json_peer_outputs_the_same_fields() -> None:
         "from benchmarks import formatters as f\n"
         "print(json.dumps(f.samples()))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    samples = json.loads(proc.stdout)
+    samples = _python_json(code)
     from benchmarks.formatters import CONTEXT, EXTRA
 
     json_peers = [name for name in samples if "json" in name.lower() or "structlog" in name]
@@ -105,10 +112,7 @@ def test_task_overhead_state_emits_lifecycle_events() -> None:
         "lines = tasks.sample_output()\n"
         "print(json.dumps({'lines': lines, 'fast': events._route() is not None}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _python_json(code)
     assert out["fast"] is True  # the events took the no-LogRecord path, as when timed
     lines = [json.loads(line) for line in out["lines"]]
     events = [line.get("event") for line in lines]
