@@ -241,47 +241,65 @@ def test_record_attributes_overwritten_by_other_code(name: str, attr: str, value
 # --------------------------------------------------------------------------
 
 
+class Captured:
+    """The logger ``bad.calls`` writing through logkit's JSON handler alone, to ``path``.
+
+    :meth:`logger` is called in the test body: a test runner may attach handlers of its
+    own to loggers when the test starts (pytest 9.2 attaches its capture handler, which
+    re-raises formatting errors, to every non-propagating logger). What these tests prove
+    is that logkit's handler never raises and never loses a record, so it is the only one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sink = Sink(str(path))
+        self.handler = SinkHandler(self.sink, JsonFormatter(CONFIG))
+
+    def logger(self) -> logging.Logger:
+        log = logging.getLogger("bad.calls")
+        log.handlers[:] = [self.handler]
+        log.propagate, log.level = False, logging.DEBUG
+        return log
+
+
 @pytest.fixture
-def captured(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path]]:
+def captured(tmp_path: Path) -> Iterator[Captured]:
     tolerate_clashing_extra()  # what logkit's setup does in every process it configures
-    path = tmp_path / "calls.log"
-    sink = Sink(str(path))
-    log = logging.getLogger("bad.calls")
-    log.handlers[:] = [SinkHandler(sink, JsonFormatter(CONFIG))]
-    log.propagate, log.level = False, logging.DEBUG
-    yield log, path
-    log.handlers.clear()
-    sink.close()
+    cap = Captured(tmp_path / "calls.log")
+    yield cap
+    logging.getLogger("bad.calls").handlers.clear()
+    cap.sink.close()
 
 
 @pytest.mark.parametrize(
     "key", ["msg", "args", "message", "asctime", "levelname", "name", "exc_info", "process"]
 )
 def test_extra_key_colliding_with_record_attribute(
-    captured: tuple[logging.Logger, Path], key: str
+    captured: Captured, key: str
 ) -> None:
-    log, path = captured
+    log, path = captured.logger(), captured.path
     log.info("collide", extra={key: "user value", "ok": 1})  # stdlib alone raises KeyError
     (line,) = parse_json_lines(path.read_text())
     assert line["message"] == "collide" and line["ok"] == 1
     assert "user value" in line.values(), line
 
 
-def test_non_string_extra_keys(captured: tuple[logging.Logger, Path]) -> None:
-    log, path = captured
+def test_non_string_extra_keys(captured: Captured) -> None:
+    log, path = captured.logger(), captured.path
     log.info("keys", extra={1: "one", (2, 3): "tuple", None: "none"})  # type: ignore[dict-item]
     (line,) = parse_json_lines(path.read_text())
     assert line["1"] == "one" and line["None"] == "none"
     assert "tuple" in line.values()
 
 
-def test_structlog_calls_with_bad_values(captured: tuple[logging.Logger, Path]) -> None:
+def test_structlog_calls_with_bad_values(captured: Captured) -> None:
     import structlog
 
     from logkit._structlog import configure_structlog
 
     configure_structlog()
-    _, path = captured
+    captured.logger()
+    path = captured.path
     slog = structlog.get_logger("bad.calls")
     slog.info("event", msg="m", args=BadRepr(), cyc=_cyclic_dict(), levelname="x", created="y")
     slog.warning(BadRepr(), data=b"\xff\x00")
@@ -296,9 +314,9 @@ BIG_PLACES = ["message", "arg", "extra", "bytes-extra", "nested-extra", "excepti
 
 @pytest.mark.parametrize("where", BIG_PLACES)
 def test_ten_megabyte_values_are_capped_and_marked(
-    captured: tuple[logging.Logger, Path], where: str
+    captured: Captured, where: str
 ) -> None:
-    log, path = captured
+    log, path = captured.logger(), captured.path
     _log_big(log, where)
     text = path.read_text()
     assert len(text) < 4 * CONFIG.max_field_length + 10_000, len(text)
