@@ -618,6 +618,11 @@ class PlainFormatter(_TextFormatter):
             if task_id is not None:
                 record.task_id = clean(safe_str(task_id))
                 record.task_name = clean(safe_str(ctx.get(f.task_name, "???")))
+            else:  # set by ``extra`` or another library: never written raw either
+                fields = record.__dict__
+                for attr in ("task_id", "task_name"):
+                    if attr in fields:
+                        fields[attr] = clean(safe_str(fields[attr]))
         elif task_id is not None:
             name = clean(safe_str(ctx.get(f.task_name, "?")))
             message = f"[{name} {clean(safe_str(task_id))}] {message}"

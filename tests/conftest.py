@@ -52,6 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "worker: starts real `celery worker` subprocesses (slow-ish)"
     )
     config.addinivalue_line("markers", "redis: needs a real redis-server (started by a fixture)")
+    # Tests define tasks of the same name in several throwaway apps, on purpose. The
+    # warning class exists from Celery 5.4 on (the matrix runs 5.3 too).
+    import celery.exceptions
+
+    if hasattr(celery.exceptions, "DuplicateTaskNameWarning"):
+        config.addinivalue_line(
+            "filterwarnings", "ignore::celery.exceptions.DuplicateTaskNameWarning"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

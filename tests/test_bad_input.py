@@ -199,6 +199,17 @@ def test_formatters_never_raise_nor_forge_lines(name: str, record: logging.LogRe
         _check_text_line(name, out, record)
 
 
+def test_plain_task_format_cleans_task_fields_given_as_extra() -> None:
+    """Outside a task, ``%(task_id)s`` comes from the record: an ``extra`` value is cleaned."""
+    record = _make_record(
+        logging.getLogger("bad.input"), "bad.input", logging.WARNING, __file__, 1, "m", (),
+        None, extra={"task_id": "\x00\nforged", "task_name": "\x1b[31mred"},
+    )
+    out = FORMATTERS["plain"].format(record)
+    _check_text_line("plain", out, record)
+    assert "forged" in out and "red" in out
+
+
 @settings(BAD_SETTINGS, max_examples=40)
 @given(batch=st.lists(records(), min_size=1, max_size=8))
 def test_sink_writes_one_parseable_line_per_record(tmp_path_factory: Any, batch: list[Any]) -> None:

@@ -29,6 +29,9 @@ import logkit
 from logkit import events, receivers
 from logkit.config import EVENT_NAMES
 
+#: Run against every supported Celery minor by ``nox -s celery``.
+pytestmark = pytest.mark.contract
+
 SLEEP = 0.3
 
 # kombu's filesystem transport writes a message file in place, so a consumer polling at

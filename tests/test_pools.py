@@ -22,6 +22,9 @@ from workerutil import Worker, make_app, start_worker, wait_for
 
 import logkit
 
+#: Run against every supported Celery minor by ``nox -s celery``.
+pytestmark = pytest.mark.contract
+
 BODY = r"""
 import logging
 import os

@@ -1,0 +1,115 @@
+"""The version matrix: ``nox -l`` lists the sessions, ``nox -s lowest`` runs one.
+
+- ``tests``: today's newest release of every dependency, the whole suite (what the
+  README's two commands do on a fresh machine).
+- ``lowest``: every direct runtime dependency at the lower bound ``pyproject.toml``
+  declares (pinned through a constraints file generated from it), the whole suite.
+- ``celery-5.3`` ... ``celery-5.7``: one Celery minor each (with the kombu it resolves),
+  the real-worker contract tests (``-m contract``): the ``setup_logging`` contract and
+  override, ``after_setup_*`` kwargs, context in prefork and threads, lifecycle events.
+- ``package``: sdist and wheel build, ``twine check``, the wheel installed alone (no
+  checkout on the path) runs ``python -m logkit demo --format json`` and ``logkit view``.
+
+Sessions use uv to build their virtual environments when it is installed (fast), pip
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+#: Celery minors logkit supports: each gets a session (keep in step with the README's table).
+CELERY_MINORS = ["5.3", "5.4", "5.5", "5.6", "5.7"]
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+
+def lower_bounds(requirements: list[str]) -> list[str]:
+    """``name==X`` for every ``name>=X`` in ``requirements`` (the declared lower bounds)."""
+    pins = []
+    for requirement in requirements:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([^,;\s]+)\s*", requirement)
+        if match is None:
+            raise ValueError(f"no lower bound to pin in {requirement!r} (expected 'name>=X')")
+        pins.append(f"{match[1]}=={match[2]}")
+    return pins
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Newest releases of everything, the whole suite."""
+    session.install("-e", ".[dev]")
+    _versions(session)
+    _pytest(session)
+
+
+@nox.session(python="3.11")
+def lowest(session: nox.Session) -> None:
+    """Every runtime dependency at its declared lower bound, the whole suite."""
+    constraints = Path(session.create_tmp()).resolve() / "lowest-constraints.txt"
+    pins = lower_bounds(PYPROJECT["project"]["dependencies"])
+    constraints.write_text("\n".join(pins) + "\n")
+    session.log("pinned: " + ", ".join(pins))
+    session.install("-e", ".[dev]", "-c", str(constraints))
+    _versions(session)
+    _pytest(session)
+
+
+@nox.session(python="3.11")
+@nox.parametrize("celery", CELERY_MINORS, ids=CELERY_MINORS)
+def celery(session: nox.Session, celery: str) -> None:
+    """One Celery minor (and the kombu it resolves): the real-worker contract tests."""
+    session.install("-e", ".[dev]", f"celery=={celery}.*")
+    _versions(session)
+    _pytest(session, "-m", "contract")
+
+
+@nox.session(python="3.11")
+def package(session: nox.Session) -> None:
+    """Build, check and run the wheel with no checkout on the path."""
+    dist = Path(session.create_tmp()).resolve() / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build", "twine")
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    files = sorted(str(p) for p in dist.iterdir())
+    session.run("python", "-m", "twine", "check", "--strict", *files)
+    wheel = next(f for f in files if f.endswith(".whl"))
+    session.install(wheel)
+    work = Path(session.create_tmp()).resolve() / "outside"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    session.chdir(work)  # nothing of the checkout importable from here
+    session.run("python", "-c", "import logkit, sys; assert 'site-packages' in logkit.__file__, "
+                "logkit.__file__; print(logkit.__file__)")
+    log = work / "demo.log"
+    with log.open("w") as out, (work / "demo.err").open("w") as err:
+        session.run("python", "-m", "logkit", "demo", "--format", "json", stdout=out, stderr=err)
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # all JSON
+    events = {r.get("event") for r in records}
+    if not {"worker_ready", "task_succeeded", "task_failed"} <= events:
+        session.error(f"the wheel's demo wrote no task events: {sorted(map(str, events))}")
+    session.log(f"the wheel's demo wrote {len(records)} JSON lines")
+    view = session.run("logkit", "view", "--no-color", str(log), silent=True)
+    if not isinstance(view, str) or "task_succeeded" not in view:
+        session.error(f"logkit view did not show the demo's events: {view!r}")
+
+
+def _versions(session: nox.Session) -> None:
+    """Print the versions this session resolved (the matrix's evidence)."""
+    names = ["celery", "kombu", "structlog", "python-json-logger", "orjson", "colorama", "pytest"]
+    session.run("python", "-c", "import importlib.metadata as m, sys; print(sys.version.split()[0],"
+                f" *(n + '==' + m.version(n) for n in {names!r}))")
