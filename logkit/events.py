@@ -40,7 +40,7 @@ from .formatters import JsonFormatter, cap, safe_repr, safe_str
 from .handlers import SinkHandler
 from .receivers import HEADER, Installation, installation
 from .redaction import RedactFilter
-from .setup import CONFIGURED_HOOKS
+from .setup import CONFIGURED_HOOKS, STOCK_MAKE_RECORD, _make_record, stock_logger_method
 
 __all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "connect", "emit"]
 
@@ -152,16 +152,21 @@ def emit(
 #
 # When the ``logkit.events`` records go where logkit configured them (the root's
 # SinkHandler(s), no other handler or filter on the way, the stdlib record
-# factory), a record is built from a per-process template and handed to those
-# handlers directly: no ``makeRecord``, no walk through ``Logger.handle``, and the
-# redaction filter applied only to what can hold a secret (the ``result`` text).
-# The output is the same as :func:`emit`'s (tests compare them); anything else
-# takes :func:`emit`.
+# factory and no other library's ``makeRecord`` wrapper), a record is built from a
+# per-process template and handed to those handlers directly: no ``makeRecord``, no
+# walk through ``Logger.handle``, and the redaction filter applied only to what can
+# hold a secret (the ``result`` text). The output is the same as :func:`emit`'s (tests
+# compare them); anything else takes :func:`emit`.
 
 _LogRecord = logging.LogRecord
 _Logger = logging.Logger
-_STD_HANDLE = logging.Logger.handle
-_STD_CALL_HANDLERS = logging.Logger.callHandlers
+# the stdlib's own, even when Sentry patched them before logkit was imported
+_STD_HANDLE = stock_logger_method("handle")
+_STD_CALL_HANDLERS = stock_logger_method("callHandlers")
+#: ``makeRecord`` as the stdlib has it, or logkit's renaming wrapper over it (the same
+#: record for the events' ``extra``); any other wrapper (ddtrace's) must see every record.
+_STD_MAKE_RECORD = STOCK_MAKE_RECORD
+_LOGKIT_MAKE_RECORD = _make_record
 _new_record = _LogRecord.__new__
 _templates: dict[tuple[str, int], dict[str, Any]] = {}
 _template_pid = [0]
@@ -175,6 +180,9 @@ def _route() -> tuple[list[SinkHandler], list[RedactFilter]] | None:
         # patched by someone (Sentry's logging integration wraps callHandlers): let them see it
         or _Logger.handle is not _STD_HANDLE
         or _Logger.callHandlers is not _STD_CALL_HANDLERS
+        # wrapped by someone (ddtrace adds dd.trace_id...): let them add their fields
+        or (_Logger.makeRecord is not _LOGKIT_MAKE_RECORD
+            and _Logger.makeRecord is not _STD_MAKE_RECORD)  # identity: wrapt proxies are ==
     ):
         return None
     handlers: list[SinkHandler] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,7 +99,29 @@ def _formatters(
 
 
 _CLASHING = frozenset({"message", "asctime", "_logkit_ctx"})
+#: Names an ``extra`` key must not have in a record from the stdlib record factory.
+_RECORD_ATTRS = _CLASHING | frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 
+
+def stock_logger_method(name: str) -> Any:
+    """The stdlib's own ``logging.Logger.<name>``, even if another library's wrapper is
+    installed already (found through ``__wrapped__``), or ``None`` if it cannot be found."""
+    fn: Any = vars(logging.Logger).get(name)
+    for _ in range(64):  # a chain of wrappers, never a cycle
+        if (
+            type(fn) is types.FunctionType  # not a wrapt proxy, which mimics the names below
+            and fn.__module__ == "logging"
+            and fn.__qualname__ == f"Logger.{name}"
+        ):
+            return fn
+        fn = getattr(fn, "__wrapped__", None)
+        if fn is None:
+            break
+    return None
+
+
+#: The stdlib's ``Logger.makeRecord`` (``None`` if it was replaced before logkit's import).
+STOCK_MAKE_RECORD: Any = stock_logger_method("makeRecord")
 
 def _make_record(
     self: logging.Logger,
@@ -126,9 +149,103 @@ def _make_record(
     return record
 
 
+# logkit's wrapper over the stdlib's makeRecord (the one installed when nobody else wrapped it)
+_make_record.__wrapped__ = STOCK_MAKE_RECORD  # type: ignore[attr-defined]
+_make_record._logkit_make_record = True  # type: ignore[attr-defined]
+
+
+def _renamed_extra(extra: Any) -> Any:
+    """``extra`` with every key that names a stdlib record attribute renamed (``msg_``)."""
+    if _RECORD_ATTRS.isdisjoint(extra):
+        return extra
+    out: dict[Any, Any] = {}
+    for key in extra:
+        value = extra[key]
+        while key in _RECORD_ATTRS or key in out:
+            key = f"{key}_"
+        out[key] = value
+    return out
+
+
+def _bound(method: Any, instance: logging.Logger) -> Any:
+    """``method`` as ``instance.makeRecord`` would give it (through ``__get__``, if any)."""
+    get = getattr(type(method), "__get__", None)
+    return method if get is None else get(method, instance, type(instance))
+
+
+def _wrap_make_record(previous: Any) -> Callable[..., logging.LogRecord]:
+    """A ``Logger.makeRecord`` that renames clashing ``extra`` keys, then calls ``previous``.
+
+    ``previous`` is what was installed on ``logging.Logger`` (a wrapper of another library,
+    such as ddtrace's, which adds its fields to the record it returns): it gets the same
+    arguments, with ``extra`` renamed. A key that clashes with an attribute a record
+    factory added (``otelSpanID``...) makes ``previous`` raise ``KeyError``: the record is
+    then made without ``extra`` and the keys are added here, renamed against that record.
+    """
+    if previous is STOCK_MAKE_RECORD:
+        return _make_record  # the same result, one call less per record
+
+    def make_record(
+        self: logging.Logger,
+        name: str,
+        level: int,
+        fn: str,
+        lno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        extra: Any = None,
+        sinfo: str | None = None,
+    ) -> logging.LogRecord:
+        call = _bound(previous, self)
+        if extra is None:
+            return call(name, level, fn, lno, msg, args, exc_info, func, None, sinfo)  # type: ignore[no-any-return]
+        try:
+            return call(  # type: ignore[no-any-return]
+                name, level, fn, lno, msg, args, exc_info, func, _renamed_extra(extra), sinfo
+            )
+        except KeyError:  # a key named like an attribute a record factory added
+            record: logging.LogRecord = call(
+                name, level, fn, lno, msg, args, exc_info, func, None, sinfo
+            )
+        fields = record.__dict__
+        for key in extra:
+            value = extra[key]
+            while key in _CLASHING or key in fields:
+                key = f"{key}_"
+            fields[key] = value
+        return record
+
+    make_record.__wrapped__ = previous  # type: ignore[attr-defined]
+    make_record._logkit_make_record = True  # type: ignore[attr-defined]
+    return make_record
+
+
+def _has_logkit_wrapper(make_record: Any) -> bool:
+    """Whether logkit's wrapper is ``make_record`` or one it wraps (via ``__wrapped__``)."""
+    for _ in range(64):  # a chain of wrappers, never a cycle
+        if make_record is None:
+            return False
+        if getattr(make_record, "_logkit_make_record", False) is True:
+            return True
+        make_record = getattr(make_record, "__wrapped__", None)
+    return False
+
+
 def tolerate_clashing_extra() -> None:
-    """Make every stdlib logger accept ``extra`` keys like ``msg`` or ``name`` (renamed)."""
-    logging.Logger.makeRecord = _make_record  # type: ignore[method-assign]
+    """Make every stdlib logger accept ``extra`` keys like ``msg`` or ``name`` (renamed).
+
+    Composes with whatever ``logging.Logger.makeRecord`` is now (ddtrace wraps it to add
+    ``dd.trace_id``...): logkit's wrapper calls it, it is never dropped. If logkit's
+    wrapper is already installed, or wrapped by another library's (found through
+    ``__wrapped__``), nothing changes, so configuring again never stacks wrappers nor
+    undoes a later library's wrapper.
+    """
+    current = vars(logging.Logger)["makeRecord"]
+    if _has_logkit_wrapper(current):
+        return
+    logging.Logger.makeRecord = _wrap_make_record(current)  # type: ignore[method-assign]
 
 
 def _remove_handlers(target: logging.Logger, only_logkit: bool) -> None:

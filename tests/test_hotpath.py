@@ -428,7 +428,8 @@ def _events_in(logfile: Path, task_id: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "scenario",
     ["events_handler", "events_logger_filter", "root_handler_filter", "root_logger_filter",
-     "queue", "record_factory", "events_not_propagating_to_root", "patched_call_handlers"],
+     "queue", "record_factory", "events_not_propagating_to_root", "patched_call_handlers",
+     "wrapped_make_record"],
 )
 def test_fallback_keeps_every_event_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
@@ -466,6 +467,15 @@ def test_fallback_keeps_every_event_once(
             original(self, record)
 
         monkeypatch.setattr(logging.Logger, "callHandlers", call_handlers)
+    elif scenario == "wrapped_make_record":  # what ddtrace's log injection does
+        make_record = logging.Logger.makeRecord
+
+        def wrapped(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make_record(self, *args, **kwargs)
+            record.__dict__["dd.trace_id"] = "123"
+            return record
+
+        monkeypatch.setattr(logging.Logger, "makeRecord", wrapped)
     assert events._route() is None  # detected: the generic stdlib path is taken
 
     @app.task(name="hot.add")
@@ -496,6 +506,8 @@ def test_fallback_keeps_every_event_once(
         assert all(r["factory_mark"] == "custom" for r in found)
     if scenario == "patched_call_handlers":
         assert [e for e in seen if e] == ["task_started", "task_succeeded"]
+    if scenario == "wrapped_make_record":
+        assert all(r["dd.trace_id"] == "123" for r in found)
 
 
 # --------------------------------------------------------------------------

@@ -634,10 +634,11 @@ def start_worker(
     ready_timeout: float = 60,
     global_args: Iterable[str] = (),
     base_args: Iterable[str] = DEFAULT_BASE_ARGS,
+    launcher: Sequence[str] = (),
 ) -> Worker:
     """Start ``celery -A <app> worker`` in ``appmod.workdir``; wait until ready.
 
-    Command line::
+    Command line (after ``launcher``, e.g. ``["ddtrace-run"]``, if given)::
 
         python -m celery *global_args -A <name> worker --pool <pool>
             -c <concurrency> -l <loglevel> -n <nodename> [-f <logfile>]
@@ -665,6 +666,7 @@ def start_worker(
         logpath = Path(node_format(str(logpath), hostname))
 
     argv: list[str] = [
+        *launcher,
         sys.executable,
         "-m",
         "celery",

@@ -1,0 +1,415 @@
+"""Issue #19: logkit next to the other logging hooks of a process (ddtrace, OpenTelemetry,
+Sentry).
+
+Unit tests check how logkit's ``Logger.makeRecord`` wrapper composes with another
+library's (before and after it, configured twice). The real-worker tests run the same app
+twice -- once with Celery's own logging, once with ``logkit.install`` -- and compare
+which fields (ddtrace's ``dd.*``, OpenTelemetry's ``otel*``) each task record carries,
+and which events Sentry captures.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wrapt
+from workerutil import make_app, parse_json_lines, start_worker
+
+import logkit.setup as setup_mod
+from logkit import events
+from logkit.setup import STOCK_MAKE_RECORD, tolerate_clashing_extra
+
+# ---------------------------------------------------------------------------
+# makeRecord: one wrapper, composed with the others
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stock_logging() -> Iterator[None]:
+    """Start from the stdlib's makeRecord and record factory; put back what was there."""
+    make_record = logging.Logger.__dict__["makeRecord"]
+    factory = logging.getLogRecordFactory()
+    logging.Logger.makeRecord = STOCK_MAKE_RECORD  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
+        logging.setLogRecordFactory(factory)
+
+
+def _dd_like(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> logging.LogRecord:
+    """What ddtrace's ``_w_makeRecord`` does (with wrapt, as ddtrace installs it)."""
+    record: logging.LogRecord = wrapped(*args, **kwargs)
+    record.__dict__.update({"dd.trace_id": "123", "dd.span_id": "456"})
+    return record
+
+
+def _record(extra: dict[str, Any] | None = None) -> logging.LogRecord:
+    log = logging.getLogger("other.libs")
+    return log.makeRecord(log.name, logging.INFO, __file__, 1, "m", (), None, extra=extra)
+
+
+def test_wraps_a_wrapper_installed_before(stock_logging: None) -> None:
+    wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
+    theirs = logging.Logger.__dict__["makeRecord"]
+    tolerate_clashing_extra()
+    ours = logging.Logger.__dict__["makeRecord"]
+    assert ours is not theirs and ours.__wrapped__ is theirs
+    record = _record({"msg": "renamed", "name": "too", "user": 7})
+    assert record.__dict__["dd.trace_id"] == "123"  # their fields: kept
+    assert (record.msg, record.msg_, record.name_, record.user) == (  # type: ignore[attr-defined]
+        "m", "renamed", "too", 7)
+
+
+def test_a_wrapper_installed_after_wraps_logkits(stock_logging: None) -> None:
+    tolerate_clashing_extra()
+    wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
+    theirs = logging.Logger.__dict__["makeRecord"]
+    tolerate_clashing_extra()  # configuring again: theirs (wrapping ours) stays
+    assert logging.Logger.__dict__["makeRecord"] is theirs
+    record = _record({"args": 1})
+    assert record.__dict__["dd.span_id"] == "456" and record.args_ == 1  # type: ignore[attr-defined]
+
+
+def test_configuring_twice_does_not_stack(stock_logging: None) -> None:
+    calls: list[str] = []
+    previous = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        calls.append("theirs")
+        return previous(self, *args, **kwargs)
+
+    logging.Logger.makeRecord = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        tolerate_clashing_extra()
+    ours = logging.Logger.__dict__["makeRecord"]
+    assert ours.__wrapped__ is counting and not hasattr(counting, "__wrapped__")
+    _record({"levelname": "x"})
+    assert calls == ["theirs"]
+
+
+def test_stdlib_make_record_gets_logkits_own_function(stock_logging: None) -> None:
+    tolerate_clashing_extra()
+    tolerate_clashing_extra()
+    assert logging.Logger.__dict__["makeRecord"] is setup_mod._make_record
+    assert setup_mod._make_record.__wrapped__ is STOCK_MAKE_RECORD  # type: ignore[attr-defined]
+
+
+def test_replaced_later_is_not_clobbered(stock_logging: None) -> None:
+    tolerate_clashing_extra()
+
+    def replacement(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = STOCK_MAKE_RECORD(self, *args, **kwargs)
+        record.replaced = True
+        return record
+
+    logging.Logger.makeRecord = replacement  # type: ignore[method-assign]
+    tolerate_clashing_extra()  # composes with the replacement: it still runs
+    assert logging.Logger.__dict__["makeRecord"].__wrapped__ is replacement
+    record = _record({"msg": 1})
+    assert record.replaced and record.msg_ == 1  # type: ignore[attr-defined]
+
+
+def test_record_factory_untouched_and_its_attributes_renamed(stock_logging: None) -> None:
+    base = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        record.otelSpanID = "abc"  # what OpenTelemetry's record factory adds
+        return record
+
+    logging.setLogRecordFactory(factory)
+    wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
+    tolerate_clashing_extra()
+    assert logging.getLogRecordFactory() is factory
+    record = _record({"otelSpanID": "mine", "msg": 2})  # theirs raises KeyError: logkit's way
+    assert record.otelSpanID == "abc" and record.otelSpanID_ == "mine"  # type: ignore[attr-defined]
+    assert record.msg_ == 2 and record.__dict__["dd.trace_id"] == "123"  # type: ignore[attr-defined]
+
+
+def test_fast_path_steps_aside_for_a_foreign_make_record(stock_logging: None) -> None:
+    tolerate_clashing_extra()
+    assert logging.Logger.makeRecord is events._LOGKIT_MAKE_RECORD
+    wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
+    # a wrapt proxy compares equal to what it wraps: the check must be by identity
+    assert logging.Logger.makeRecord == events._LOGKIT_MAKE_RECORD
+    assert events._route() is None
+
+
+def test_stock_methods_found_under_a_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """logkit imported after Sentry patched callHandlers still knows it is patched."""
+    stock = logging.Logger.callHandlers
+    assert setup_mod.stock_logger_method("callHandlers") is stock is events._STD_CALL_HANDLERS
+    wrapt.wrap_function_wrapper(logging.Logger, "callHandlers", lambda w, i, a, k: w(*a, **k))
+    assert setup_mod.stock_logger_method("callHandlers") is stock  # found via __wrapped__
+
+    def sentry_like(self: logging.Logger, record: logging.LogRecord) -> None:
+        stock(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", sentry_like)
+    assert setup_mod.stock_logger_method("callHandlers") is None  # unknown: never "stock"
+    monkeypatch.undo()
+    logging.Logger.callHandlers = stock  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------
+# Real workers: the same app with Celery's logging and with logkit's
+# ---------------------------------------------------------------------------
+
+#: The app: env ``LK_LIB`` picks the library, ``LK_FORMAT`` logkit's format ("" = no logkit).
+#: Without logkit a probe handler (on the loggers Celery's setup gives handlers) writes the
+#: library fields of every record it sees; with logkit, logkit's own output is read.
+APP_BODY = r'''
+import json
+import logging
+import os
+
+from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.utils.log import get_task_logger
+
+LIB = os.environ.get("LK_LIB", "")  # empty in the test process, which only sends tasks
+FORMAT = os.environ.get("LK_FORMAT", "")
+PREFIXES = ("dd.", "otel")
+
+
+class Probe(logging.Handler):
+    def emit(self, record):
+        row = {"logger": record.name, "message": record.getMessage()}
+        row.update({k: str(v) for k, v in vars(record).items() if k.startswith(PREFIXES)})
+        with open(os.path.join(WORKDIR, "probe.jsonl"), "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if LIB and not FORMAT:
+    @after_setup_logger.connect(weak=False)
+    @after_setup_task_logger.connect(weak=False)
+    def _probe(logger=None, **kwargs):
+        logger.addHandler(Probe())
+
+tracer = None
+if LIB == "otel":
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.logging import LoggingInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": "lk"})))
+    # this instrumentation's record factory adds otel* only with inject_trace_context=True
+    # (set_logging_format=True would also call logging.basicConfig)
+    LoggingInstrumentor().instrument(set_logging_format=False, inject_trace_context=True)
+    tracer = trace.get_tracer("lk")
+
+if LIB == "sentry":
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.logging import LoggingIntegration
+    from sentry_sdk.transport import Transport
+
+    class FileTransport(Transport):
+        """Every envelope item, summarised, to sentry.jsonl (nothing leaves the process)."""
+
+        def capture_envelope(self, envelope):
+            for item in envelope.items:
+                payload = item.payload.json or {}
+                crumbs = (payload.get("breadcrumbs") or {}).get("values", [])
+                exc = (payload.get("exception") or {}).get("values", [])
+                row = {
+                    "type": item.type,
+                    "level": payload.get("level"),
+                    "logger": payload.get("logger"),
+                    "message": (payload.get("logentry") or {}).get("message")
+                    or payload.get("message"),
+                    "exception": [e.get("type") for e in exc],
+                    "transaction": payload.get("transaction"),
+                    "task_tags": sorted(k for k in (payload.get("tags") or {})),
+                    "breadcrumbs": [[c.get("category"), c.get("message")] for c in crumbs],
+                    "contexts": sorted(payload.get("contexts") or {}),
+                }
+                with open(os.path.join(WORKDIR, "sentry.jsonl"), "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+
+        def flush(self, timeout, callback=None):
+            pass
+
+    sentry_sdk.init(
+        dsn="http://public@127.0.0.1:9/1",
+        transport=FileTransport,
+        integrations=[CeleryIntegration(), LoggingIntegration(level=logging.INFO)],
+        traces_sample_rate=1.0,
+    )
+
+log = get_task_logger("lk.tasks")
+
+
+@app.task(name="lk.hello")
+def hello(n):
+    log.info("hello %s", n, extra={"user_id": 7})
+    if tracer is not None:
+        with tracer.start_as_current_span("work"):
+            log.info("inside span %s", n, extra={"user_id": 7})
+    return n
+
+
+@app.task(name="lk.handled")
+def handled():
+    log.error("handled problem")
+    return "ok"
+
+
+@app.task(name="lk.boom")
+def boom():
+    log.info("about to fail")
+    raise ValueError("boom")
+
+
+if FORMAT:
+    import logkit
+
+    logkit.install(app, format=FORMAT)
+'''
+
+DD_ENV = {
+    "DD_LOGS_INJECTION": "true",
+    "DD_TRACE_ENABLED": "true",
+    "DD_TRACE_AGENT_URL": "http://127.0.0.1:9",
+    "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+    "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+    "DD_SERVICE": "lk-worker",
+    "DD_ENV": "test",
+    "DD_VERSION": "1.0",
+    "DD_TRACE_STARTUP_LOGS": "false",
+}
+
+LIB_FIELD = re.compile(r"(?<![\w.])((?:dd\.[a-z_]+)|(?:otel[A-Za-z]+))=")
+
+
+def _run(tmp_path: Path, lib: str, fmt: str) -> Path:
+    """Run the app on a real prefork worker, call its tasks, stop it; return its work dir."""
+    appmod = make_app(tmp_path / (fmt or "celery"), APP_BODY)
+    env = {"LK_LIB": lib, "LK_FORMAT": fmt}
+    launcher: list[str] = []
+    if lib == "ddtrace":
+        env.update(DD_ENV)
+        launcher = [str(Path(sys.executable).parent / "ddtrace-run")]
+        assert Path(launcher[0]).exists() or shutil.which("ddtrace-run")
+    worker = start_worker(
+        appmod, concurrency=1, logfile="worker.log", env=env, launcher=launcher,
+        ready_timeout=120,
+    )
+    try:
+        app = appmod.load()
+        assert app.hello.delay(1).get(timeout=60) == 1
+        assert app.handled.delay().get(timeout=60) == "ok"
+        with pytest.raises(Exception, match="boom"):
+            app.boom.delay().get(timeout=60)
+    finally:
+        worker.stop()
+        appmod.unload()
+    return appmod.workdir
+
+
+def _fields_by_message(workdir: Path, fmt: str) -> dict[str, set[str]]:
+    """``{message: library field names}`` of every record, from the probe or logkit's file."""
+    out: dict[str, set[str]] = {}
+    if not fmt:
+        for row in parse_json_lines((workdir / "probe.jsonl").read_text()):
+            key = row["event"] if "event" in row else row["message"]
+            out[key] = {k for k in row if k.startswith(("dd.", "otel"))}
+        return out
+    text = (workdir / "worker.log").read_text()
+    if fmt == "json":
+        for row in parse_json_lines(text):
+            key = row.get("event") or row["message"]
+            out[key] = {k for k in row if k.startswith(("dd.", "otel"))}
+        return out
+    for line in text.splitlines():
+        if line.startswith(" "):
+            continue  # a traceback line
+        found = set(LIB_FIELD.findall(line))
+        for message in ("hello 1", "inside span 1", "handled problem", "about to fail"):
+            if message in line:
+                out[message] = found
+        event = re.search(r"event=(\w+)", line)
+        if event:
+            out[event.group(1)] = found
+    return out
+
+
+TASK_RECORDS = ("hello 1", "handled problem", "about to fail")
+TASK_EVENTS = ("task_received", "task_started", "task_succeeded", "task_failed")
+LIBRARY_FIELDS = {
+    "ddtrace": {"dd.trace_id", "dd.span_id", "dd.service", "dd.env", "dd.version"},
+    "otel": {"otelTraceID", "otelSpanID", "otelServiceName", "otelTraceSampled"},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``run(lib, fmt)``: the work dir of that worker run, each made once per module."""
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(lib: str, fmt: str) -> Path:
+        if (lib, fmt) not in done:
+            done[lib, fmt] = _run(tmp_path_factory.mktemp(f"{lib}-{fmt or 'celery'}"), lib, fmt)
+        return done[lib, fmt]
+
+    return get
+
+
+@pytest.mark.parametrize("fmt", ["json", "console", "plain"])
+@pytest.mark.parametrize("lib", ["ddtrace", "otel"])
+def test_library_fields_same_with_logkit(run: Any, lib: str, fmt: str) -> None:
+    """Each task record carries the library's fields with logkit as without it; so do the
+    lifecycle events (the fast path steps aside for ddtrace's makeRecord and OTel's
+    record factory)."""
+    without = _fields_by_message(run(lib, ""), "")
+    with_logkit = _fields_by_message(run(lib, fmt), fmt)
+    expected = LIBRARY_FIELDS[lib]
+    for message in (*TASK_RECORDS, "inside span 1") if lib == "otel" else TASK_RECORDS:
+        assert without[message] == expected, (message, without)
+        assert with_logkit[message] == without[message], (message, with_logkit)
+    for event in TASK_EVENTS:
+        assert with_logkit[event] == expected, (event, with_logkit)
+
+
+@pytest.mark.parametrize("lib", ["ddtrace", "otel"])
+def test_library_trace_ids_are_the_tasks(run: Any, lib: str) -> None:
+    """The ids are real: the task's record and its task_started event share a trace."""
+    trace_key = "dd.trace_id" if lib == "ddtrace" else "otelTraceID"
+    message = "hello 1" if lib == "ddtrace" else "inside span 1"
+    probe = parse_json_lines((run(lib, "") / "probe.jsonl").read_text())
+    without = {r["message"]: r for r in probe}
+    assert without[message][trace_key].strip("0")  # not the "no trace" zero
+    rows = parse_json_lines((run(lib, "json") / "worker.log").read_text())
+    record = next(r for r in rows if r["message"] == message)
+    assert record[trace_key].strip("0") and record["user_id"] == 7
+    if lib == "ddtrace":  # ddtrace's task span is open while task_prerun receivers run
+        started = next(r for r in rows if r.get("event") == "task_started"
+                       and r["task_id"] == record["task_id"])
+        assert started[trace_key] == record[trace_key]
+
+
+def test_sentry_events_same_with_logkit(run: Any) -> None:
+    """Sentry (logging + Celery integrations, patched callHandlers) captures the same
+    events and transactions; the only new breadcrumbs are logkit's own event records."""
+
+    def envelopes(workdir: Path) -> list[dict[str, Any]]:
+        return parse_json_lines((workdir / "sentry.jsonl").read_text())
+
+    without = envelopes(run("sentry", ""))
+    with_logkit = envelopes(run("sentry", "json"))
+    added = [c for row in with_logkit for c in row["breadcrumbs"] if c[0].startswith("logkit")]
+    assert added  # logkit's events reach Sentry's callHandlers patch, as breadcrumbs
+    for row in with_logkit:
+        row["breadcrumbs"] = [c for c in row["breadcrumbs"] if not c[0].startswith("logkit")]
+    assert with_logkit == without
+    assert {(r["type"], r["transaction"]) for r in without} == {
+        ("transaction", "lk.hello"), ("transaction", "lk.handled"), ("transaction", "lk.boom"),
+        ("event", "lk.handled"), ("event", "lk.boom")}
