@@ -286,7 +286,7 @@ def test_queue_full_invalid_names_value_and_choices() -> None:
 
 @pytest.mark.parametrize("value", [0, -5, "many", True, 1.5j])
 def test_queue_size_invalid(value: Any) -> None:
-    with pytest.raises(ConfigError, match="'queue_size'.*must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"'queue_size'.*must be a positive integer"):
         LogConfig.resolve(options={"queue_size": value}, env={})
 
 
