@@ -270,6 +270,11 @@ class Sink:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        # The parent reports its own drops; a lock held by another thread at the fork
+        # would never be released in the child.
+        self._drop_lock = threading.Lock()
+        self._unreported = 0
+        self._drop_reasons = {}
 
 
 _SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
