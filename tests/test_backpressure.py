@@ -10,6 +10,7 @@ record.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import pytest
 from workerutil import parse_json_lines
 
 from logkit.config import ConfigError, LogConfig
-from logkit.handlers import DROPPED_EVENT
+from logkit.formatters import JsonFormatter
+from logkit.handlers import DROPPED_EVENT, Sink, SinkHandler, flush_queues
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc/PID/status"
@@ -179,6 +181,7 @@ def test_block_stalled_pipe_memory_bounded_and_nothing_lost(child: Any) -> None:
     time.sleep(2.0)  # the child is stuck in a log call: queue full, writer stuck on the pipe
     stalled_kb = _rss_kb(c.proc.pid)
     grown_mb = (stalled_kb - int(ready[1])) / 1024
+    print(f"block: baseline {int(ready[1]) / 1024:.1f} MB, stalled {stalled_kb / 1024:.1f} MB")
     assert grown_mb < BOUND_MB, f"RSS grew by {grown_mb:.1f} MB while the sink was stalled"
 
     c.drain()  # the caller goes on
@@ -257,6 +260,56 @@ def test_full_filesystem_then_room_again(small_tmpfs: Path, child: Any, queue: b
     assert len(written) + dropped == n + n2
     assert [r["reason"] for r in reports] == ["No space left on device"]
     assert errors.count("logkit: cannot write log records to") == 1, errors
+
+
+# --------------------------------------------------------------------------
+# the report, in process
+# --------------------------------------------------------------------------
+
+
+def _handler(path: Path, formatter: logging.Formatter) -> SinkHandler:
+    return SinkHandler(Sink(str(path), watch=False), formatter)
+
+
+def test_pending_drops_are_reported_at_flush(tmp_path: Path) -> None:
+    """Drops with no record logged after them are reported by flush_queues()."""
+    path = tmp_path / "app.log"
+    handler = _handler(path, JsonFormatter(LogConfig(format="json")))
+    try:
+        handler.sink.note_dropped("queue full", count=3)
+        handler.sink.note_dropped("No space left on device")
+        assert flush_queues(5)
+        assert flush_queues(5)  # reported once
+    finally:
+        handler.sink.close()
+    [report] = parse_json_lines(path.read_text())
+    assert (report["event"], report["count"]) == (DROPPED_EVENT, 4)
+    assert report["reason"] == "queue full, No space left on device"
+
+
+def test_report_in_a_text_format_says_how_many(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    handler = _handler(path, logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    try:
+        handler.sink.note_dropped("queue full", count=7)
+        handler.handle(logging.makeLogRecord({"msg": "hello", "levelno": 20}))
+    finally:
+        handler.sink.close()
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith(" hello")
+    assert lines[1].startswith("WARNING logkit 7 log record(s) dropped between ")
+    assert lines[1].endswith("(queue full)")
+    assert len(lines) == 2
+
+
+def test_report_not_written_stays_counted() -> None:
+    handler = SinkHandler(Sink("/dev/full", watch=False), logging.Formatter())
+    try:
+        handler.sink.note_dropped("queue full", count=5)
+        assert handler.report_dropped() is False
+        assert handler.sink._unreported == 5  # the report itself is not counted
+    finally:
+        handler.sink.close()
 
 
 # --------------------------------------------------------------------------
