@@ -26,11 +26,15 @@ __all__ = [
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
+    "QUEUE_FULL_POLICIES",
     "ConfigError",
     "LogConfig",
 ]
 
 FORMATS: tuple[str, ...] = ("auto", "json", "console", "plain")
+
+#: What a log call does when the ``queue=True`` queue is full (see ``queue_full``).
+QUEUE_FULL_POLICIES: tuple[str, ...] = ("drop", "block")
 
 #: Task context fields bound while a task runs, in output order.
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -252,6 +256,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_field_length": _positive_int,
     "watch_file": _bool,
     "queue": _bool,
+    "queue_size": _positive_int,
+    "queue_full": _choice(QUEUE_FULL_POLICIES),
     "structlog": _bool,
     "context_fields": _subset(CONTEXT_FIELDS),
     "field_names": _renames,
@@ -280,6 +286,11 @@ class LogConfig:
     watch_file: bool = True
     #: Non-blocking mode: records go through a queue to a background writer thread.
     queue: bool = False
+    #: Most records waiting in the ``queue=True`` queue of one process.
+    queue_size: int = 10000
+    #: When that queue is full: ``drop`` the record (counted, then reported in one
+    #: ``log_records_dropped`` record) or ``block`` the log call until there is room.
+    queue_full: str = "drop"
     #: Route ``structlog.get_logger()`` loggers through logkit's handlers and formatter.
     structlog: bool = True
     #: Which task context fields are bound while a task runs.

@@ -9,7 +9,12 @@
   lines written in between land in the renamed file, none is lost).
 * A write error (disk full, file gone read-only) is reported once on the real
   stderr, not once per record; the task logging it is never affected.
-* :class:`QueueSinkHandler` is the optional non-blocking mode (``queue=True``).
+* :class:`QueueSinkHandler` is the optional non-blocking mode (``queue=True``): a
+  bounded queue (``queue_size`` records per process); when it is full a record is
+  dropped or the log call waits (``queue_full``).
+* No record is lost silently: every record a sink could not take (write error, full
+  queue) is counted, and one ``log_records_dropped`` record reports the count and the
+  time span as soon as the sink takes writes again (or at :func:`flush_queues`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,27 @@ import sys
 import threading
 import time
 import weakref
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from .context import current
 from .formatters import JsonFormatter, safe_str
 
-__all__ = ["LogFileError", "QueueSinkHandler", "Sink", "SinkHandler", "flush_queues"]
+__all__ = [
+    "DROPPED_EVENT",
+    "LogFileError",
+    "QueueSinkHandler",
+    "Sink",
+    "SinkHandler",
+    "flush_queues",
+]
+
+#: The ``event`` of the record that reports records a sink could not take.
+DROPPED_EVENT = "log_records_dropped"
+
+#: ``reason`` of a record dropped because the ``queue=True`` queue was full.
+QUEUE_FULL = "queue full"
 
 #: Seconds between two look-ups of a watched file's path (rename detection).
 WATCH_INTERVAL = 0.1
@@ -77,6 +97,15 @@ class Sink:
         self._failing = False
         self._dropped = 0
         self._torn = False  # a partial line was left behind by a failed write
+        # Records not written and not yet reported in a log_records_dropped record:
+        # count, time.time() of the first and the last, reasons (a few, in order).
+        self._drop_lock = threading.Lock()
+        self._unreported = 0
+        self._first_drop = self._last_drop = 0.0
+        self._drop_reasons: dict[str, None] = {}
+        #: The handler that writes the ``log_records_dropped`` record when no record
+        #: is being written (at the end of a queue, at flush): the first one made.
+        self.reporter: SinkHandler | None = None
         # One token shared by every process forked from here (prefork children): the
         # process that takes it reports a failure, so a worker reports it once, not per child.
         self._token = _token_pipe()
@@ -127,8 +156,12 @@ class Sink:
                 if old != self.fd:
                     os.close(old)
 
-    def write(self, data: bytes) -> None:
-        """Append ``data`` with one ``write`` call; report a failure once, never raise."""
+    def write(self, data: bytes, counted: bool = True) -> bool:
+        """Append ``data`` with one ``write`` call; ``True`` if it was written.
+
+        A failure is reported once on stderr, never raised; the record is counted as
+        dropped (unless not ``counted``: the drop report itself).
+        """
         written = 0
         try:
             if self.watch:
@@ -145,7 +178,9 @@ class Sink:
         except OSError as exc:
             if written:
                 self._drop_partial(written)
-            self._dropped += 1
+            if counted:
+                self._dropped += 1
+                self.note_dropped(exc.strerror or type(exc).__name__)
             if not self._failing:
                 self._failing = True
                 if _take(self._token):
@@ -153,7 +188,7 @@ class Sink:
                         f"cannot write log records to {self.name}: {exc.strerror or exc}; "
                         "records are dropped until writing works again"
                     )
-            return
+            return False
         if self._failing:
             self._failing = False
             episode_over = _take(self._token)  # someone else already reported the recovery
@@ -164,6 +199,52 @@ class Sink:
                     f"(by process {os.getpid()})"
                 )
             self._dropped = 0
+        return True
+
+    # -- records not written ---------------------------------------------------------
+
+    def note_dropped(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` record(s) that were not written, for the next drop report."""
+        now = time.time()
+        with self._drop_lock:
+            if not self._unreported:
+                self._first_drop = now
+            self._unreported += count
+            self._last_drop = now
+            if reason not in self._drop_reasons and len(self._drop_reasons) < 4:
+                self._drop_reasons[reason] = None
+
+    def take_dropped(self) -> tuple[int, float, float, tuple[str, ...]] | None:
+        """The unreported drops (count, first, last, reasons), now counted as reported."""
+        with self._drop_lock:
+            if not self._unreported:
+                return None
+            taken = (
+                self._unreported, self._first_drop, self._last_drop, tuple(self._drop_reasons)
+            )
+            self._unreported = 0
+            self._drop_reasons = {}
+        return taken
+
+    def _untake_dropped(self, taken: tuple[int, float, float, tuple[str, ...]]) -> None:
+        """Put back drops whose report could not be written."""
+        count, first, last, reasons = taken
+        with self._drop_lock:
+            self._first_drop = min(first, self._first_drop) if self._unreported else first
+            self._last_drop = max(last, self._last_drop)
+            self._unreported += count
+            for reason in reasons:
+                if len(self._drop_reasons) < 4:
+                    self._drop_reasons.setdefault(reason, None)
+
+    def report_dropped(self) -> bool:
+        """Write the ``log_records_dropped`` record now, if records were dropped.
+
+        ``False`` if it could not be written (the drops stay counted).
+        """
+        if self._unreported and self.reporter is not None and self.fd >= 0:
+            return self.reporter.report_dropped()
+        return True
 
     def _drop_partial(self, written: int) -> None:
         """Cut the partial record a failed write left at the end of the file (else mark it)."""
@@ -189,6 +270,11 @@ class Sink:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        # The parent reports its own drops; a lock held by another thread at the fork
+        # would never be released in the child.
+        self._drop_lock = threading.Lock()
+        self._unreported = 0
+        self._drop_reasons = {}
 
 
 _SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()
@@ -228,6 +314,8 @@ class SinkHandler(logging.Handler):
         super().__init__(level)
         self.sink = sink
         self.setFormatter(formatter)
+        if sink.reporter is None:
+            sink.reporter = self
 
     @property
     def stream(self) -> int:
@@ -245,7 +333,30 @@ class SinkHandler(logging.Handler):
         except Exception as exc:  # a formatter set by someone else may raise
             text = f"{record.levelname} {safe_str(record.msg)} (logkit: formatter failed: {exc!r})"
             data = f"{text}\n".encode("utf-8", "backslashreplace")
-        self.sink.write(data)
+        sink = self.sink
+        if sink.write(data) and sink._unreported:  # writing works (again): report the loss
+            self.report_dropped()
+
+    def report_dropped(self) -> bool:
+        """Write one ``log_records_dropped`` record for the records the sink dropped.
+
+        ``False`` if it could not be written (the drops stay counted for the next one).
+        """
+        taken = self.sink.take_dropped()
+        if taken is None:
+            return True
+        record = dropped_record(*taken)
+        try:
+            if type(self.formatter) is JsonFormatter:
+                data = self.formatter.format_line(record)
+            else:
+                data = f"{self.format(record)}\n".encode("utf-8", "backslashreplace")
+        except Exception:
+            data = f"WARNING {record.msg}\n".encode("utf-8", "backslashreplace")
+        if not self.sink.write(data, counted=False):
+            self.sink._untake_dropped(taken)
+            return False
+        return True
 
     def close(self) -> None:
         # The sink is shared with the other handler(s); setup closes it explicitly.
@@ -255,45 +366,120 @@ class SinkHandler(logging.Handler):
         return f"<SinkHandler {self.sink.name} ({logging.getLevelName(self.level)})>"
 
 
+def _iso(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+_NO_CONTEXT: Any = MappingProxyType({})
+
+
+def dropped_record(
+    count: int, first: float, last: float, reasons: tuple[str, ...]
+) -> logging.LogRecord:
+    """The ``log_records_dropped`` record (logger ``logkit``, WARNING) for ``count`` drops."""
+    first_at, last_at, reason = _iso(first), _iso(last), ", ".join(reasons)
+    record = logging.LogRecord(
+        "logkit", logging.WARNING, __file__, 0,
+        f"{count} log record(s) dropped between {first_at} and {last_at} ({reason})",
+        None, None,
+    )
+    record.__dict__.update(
+        event=DROPPED_EVENT,
+        count=count,
+        first_dropped_at=first_at,
+        last_dropped_at=last_at,
+        reason=reason,
+        _logkit_ctx=_NO_CONTEXT,  # not about the task that happens to be running
+    )
+    return record
+
+
 # ---------------------------------------------------------------------------
 # Non-blocking mode
 # ---------------------------------------------------------------------------
 
 
 class _Writer:
-    """One background thread per process draining ``(handler, record)`` pairs."""
+    """One background thread per process draining ``(handler, record)`` pairs.
+
+    ``_pending`` counts the records put and not yet written (or dropped by the
+    sink): the queue's size, checked against the handler's ``maxsize`` in
+    :meth:`put`, under the lock that ``put`` takes anyway.
+    """
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[tuple[logging.Handler, logging.LogRecord] | None] = (
             queue.SimpleQueue()
         )
         self._pending = 0
-        self._cond = threading.Condition()
+        self._waiting = 0  # callers blocked in put() (queue_full="block")
+        self._lock = threading.RLock()  # re-entrant: a signal handler may log inside put()
+        self._cond = threading.Condition(self._lock)  # notified when _pending reaches 0
+        self._not_full = threading.Condition(self._lock)  # notified when a record is done
         self._thread: threading.Thread | None = None
+        self._ident: int | None = None
         self._pid = os.getpid()
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="logkit-writer", daemon=True)
             self._thread.start()
+            self._ident = self._thread.ident
 
-    def put(self, handler: logging.Handler, record: logging.LogRecord) -> None:
-        with self._cond:
+    def put(self, handler: QueueSinkHandler, record: logging.LogRecord) -> None:
+        with self._lock:
+            if self._pending >= handler.maxsize and not self._wait_for_room(handler):
+                handler.sink.note_dropped(QUEUE_FULL)  # reported by the writer later
+                return
             self._pending += 1
-        self.queue.put((handler, record))
+        self.queue.put((handler.target, record))
+
+    def _wait_for_room(self, handler: QueueSinkHandler) -> bool:
+        """``queue_full="block"``: wait until the queue has room; ``False``: drop the record."""
+        if not handler.block or threading.get_ident() == self._ident:
+            return False  # the writer itself never waits for itself
+        self._waiting += 1
+        try:
+            while self._pending >= handler.maxsize:
+                self._not_full.wait(0.1)  # a timeout: waiters with different sizes
+        finally:
+            self._waiting -= 1
+        return True
 
     def _run(self) -> None:
+        get = self.queue.get
         while True:
-            item = self.queue.get()
+            item = get()
             if item is None:
                 return
             handler, record = item
             with contextlib.suppress(Exception):  # never let the writer thread die
-                handler.handle(record)
-            with self._cond:
+                handler.handle(record)  # SinkHandler.emit reports earlier drops when it writes
+            self._done(getattr(handler, "sink", None))
+
+    def _done(self, sink: Sink | None) -> None:
+        """One record less in the queue; at the end of the queue, report drops left over."""
+        with self._lock:
+            if self._waiting:
+                self._not_full.notify()
+            if self._pending > 1 or sink is None or not sink._unreported:
                 self._pending -= 1
                 if self._pending <= 0:
                     self._cond.notify_all()
+                return
+        # The last record: a record dropped while it was written is reported now, not
+        # at the next log call; _pending stays 1 until then, so flush() waits for it.
+        while True:
+            reported = False
+            with contextlib.suppress(Exception):
+                reported = sink.report_dropped()
+            with self._lock:
+                if not reported or not sink._unreported or self._pending > 1:
+                    self._pending -= 1
+                    if self._pending <= 0:
+                        self._cond.notify_all()
+                    return
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued record is written; ``False`` on timeout."""
@@ -313,8 +499,17 @@ def _get_writer() -> _Writer:
 
 
 def flush_queues(timeout: float = 10.0) -> bool:
-    """Write out every record waiting in the non-blocking queue of this process."""
-    return _writer.flush(timeout) if _writer is not None else True
+    """Write out every record waiting in the non-blocking queue of this process.
+
+    Waits at most ``timeout`` seconds; ``False`` if records are still waiting then (a
+    stalled sink). Records counted as dropped and not yet reported are reported now.
+    """
+    done = _writer.flush(timeout) if _writer is not None else True
+    if done:  # else the writer is stuck in a write to a sink: do not get stuck too
+        for sink in list(_SINKS):
+            with contextlib.suppress(Exception):
+                sink.report_dropped()
+    return done
 
 
 def _reset_after_fork() -> None:
@@ -332,12 +527,21 @@ atexit.register(flush_queues)
 class QueueSinkHandler(logging.Handler):
     """Non-blocking: freezes the record (message and log context) and queues it.
 
-    The record is formatted and written by a background thread by ``target``.
+    The record is formatted and written by a background thread by ``target``. The
+    queue holds at most ``maxsize`` records per process; when it is full the record is
+    dropped and counted (reported later in one ``log_records_dropped`` record), or,
+    with ``block``, the log call waits for room.
     """
 
-    def __init__(self, target: logging.Handler) -> None:
+    def __init__(
+        self, target: logging.Handler, maxsize: int = 10000, block: bool = False
+    ) -> None:
         super().__init__(target.level)
         self.target = target
+        #: Most records waiting in this process's queue (``queue_size``).
+        self.maxsize = maxsize
+        #: When the queue is full: wait for room (``True``) or drop the record.
+        self.block = block
 
     @property
     def sink(self) -> Sink:
@@ -373,4 +577,4 @@ class QueueSinkHandler(logging.Handler):
         except Exception:
             pass  # the formatter reports it
         record.__dict__["_logkit_ctx"] = current()
-        _get_writer().put(self.target, record)
+        _get_writer().put(self, record)

@@ -306,7 +306,9 @@ def configure_process(
     def make_handler(formatter: logging.Formatter) -> logging.Handler:
         handler: logging.Handler = SinkHandler(sink, formatter)
         if config.queue:
-            handler = QueueSinkHandler(handler)
+            handler = QueueSinkHandler(
+                handler, config.queue_size, block=config.queue_full == "block"
+            )
         if config.redact_keys:  # secrets in Celery's own lines (args/kwargs reprs, exceptions)
             handler.addFilter(RedactFilter(config.redact_keys))
         handler._logkit = True  # type: ignore[attr-defined]

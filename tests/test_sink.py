@@ -83,9 +83,14 @@ def test_unwritable_mid_run_then_recovers(
     assert err.count(AGAIN_LINE) == 1, err
     assert "300 record(s) were dropped" in err
     assert [r["message"] for r in parse_json_lines(first)] == [f"before {i}" for i in range(10)]
-    assert [r["message"] for r in parse_json_lines(path.read_text())] == [
-        f"after {i}" for i in range(7)
-    ]
+    after = parse_json_lines(path.read_text())
+    # the first record written again is followed by one record reporting the loss
+    assert [r["message"] for r in after[:1] + after[2:]] == [f"after {i}" for i in range(7)]
+    report = after[1]
+    assert report["event"] == "log_records_dropped"
+    assert report["count"] == 300
+    assert report["reason"] == "No space left on device"
+    assert report["first_dropped_at"] <= report["last_dropped_at"] <= report["timestamp"]
 
 
 @pytest.fixture
@@ -123,7 +128,11 @@ def test_really_full_filesystem(tiny_tmpfs: Path, capfd: pytest.CaptureFixture[s
     err = capfd.readouterr().err
     assert err.count(FAIL_LINE) == 1, err
     assert f"{200 - len(written)} record(s) were dropped" in err
-    assert [r["message"] for r in parse_json_lines(path.read_text())] == ["room again"]
+    again = parse_json_lines(path.read_text())
+    assert [r["message"] for r in again[:1]] == ["room again"]
+    assert [(r["event"], r["count"]) for r in again[1:]] == [
+        ("log_records_dropped", 200 - len(written))
+    ]
 
 
 # --------------------------------------------------------------------------
