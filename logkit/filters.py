@@ -55,12 +55,16 @@ class ContextFilter(logging.Filter):
             ctx = fields.get("_logkit_ctx")
             if ctx is None:
                 ctx = fields["_logkit_ctx"] = current()
+            # logkit's formatters (on another handler) read ``ctx``, not these attributes
+            filled: set[str] = fields.setdefault("_logkit_filled", set())
             for key, value in ctx.items():
                 if type(key) is str and key not in fields:
                     fields[key] = value
+                    filled.add(key)
             for key, value in self.defaults.items():
                 if key not in fields:
                     fields[key] = value
+                    filled.add(key)
         except Exception:  # never lose a record because of its context
             pass
         return True

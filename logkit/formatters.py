@@ -44,6 +44,7 @@ RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
     "message",
     "asctime",
     "_logkit_ctx",
+    "_logkit_filled",  # names a logkit.ContextFilter put on the record (not extras)
     # added by Celery's TaskFormatter / our plain task formatter
     "task_id",
     "task_name",
@@ -246,8 +247,9 @@ class _Fields:
             keys = keys[_BASE_LEN:]
         limit = self.limit
         base = self.base
+        filled = rd.get("_logkit_filled")
         for key in keys:
-            if key in RESERVED:
+            if key in RESERVED or (filled and key in filled):
                 continue
             value = rd[key]
             if key in base:

@@ -163,12 +163,16 @@ def root_owner(root_handlers: str, hijack: bool, root: logging.Logger) -> str:
     return "logkit" if hijack else "user"
 
 
-def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any) -> None:
-    """The user's handlers write everything: give them the context, and the task and
-    multiprocessing loggers' records (which Celery keeps off the root) too."""
+def _give_context() -> None:
+    """Put logkit's context on the records the user's handlers write (for their formats)."""
     for handler in _user_handlers():
         if not isinstance(handler.formatter, (JsonFormatter, _TextFormatter)):
             add_context_filter(handler)
+
+
+def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any) -> None:
+    """The user's handlers write everything: the task and multiprocessing loggers'
+    records (which Celery keeps off the root) too."""
     if not [h for h in task_logger.handlers if not _is_logkit(h)]:
         task_logger.propagate = True
     if mp_logger is not None and not mp_logger.handlers:
@@ -263,6 +267,8 @@ def configure_process(
 
     for name in OWN_LOGGERS:
         logging.getLogger(name).disabled = False
+    if owner != "logkit":
+        _give_context()
     if owner == "user":
         _defer_to(root, task_logger, mp_logger)
     else:
