@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
+from .filters import ContextFilter
+from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from .receivers import Installation, configure, install
 
 __version__ = "0.1.0"
@@ -27,8 +29,12 @@ if _connect_events not in _INSTALL_HOOKS:
 
 __all__ = [
     "ConfigError",
+    "ConsoleFormatter",
+    "ContextFilter",
     "Installation",
+    "JsonFormatter",
     "LogConfig",
+    "PlainFormatter",
     "__version__",
     "bind",
     "bound",

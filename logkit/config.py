@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
     "QUEUE_FULL_POLICIES",
+    "ROOT_HANDLERS",
     "ConfigError",
     "LogConfig",
 ]
@@ -35,6 +36,8 @@ FORMATS: tuple[str, ...] = ("auto", "json", "console", "plain")
 
 #: What a log call does when the ``queue=True`` queue is full (see ``queue_full``).
 QUEUE_FULL_POLICIES: tuple[str, ...] = ("drop", "block")
+#: Who writes the root logger's records: see ``root_handlers`` in docs/configuration.md.
+ROOT_HANDLERS: tuple[str, ...] = ("auto", "replace", "add")
 
 #: Task context fields bound while a task runs, in output order.
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -269,6 +272,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "disabled_events": _subset(EVENT_NAMES),
     "event_levels": _event_levels,
     "result_repr": _bool,
+    "root_handlers": _choice(ROOT_HANDLERS),
 }
 
 
@@ -313,6 +317,10 @@ class LogConfig:
     event_levels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: Include a capped ``repr`` of the return value in ``task_succeeded`` events.
     result_repr: bool = True
+    #: Who owns the root logger: ``auto`` (logkit, unless ``worker_hijack_root_logger`` is
+    #: off and the root already has handlers: then those write every record, with logkit's
+    #: context on it), ``replace`` (logkit's handler only), ``add`` (both: lines twice).
+    root_handlers: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

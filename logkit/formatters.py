@@ -27,7 +27,7 @@ from colorama import Fore, Style
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from .config import CONTEXT_FIELDS, LogConfig
+from .config import CONTEXT_FIELDS, ConfigError, LogConfig
 from .context import current
 
 __all__ = [
@@ -44,6 +44,7 @@ RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
     "message",
     "asctime",
     "_logkit_ctx",
+    "_logkit_filled",  # names a logkit.ContextFilter put on the record (not extras)
     # added by Celery's TaskFormatter / our plain task formatter
     "task_id",
     "task_name",
@@ -246,8 +247,9 @@ class _Fields:
             keys = keys[_BASE_LEN:]
         limit = self.limit
         base = self.base
+        filled = rd.get("_logkit_filled")
         for key in keys:
-            if key in RESERVED:
+            if key in RESERVED or (filled and key in filled):
                 continue
             value = rd[key]
             if key in base:
@@ -283,6 +285,28 @@ def _context_of(record: logging.LogRecord) -> Mapping[str, Any]:
     return current() if ctx is None else ctx
 
 
+#: The :class:`LogConfig` options a formatter takes as keyword arguments (from
+#: ``logging.config.dictConfig``'s ``()`` key, Django's ``LOGGING``, or code).
+FORMATTER_OPTIONS: tuple[str, ...] = ("fields", "field_names", "max_field_length")
+
+
+def _formatter_config(config: Any, options: Mapping[str, Any], cls: str) -> LogConfig:
+    """The config a formatter is built from: a :class:`LogConfig` (the internal use),
+    or the defaults with the keyword ``options``. Anything else in the config slot is
+    what ``logging.config`` passes there (a format string, a style) and is ignored.
+
+    Raises :class:`ConfigError` for an option a formatter does not take.
+    """
+    unknown = sorted(set(options) - set(FORMATTER_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"logkit: {cls} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(FORMATTER_OPTIONS)}"
+        )
+    base = config if isinstance(config, LogConfig) else LogConfig()
+    return base.replace(**options) if options else base
+
+
 # ---------------------------------------------------------------------------
 # JSON
 # ---------------------------------------------------------------------------
@@ -296,8 +320,19 @@ class JsonFormatter(OrjsonFormatter):
     ``thread`` and, when there is one, ``exception`` (``type``, ``message``, ``traceback``).
     """
 
-    def __init__(self, config: LogConfig | None = None) -> None:
-        config = config or LogConfig()
+    def __init__(
+        self,
+        config: LogConfig | str | None = None,
+        datefmt: str | None = None,
+        style: str = "%",
+        validate: bool = True,
+        **options: Any,
+    ) -> None:
+        """``JsonFormatter(config)``, or ``JsonFormatter(fields={...}, field_names={...},
+        max_field_length=...)``; ``logging.config``'s ``(format, datefmt, style)`` are
+        accepted and ignored (the JSON keys are logkit's)."""
+        options.pop("format", None)  # dictConfig's "format" key, with the "()" factory
+        config = _formatter_config(config, options, "JsonFormatter")
         super().__init__(
             reserved_attrs=sorted(RESERVED),
             static_fields=dict(config.fields),
@@ -556,9 +591,22 @@ class ConsoleFormatter(_TextFormatter):
     messages and values are escaped and every continuation line (tracebacks) is indented.
     """
 
-    def __init__(self, config: LogConfig | None = None, *, use_color: bool = False) -> None:
+    def __init__(
+        self,
+        config: LogConfig | str | None = None,
+        datefmt: str | None = None,
+        style: str = "%",
+        validate: bool = True,
+        *,
+        use_color: bool = False,
+        **options: Any,
+    ) -> None:
+        """``ConsoleFormatter(config, use_color=...)``, or with keyword options as
+        :class:`JsonFormatter`; ``logging.config``'s ``(format, datefmt, style)`` are
+        accepted and ignored."""
         super().__init__()
-        self._f = _Fields(config or LogConfig())
+        options.pop("format", None)
+        self._f = _Fields(_formatter_config(config, options, "ConsoleFormatter"))
         self._clock = _Clock(utc=False, sep=" ")
         self.use_color = use_color
         if use_color:
@@ -592,6 +640,10 @@ class ConsoleFormatter(_TextFormatter):
         return self._with_traceback(" ".join(parts), record)
 
 
+#: Celery's default ``worker_log_format``: what a :class:`PlainFormatter` without one uses.
+DEFAULT_PLAIN_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
 class PlainFormatter(_TextFormatter):
     """Celery's own text format (``worker_log_format`` / ``worker_task_log_format``).
 
@@ -603,10 +655,24 @@ class PlainFormatter(_TextFormatter):
     """
 
     def __init__(
-        self, fmt: str, datefmt: str | None = None, config: LogConfig | None = None
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        config: LogConfig | str | None = None,
+        validate: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(fmt, datefmt, defaults={"task_id": "???", "task_name": "???"})
-        self._f = _Fields(config or LogConfig())
+        """``PlainFormatter(fmt, datefmt, config)``; from ``logging.config`` (which passes
+        ``(format, datefmt, style)``) or with keyword options as :class:`JsonFormatter`.
+        Without ``fmt``, Celery's default worker format."""
+        style = config if isinstance(config, str) else "%"
+        if style != "%":
+            raise ConfigError(f"logkit: PlainFormatter takes '%' style formats; got {style!r}")
+        fmt = options.pop("format", None) or fmt or DEFAULT_PLAIN_FORMAT
+        super().__init__(
+            fmt, datefmt, validate=validate, defaults={"task_id": "???", "task_name": "???"}
+        )
+        self._f = _Fields(_formatter_config(config, options, "PlainFormatter"))
         self._task_format = "%(task_id)" in fmt or "%(task_name)" in fmt
 
     def _format(self, record: logging.LogRecord) -> str:

@@ -24,11 +24,19 @@ from celery.utils.log import LoggingProxy, get_multiprocessing_logger, mlevel
 
 from ._structlog import configure_structlog
 from .config import ConfigError, LogConfig
-from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
+from .filters import add_context_filter
+from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter, _TextFormatter
 from .handlers import LogFileError, QueueSinkHandler, Sink, SinkHandler
 from .redaction import RedactFilter
 
-__all__ = ["Active", "active", "configure_process", "decide_color", "resolve_format"]
+__all__ = [
+    "Active",
+    "active",
+    "configure_process",
+    "decide_color",
+    "resolve_format",
+    "root_owner",
+]
 
 logger = logging.getLogger("logkit")
 
@@ -50,6 +58,8 @@ class Active:
     colorize: bool
     sink: Sink
     handlers: list[logging.Handler] = field(default_factory=list)
+    #: Who writes the root logger's records: ``logkit``, ``user`` or ``both`` (:func:`root_owner`).
+    root_owner: str = "logkit"
 
 
 _active: Active | None = None
@@ -248,6 +258,62 @@ def tolerate_clashing_extra() -> None:
     logging.Logger.makeRecord = _wrap_make_record(current)  # type: ignore[method-assign]
 
 
+def _is_logkit(handler: logging.Handler) -> bool:
+    return bool(getattr(handler, "_logkit", False))
+
+
+def root_owner(root_handlers: str, hijack: bool, root: logging.Logger) -> str:
+    """Who writes the root logger's records: ``"logkit"``, ``"user"`` or ``"both"``.
+
+    Celery's rule, for ``root_handlers="auto"``: with ``worker_hijack_root_logger``
+    on, the root's handlers are replaced (``"logkit"``); with it off, a root that
+    already has handlers (a Django ``LOGGING``, a ``dictConfig``) keeps them and gets
+    no other (``"user"``: each record written once, by those handlers, with logkit's
+    context on it); a root without handlers gets logkit's. ``"replace"`` always
+    gives ``"logkit"``, ``"add"`` gives ``"both"`` when the root has handlers.
+    """
+    theirs = [h for h in root.handlers if not _is_logkit(h)]
+    if root_handlers == "replace" or not theirs:
+        return "logkit"
+    if root_handlers == "add":
+        return "both"
+    return "logkit" if hijack else "user"
+
+
+def _give_context() -> None:
+    """Put logkit's context on the records the user's handlers write (for their formats)."""
+    for handler in _user_handlers():
+        if not isinstance(handler.formatter, (JsonFormatter, _TextFormatter)):
+            add_context_filter(handler)
+
+
+def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any) -> None:
+    """The user's handlers write everything: the task and multiprocessing loggers'
+    records (which Celery keeps off the root) too."""
+    if not [h for h in task_logger.handlers if not _is_logkit(h)]:
+        task_logger.propagate = True
+    if mp_logger is not None and not mp_logger.handlers:
+        for handler in root.handlers:
+            mp_logger.addHandler(handler)
+
+
+def _user_handlers() -> list[logging.Handler]:
+    """The handlers of every logger (the root first) that logkit did not add."""
+    loggers: list[Any] = [logging.getLogger()]
+    loggers.extend(logging.Logger.manager.loggerDict.values())
+    seen: dict[int, logging.Handler] = {}
+    for target in loggers:
+        for handler in getattr(target, "handlers", ()):
+            if not _is_logkit(handler):
+                seen.setdefault(id(handler), handler)
+    return list(seen.values())
+
+
+#: logkit's own loggers: ``disable_existing_loggers`` in a ``dictConfig`` (Django's
+#: ``LOGGING``) that runs after ``import logkit`` disables them; that would lose events.
+OWN_LOGGERS: tuple[str, ...] = ("logkit", "logkit.events")
+
+
 def _remove_handlers(target: logging.Logger, only_logkit: bool) -> None:
     for handler in list(target.handlers):
         if not only_logkit or getattr(handler, "_logkit", False):
@@ -279,6 +345,9 @@ def configure_process(
     )
     datefmt = getattr(conf, "worker_log_datefmt", None) if conf else None
     hijack = conf.worker_hijack_root_logger if conf else True
+    owner = root_owner(config.root_handlers, hijack, logging.getLogger())
+    # Celery's hijack: every handler goes (with "replace" too); else only logkit's own.
+    replace_all = owner == "logkit" and (hijack or config.root_handlers == "replace")
 
     try:
         sink = Sink(logfile, watch=config.watch_file)
@@ -292,7 +361,7 @@ def configure_process(
     mp_logger = get_multiprocessing_logger()
     for target in (root, task_logger, celery_logger, redirected, mp_logger):
         if target is not None:
-            _remove_handlers(target, only_logkit=not hijack or target is mp_logger)
+            _remove_handlers(target, only_logkit=not replace_all or target is mp_logger)
     if _active is not None and _active.sink is not sink:
         _active.sink.close()
 
@@ -315,11 +384,19 @@ def configure_process(
         handlers.append(handler)
         return handler
 
-    root_handler = make_handler(root_formatter)
-    root.addHandler(root_handler)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).disabled = False
+    if owner != "logkit":
+        _give_context()
+    if owner == "user":
+        _defer_to(root, task_logger, mp_logger)
+    else:
+        root_handler = make_handler(root_formatter)
+        root.addHandler(root_handler)
+        if mp_logger is not None:
+            mp_logger.addHandler(root_handler)
     root.setLevel(level)
     if mp_logger is not None:
-        mp_logger.addHandler(root_handler)
         mp_logger.setLevel(level if os.environ.get("MP_LOG") else logging.ERROR)
 
     # Celery passes the colour decision it made, and its own %-format strings.
@@ -334,9 +411,10 @@ def configure_process(
             colorize=signal_colorize,
         )
 
-    task_logger.addHandler(make_handler(task_formatter))
+    if owner != "user":
+        task_logger.addHandler(make_handler(task_formatter))
+        task_logger.propagate = 0  # type: ignore[assignment]  # an int, as Celery sets it
     task_logger.setLevel(level)
-    task_logger.propagate = 0  # type: ignore[assignment]  # an int, as Celery sets it
     if fire_signals:
         signals.after_setup_task_logger.send(
             sender=None,
@@ -362,7 +440,7 @@ def configure_process(
             proxy = LoggingProxy(redirected, redirect_level)
             sys.stdout = sys.stderr = proxy
 
-    _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers)
+    _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner)
     for hook in CONFIGURED_HOOKS:
         hook(config, app)
     logger.debug(

@@ -192,24 +192,35 @@ def test_configuring_twice_does_not_duplicate_handlers(tmp_path: Path) -> None:
     assert len(_logkit_handlers(logging.getLogger("celery.task"))) == 1
 
 
-@pytest.mark.parametrize("hijack", [True, False])
-def test_worker_hijack_root_logger(tmp_path: Path, hijack: bool) -> None:
+@pytest.mark.parametrize(
+    ("hijack", "root_handlers", "user_writes", "logkit_writes"),
+    [
+        (True, "auto", False, True),  # Celery's hijack: logkit's handler replaces the user's
+        (False, "auto", True, False),  # the user's handler writes it, once (#13)
+        (False, "replace", False, True),
+        (False, "add", True, True),  # asked for: every line twice
+        (True, "add", True, True),
+    ],
+)
+def test_worker_hijack_root_logger(
+    tmp_path: Path, hijack: bool, root_handlers: str, user_writes: bool, logkit_writes: bool
+) -> None:
     stream_path = tmp_path / "user.log"
     user = logging.FileHandler(stream_path)
     logging.getLogger().addHandler(user)
     try:
         configure_process(
-            LogConfig(format="json"),
+            LogConfig(format="json", root_handlers=root_handlers),
             loglevel=logging.INFO,
             logfile=str(tmp_path / "w.log"),
             app=_app(worker_hijack_root_logger=hijack),
         )
-        assert (user in logging.getLogger().handlers) is not hijack
+        assert (user in logging.getLogger().handlers) is user_writes
         logging.getLogger("lib").warning("both?")
     finally:
         user.close()
-    assert ("both?" in stream_path.read_text()) is not hijack
-    assert "both?" in (tmp_path / "w.log").read_text()
+    assert ("both?" in stream_path.read_text()) is user_writes
+    assert ("both?" in (tmp_path / "w.log").read_text()) is logkit_writes
 
 
 def test_mp_log_env_sets_the_multiprocessing_level(

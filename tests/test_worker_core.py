@@ -152,6 +152,8 @@ app.conf.logkit_fields = {"service": "billing"}  # app.conf source
 app.conf.logkit_format = "plain"  # install()'s keyword argument wins over app.conf
 
 # A handler the user adds at import time: must survive (worker_hijack_root_logger=False).
+# With it on the root, logkit would leave the root to it ("auto", #13): "add" asks for both.
+app.conf.logkit_root_handlers = "add"
 _user = logging.FileHandler(os.path.join(WORKDIR, "user.log"))
 _user.setFormatter(logging.Formatter("USER %(levelname)s %(name)s %(message)s"))
 logging.getLogger().addHandler(_user)
