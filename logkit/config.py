@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "BANNER_MODES",
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("auto", "json", "console", "plain")
+
+#: What becomes of Celery's startup banner (see logkit.banner).
+BANNER_MODES: tuple[str, ...] = ("auto", "text", "event", "off")
 
 #: Task context fields bound while a task runs, in output order.
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -263,6 +267,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "disabled_events": _subset(EVENT_NAMES),
     "event_levels": _event_levels,
     "result_repr": _bool,
+    "banner": _choice(BANNER_MODES),
 }
 
 
@@ -302,6 +307,9 @@ class LogConfig:
     event_levels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: Include a capped ``repr`` of the return value in ``task_succeeded`` events.
     result_repr: bool = True
+    #: Celery's startup banner: ``auto`` (replaced by event fields when the format is JSON),
+    #: ``text`` (Celery's banner), ``event`` (replaced by event fields), ``off`` (neither).
+    banner: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
