@@ -162,11 +162,17 @@ def _quiet_shutdown_lines(worker: Any) -> None:
     worker.install_platform_tweaks = install_platform_tweaks
 
 
+def _hold_if_logkit_configures() -> None:
+    """Hold warnings, unless the user's own ``setup_logging`` receiver decides about them."""
+    if not _other_setup_logging_receivers():
+        hold_warnings()
+
+
 def on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """``celeryd_init`` (before Celery's ``check_privileges`` warns): hold warnings."""
     inst = installation()
     if inst is not None and getattr(instance, "app", inst.app) is inst.app:
-        hold_warnings()
+        _hold_if_logkit_configures()
 
 
 def on_celeryd_after_setup(sender: Any = None, instance: Any = None, **_: Any) -> None:
@@ -224,7 +230,7 @@ def on_user_preload_options(app: Any = None, **_: Any) -> None:
     inst = installation()
     if inst is None or app is None or app is not inst.app:
         return
-    hold_warnings()
+    _hold_if_logkit_configures()
     with contextlib.suppress(Exception):
         if not getattr(app.Beat, "_logkit_banner", False):
             app.Beat = _quiet_beat_class(app.Beat)
