@@ -27,6 +27,12 @@ from .events import connect as _connect_events
 if _connect_events not in _INSTALL_HOOKS:
     _INSTALL_HOOKS.append(_connect_events)
 
+# Celery's startup banner (and warnings before logging is configured): connected by install().
+from .banner import connect as _connect_banner
+
+if _connect_banner not in _INSTALL_HOOKS:
+    _INSTALL_HOOKS.append(_connect_banner)
+
 __all__ = [
     "ConfigError",
     "ConsoleFormatter",

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "BANNER_MODES",
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
@@ -38,6 +39,8 @@ FORMATS: tuple[str, ...] = ("auto", "json", "console", "plain")
 QUEUE_FULL_POLICIES: tuple[str, ...] = ("drop", "block")
 #: Who writes the root logger's records: see ``root_handlers`` in docs/configuration.md.
 ROOT_HANDLERS: tuple[str, ...] = ("auto", "replace", "add")
+#: What becomes of Celery's startup banner (see logkit.banner).
+BANNER_MODES: tuple[str, ...] = ("auto", "text", "event", "off")
 
 #: Task context fields bound while a task runs, in output order.
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -273,6 +276,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "event_levels": _event_levels,
     "result_repr": _bool,
     "root_handlers": _choice(ROOT_HANDLERS),
+    "banner": _choice(BANNER_MODES),
 }
 
 
@@ -321,6 +325,9 @@ class LogConfig:
     #: off and the root already has handlers: then those write every record, with logkit's
     #: context on it), ``replace`` (logkit's handler only), ``add`` (both: lines twice).
     root_handlers: str = "auto"
+    #: Celery's startup banner: ``auto`` (replaced by event fields when the format is JSON),
+    #: ``text`` (Celery's banner), ``event`` (replaced by event fields), ``off`` (neither).
+    banner: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -35,6 +35,7 @@ from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
 from . import context, receivers
+from .banner import beat_fields, worker_fields
 from .config import EVENT_NAMES
 from .formatters import JsonFormatter, cap, safe_repr, safe_str
 from .handlers import SinkHandler
@@ -777,6 +778,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
         "pid": os.getpid(),
         "pool": _pool_name(sender),
         "concurrency": getattr(controller, "concurrency", None),
+        **worker_fields(controller),  # the banner's facts, when they replace its text
     }
     emit("worker_ready", level, fields, bind=_worker_bind(getattr(sender, "hostname", None)))
 
@@ -846,6 +848,7 @@ def on_beat_init(sender: Any = None, **_: Any) -> None:
         "max_interval": getattr(scheduler, "max_interval", None),
         "schedule_file": getattr(sender, "schedule_filename", None),
         "pid": os.getpid(),
+        **beat_fields(sender),  # the banner's facts, when they replace its text
     }
     emit("beat_started", level, fields)
 

@@ -7,7 +7,6 @@ A receiver never formats anything.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from celery import signals
 from . import context
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import ConfigError, LogConfig, check_options
+from .early import intended_format, report_failure
 from .formatters import cap, safe_repr
 from .handlers import flush_queues
 from .setup import Active, configure_process
@@ -214,7 +214,8 @@ def on_setup_logging(
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.
-        print(str(exc), file=sys.__stderr__, flush=True)
+        # One JSON line when the format is JSON: the process's streams are JSON from the start.
+        report_failure(str(exc), intended_format(inst.app, inst.options, inst.cli))
         raise SystemExit(1) from exc
 
 

@@ -24,6 +24,7 @@ from celery.utils.log import LoggingProxy, get_multiprocessing_logger, mlevel
 
 from ._structlog import configure_structlog
 from .config import ConfigError, LogConfig
+from .early import capture_warnings
 from .filters import add_context_filter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter, _TextFormatter
 from .handlers import LogFileError, QueueSinkHandler, Sink, SinkHandler
@@ -427,7 +428,7 @@ def configure_process(
 
     if config.structlog:
         configure_structlog()
-    logging.captureWarnings(True)
+    capture_warnings()  # logging.captureWarnings(True), and the warnings held until now
     tolerate_clashing_extra()
 
     if redirect_stdouts is None:
