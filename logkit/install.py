@@ -39,6 +39,7 @@ def install(app: Any, **options: Any) -> Installation:
     """
     inst = _new_installation(app, options)
     receivers.activate(inst)
+    # 4. Per-process setup (configure() has none: it runs from the user's own receiver).
     signals.setup_logging.connect(
         receivers.on_setup_logging, weak=False, dispatch_uid="logkit.setup"
     )
@@ -67,7 +68,10 @@ def _flush(**_: Any) -> None:
 
 
 def _connect(inst: Installation) -> None:
-    """Connect every receiver ``inst`` needs (idempotent: each has a ``dispatch_uid``)."""
+    """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5 above).
+
+    Idempotent: each receiver has a ``dispatch_uid``.
+    """
     # 1. Task context.
     signals.task_prerun.connect(receivers.on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
     signals.task_postrun.connect(
