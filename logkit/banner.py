@@ -246,8 +246,8 @@ def on_beat_init(**_: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
-def connect(inst: Installation) -> None:
-    """Install hook: connect the receivers above (idempotent)."""
+def connect() -> None:
+    """Connect the receivers above (idempotent); called by :func:`logkit.install`."""
     signals.user_preload_options.connect(
         on_user_preload_options, weak=False, dispatch_uid="logkit.banner.preload"
     )

@@ -1,4 +1,11 @@
-"""Celery signal receivers, one small function per signal, connected by :func:`install`.
+"""Celery signal receivers, one small function per signal, connected by
+:func:`logkit.install.install` (the composition root), and the :class:`Installation`
+they serve.
+
+``task_prerun`` binds the task's context, then calls the installation's
+``task_started`` (the ``task_started`` event, set by the root); ``task_postrun``
+calls its ``task_finished``, then restores the context. One receiver per signal,
+not two, because Celery's dispatch costs per receiver on every task.
 
 Data flow: signal -> context (:mod:`logkit.context`) -> record -> formatter -> sink.
 A receiver never formats anything.
@@ -18,36 +25,17 @@ from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import ConfigError, LogConfig, check_options
 from .early import intended_format, report_failure
 from .formatters import cap, safe_repr
-from .handlers import flush_queues
-from .setup import Active, configure_process
+from .redaction import redact
+from .setup import configure_process
 
-__all__ = ["HEADER", "Installation", "TaskContext", "install", "installation"]
+__all__ = ["HEADER", "Installation", "TaskContext", "activate", "installation"]
 
 logger = logging.getLogger("logkit")
 
 #: Task message header that carries the publisher's propagated context.
 HEADER = "logkit_context"
 
-_REDACTED = "[REDACTED]"
 _SIMPLE = (str, int, float, bool, type(None))
-
-
-def redact(value: Any, keys: frozenset[str], _depth: int = 0) -> Any:
-    """Copy of ``value`` with the values of sensitive keys (at any depth) replaced."""
-    if _depth > 32:
-        return "<too deep>"
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            name = k.lower() if isinstance(k, str) else ""
-            if name and any(secret in name for secret in keys):
-                out[k] = _REDACTED
-            else:
-                out[k] = redact(v, keys, _depth + 1)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [redact(v, keys, _depth + 1) for v in value]
-    return value
 
 
 def _queue_of(request: Any) -> Any:
@@ -135,11 +123,35 @@ class TaskContext:
         return out
 
 
-class Installation:
-    """logkit installed on one Celery app: its options and, once resolved, its config."""
+#: ``task_started(installation, task_id, task)``: called right after a task's context is bound.
+TaskStarted = Callable[["Installation", Any, Any], None]
+#: ``task_finished(installation, task_id, task, retval, state)``: called right before the
+#: task's context is restored.
+TaskFinished = Callable[["Installation", Any, Any, Any, Any], None]
+#: ``configured(config, app)``: called once a process's logging is configured.
+Configured = Callable[[LogConfig, Any], None]
 
-    def __init__(self, app: Any, options: Mapping[str, Any]) -> None:
+
+class Installation:
+    """logkit installed on one Celery app: its options and, once resolved, its config.
+
+    ``task_started``, ``task_finished`` (they must not raise) and ``configured`` are
+    the steps :func:`logkit.install.install` plugs in (the lifecycle events).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        options: Mapping[str, Any],
+        *,
+        task_started: TaskStarted | None = None,
+        task_finished: TaskFinished | None = None,
+        configured: Configured | None = None,
+    ) -> None:
         self.app = app
+        self.task_started = task_started
+        self.task_finished = task_finished
+        self.configured = configured
         self.options = check_options(options)
         self.cli: dict[str, Any] = {}
         self._config: LogConfig | None = None
@@ -172,8 +184,14 @@ _installation: Installation | None = None
 
 
 def installation() -> Installation | None:
-    """The current installation (set by :func:`install`), or ``None``."""
+    """The current installation (set by :func:`logkit.install`), or ``None``."""
     return _installation
+
+
+def activate(inst: Installation) -> None:
+    """Make ``inst`` the installation the receivers serve (replacing the previous one)."""
+    global _installation
+    _installation = inst
 
 
 def _other_setup_logging_receivers() -> list[Any]:
@@ -210,7 +228,8 @@ def on_setup_logging(
         return
     try:
         configure_process(
-            inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app
+            inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
+            configured=inst.configured,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.
@@ -234,9 +253,9 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     inst.scope.enter(key, values, task_context.task_keys)
     if task_context.structlog:  # what the task binds with structlog.contextvars ends with it too
         inst.structlog_snapshots[(key, threading.get_ident())] = contextvars_snapshot()
-    hook = _task_hooks[0]
-    if hook is not None:
-        hook(inst, task_id, task)
+    started = inst.task_started
+    if started is not None:
+        started(inst, task_id, task)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = None,
@@ -245,33 +264,14 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = 
     inst = _installation
     if inst is None:
         return
-    hook = _task_hooks[1]
-    if hook is not None:
-        hook(inst, task_id, task, retval, state)
+    finished = inst.task_finished
+    if finished is not None:
+        finished(inst, task_id, task, retval, state)
     inst.scope.exit(task_id or "")
     if inst.structlog_snapshots:
         snapshot = inst.structlog_snapshots.pop((task_id or "", threading.get_ident()), None)
         if snapshot is not None:
             restore_contextvars(snapshot)
-
-
-#: ``(started, finished)``: called by the two receivers above, with the task's context
-#: bound (set by :mod:`logkit.events`). One receiver per signal, not two, because
-#: Celery's dispatch costs per receiver on every task.
-_task_hooks: list[Any] = [None, None]
-
-
-def set_task_hooks(
-    started: Callable[[Installation, Any, Any], None] | None,
-    finished: Callable[[Installation, Any, Any, Any, Any], None] | None,
-) -> None:
-    """Set the functions called at the start and end of each task (they must not raise).
-
-    ``started(installation, task_id, task)`` runs right after the task's context is
-    bound, ``finished(installation, task_id, task, retval, state)`` right before it
-    is restored.
-    """
-    _task_hooks[:] = [started, finished]
 
 
 def on_before_task_publish(headers: Any = None, **_: Any) -> None:
@@ -288,85 +288,3 @@ def on_before_task_publish(headers: Any = None, **_: Any) -> None:
         return
     if carried:
         headers[HEADER] = carried
-
-
-def install(app: Any, **options: Any) -> Installation:
-    """Make logkit own ``app``'s worker logging; return the :class:`Installation`.
-
-    Options are validated now (a bad one raises :class:`ConfigError`); ``app.conf``,
-    ``LOGKIT_*`` env vars and command-line options are merged in when the worker
-    configures logging. Calling it again replaces the previous installation.
-    """
-    global _installation
-    inst = Installation(app, options)
-    _installation = inst
-    signals.setup_logging.connect(on_setup_logging, weak=False, dispatch_uid="logkit.setup")
-    _connect(inst)
-    return inst
-
-
-def _flush(**_: Any) -> None:
-    """Write out the non-blocking queue (``queue=True``) before the process exits."""
-    flush_queues()
-
-
-#: Functions called with the new :class:`Installation` by :func:`install` (events, CLI...).
-_INSTALL_HOOKS: list[Callable[[Installation], None]] = []
-
-
-def _connect(inst: Installation) -> None:
-    """Connect the task receivers and run the install hooks (all idempotent)."""
-    signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
-    signals.task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="logkit.postrun")
-    signals.before_task_publish.connect(
-        on_before_task_publish, weak=False, dispatch_uid="logkit.publish"
-    )
-    for hook in _INSTALL_HOOKS:
-        hook(inst)
-    # Connected last, so records logged by other receivers of these signals are written too.
-    # Prefork children leave with os._exit (no atexit): flush on worker_process_shutdown.
-    signals.worker_process_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush.child")
-    signals.worker_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush")
-
-
-def configure(
-    loglevel: int | str | None = None,
-    logfile: str | None = None,
-    format: str | None = None,
-    colorize: bool | None = None,
-    *,
-    app: Any = None,
-    **options: Any,
-) -> Active:
-    """Set up logkit's logging now, e.g. from your own ``setup_logging`` receiver.
-
-    ``format`` is a logkit format (``json``, ``console``, ``plain``, ``auto``) or a
-    ``%``-style format string (Celery's ``format`` argument), which means ``plain``
-    with that string. Fires ``after_setup_logger`` and ``after_setup_task_logger``.
-    Returns what was set up; raises :class:`ConfigError` for a bad option or an
-    unwritable log file.
-    """
-    global _installation
-    plain_format = None
-    if format is not None and "%(" in format:
-        plain_format, format = format, "plain"
-    if format is not None:
-        options["format"] = format
-    inst = _installation
-    if app is None and inst is not None:
-        app = inst.app
-    if inst is None or inst.app is not app:
-        inst = Installation(app, options)
-        _installation = inst
-    config = LogConfig.resolve(app, {**inst.options, **check_options(options)}, cli=inst.cli)
-    inst.use(config)
-    _connect(inst)
-    return configure_process(
-        config,
-        loglevel=loglevel,
-        logfile=logfile,
-        colorize=colorize,
-        app=app,
-        plain_format=plain_format,
-        redirect_stdouts=None if app is not None else False,
-    )

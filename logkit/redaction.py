@@ -1,4 +1,8 @@
-"""Keep secrets out of Celery's own log lines.
+"""Keep secrets out of log lines: the one place that knows how to redact.
+
+:func:`redact` copies a structure (the task's ``args``/``kwargs`` bound in the
+context) with the values of sensitive keys replaced; the rest of this module
+handles *text*.
 
 Celery logs task arguments itself: the worker's ``Task ... received`` line carries
 ``data={"args": argsrepr, "kwargs": kwargsrepr}``, the failure/retry lines of
@@ -30,7 +34,7 @@ from .formatters import RESERVED
 _BASE_KEYS = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 _BASE_LEN = len(_BASE_KEYS)
 
-__all__ = ["REDACTED", "RedactFilter", "redact_text"]
+__all__ = ["REDACTED", "RedactFilter", "redact", "redact_text"]
 
 REDACTED = "[REDACTED]"
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -38,6 +42,24 @@ _FORMATTER = logging.Formatter()
 _CLOSING = {"{": "}", "[": "]", "(": ")"}
 _BARE_END = frozenset(" \t\r\n,;&)]}>\"'")
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "negotiate"})
+
+
+def redact(value: Any, keys: frozenset[str], _depth: int = 0) -> Any:
+    """Copy of ``value`` with the values of sensitive keys (at any depth) replaced."""
+    if _depth > 32:
+        return "<too deep>"
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            name = k.lower() if isinstance(k, str) else ""
+            if name and any(secret in name for secret in keys):
+                out[k] = REDACTED
+            else:
+                out[k] = redact(v, keys, _depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact(v, keys, _depth + 1) for v in value]
+    return value
 
 
 class KeyPattern(NamedTuple):

@@ -65,10 +65,6 @@ class Active:
 
 _active: Active | None = None
 
-#: Called with ``(config, app)`` at the end of :func:`configure_process` (set by
-#: :mod:`logkit.events`, which decides about Celery's own task lines there).
-CONFIGURED_HOOKS: list[Callable[[LogConfig, Any], None]] = []
-
 
 def active() -> Active | None:
     """The logging set up in this process by logkit, or ``None``."""
@@ -331,8 +327,12 @@ def configure_process(
     plain_format: str | None = None,
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
+    configured: Callable[[LogConfig, Any], None] | None = None,
 ) -> Active:
     """Set up this process's loggers; return what was set up.
+
+    ``configured(config, app)`` runs once they are (the installation's last step:
+    :mod:`logkit.events.prose` decides about Celery's own task lines there).
 
     Raises :class:`ConfigError` if the log file cannot be opened (the message names
     the path and the reason).
@@ -442,8 +442,8 @@ def configure_process(
             sys.stdout = sys.stderr = proxy
 
     _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner)
-    for hook in CONFIGURED_HOOKS:
-        hook(config, app)
+    if configured is not None:
+        configured(config, app)
     logger.debug(
         "logkit configured logging: format=%s level=%s logfile=%s",
         fmt,

@@ -96,17 +96,17 @@ def _celery_logger_levels() -> Iterator[None]:
     logkit holding none of them at WARNING; what a test's configure() set is undone."""
     import logging
 
-    from logkit import events
+    from logkit.events import prose
 
-    names = tuple(events.QUIETED_LOGGERS)
+    names = tuple(prose.QUIETED_LOGGERS)
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.NOTSET)
-    events._quieted.clear()
+    prose._quieted.clear()
     try:
         yield
     finally:
-        events._quieted.clear()
+        prose._quieted.clear()
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from workerutil import REPO_ROOT, AppModule, Worker, make_app, start_worker, stop_all, wait_for
 
 import logkit
-from logkit import cli, receivers
+from logkit import celery_options, cli, receivers
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -266,7 +266,7 @@ def test_help_lists_the_options(tmp_path: Path, command: str) -> None:
     result = _celery(appmod, command, "--help")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert cli.HELP_GROUP in out
+    assert celery_options.HELP_GROUP in out
     assert "--log-format [auto|json|console|plain]" in out
     assert "--log-field KEY=VALUE" in out
     assert "--log-events / --no-log-events" in out
@@ -317,7 +317,7 @@ def test_preload_values_reach_a_config_resolved_earlier(
     monkeypatch.delenv("LOGKIT_FIELDS", raising=False)
     inst = logkit.install(fresh_app, format="json", fields={"team": "core"})
     assert inst.config.format == "json"  # resolved before the command line is parsed
-    cli.on_user_preload_options(
+    celery_options.on_user_preload_options(
         app=fresh_app,
         options={
             "log_format": "console",
@@ -335,10 +335,10 @@ def test_preload_values_reach_a_config_resolved_earlier(
 
 def test_preload_ignores_unset_options_and_other_apps(fresh_app: Celery) -> None:
     inst = logkit.install(fresh_app, format="json")
-    cli.on_user_preload_options(
+    celery_options.on_user_preload_options(
         app=fresh_app, options={"log_format": None, "log_field": None, "log_events": None}
     )
-    cli.on_user_preload_options(
+    celery_options.on_user_preload_options(
         app=Celery("other", set_as_current=False), options={"log_format": "plain"}
     )
     assert inst.cli == {}

@@ -34,7 +34,8 @@ import logkit
 from logkit import context
 from logkit.config import CONTEXT_FIELDS, LogConfig
 from logkit.formatters import JsonFormatter
-from logkit.receivers import HEADER, TaskContext, redact
+from logkit.receivers import HEADER, TaskContext
+from logkit.redaction import redact
 
 TASK_FIELDS = frozenset(CONTEXT_FIELDS) | {"args", "kwargs"}
 

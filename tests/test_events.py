@@ -28,6 +28,8 @@ from workerutil import (
 import logkit
 from logkit import events, receivers
 from logkit.config import EVENT_NAMES
+from logkit.events import prose
+from logkit.events import task as task_events
 
 #: Run against every supported Celery minor by ``nox -s celery``.
 pytestmark = pytest.mark.contract
@@ -459,12 +461,12 @@ def test_unit_receivers_never_raise(eager_app: Celery, caplog: pytest.LogCapture
 
     inst = logkit.receivers.installation()
     assert inst is not None
-    events._reported.discard("task_succeeded")
-    events.task_finished(inst, "t1", Broken(), 1, "SUCCESS")  # must not raise
-    events.task_finished(inst, "t2", Broken(), 1, "SUCCESS")
-    events.task_started(inst, "t3", Broken())
-    events.on_task_revoked(sender=None, request=object(), terminated="x", signum="bad")
-    events.on_task_unknown(sender=None, message=None, exc=None, name=None, id=None)
+    task_events._reported.discard("task_succeeded")
+    task_events.task_finished(inst, "t1", Broken(), 1, "SUCCESS")  # must not raise
+    task_events.task_finished(inst, "t2", Broken(), 1, "SUCCESS")
+    task_events.task_started(inst, "t3", Broken())
+    task_events.on_task_revoked(sender=None, request=object(), terminated="x", signum="bad")
+    task_events.on_task_unknown(sender=None, message=None, exc=None, name=None, id=None)
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len([r for r in failures if "task_succeeded" in r.getMessage()]) == 1
 
@@ -473,9 +475,9 @@ def test_prose_filter_matches_only_celery_constants(
     eager_app: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     logkit.install(eager_app, disabled_events=["task_retried"])
-    events.connect()
+    prose.install_filters()
     flt = next(f for f in logging.getLogger("celery.app.trace").filters
-               if isinstance(f, events.ProseFilter))
+               if isinstance(f, prose.ProseFilter))
 
     def record(msg: Any, args: Any = ()) -> logging.LogRecord:
         return logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1, msg, args, None)
@@ -487,7 +489,7 @@ def test_prose_filter_matches_only_celery_constants(
     internal = record(trace.LOG_INTERNAL_ERROR.strip(), ({"description": "INTERNAL ERROR"},))
     assert flt.filter(internal) is False
     request_filter = next(f for f in logging.getLogger("celery.worker.request").filters
-                          if isinstance(f, events.ProseFilter))
+                          if isinstance(f, prose.ProseFilter))
     by_header = logging.LogRecord("celery.worker.request", logging.INFO, __file__, 1,
                                   "Discarding revoked task: %s[%s] (revoked by header: {})",
                                   ("t", "id"), None)

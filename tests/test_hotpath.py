@@ -1,7 +1,7 @@
 """The per-task hot path (commit b45d50b): emit_fast, the quieted trace logger, the sink's
 fstat/look-up split, structlog.contextvars around tasks.
 
-* unit: ``events.emit_fast`` writes the same bytes as ``events.emit`` (timestamp aside) for
+* unit: ``events.fast.emit_fast`` writes the same bytes as ``events.emit`` (timestamp aside) for
   every format and the configs that change the line; it falls back to ``emit`` whenever a
   user handler, filter, queue or record factory is on the way;
 * unit: ``quiet_trace_logger`` sets/unsets ``celery.app.trace`` to WARNING as documented;
@@ -37,6 +37,8 @@ from workerutil import Worker, make_app, parse_json_lines, start_worker, wait_fo
 import logkit
 from logkit import context, events, handlers, receivers
 from logkit import setup as setup_mod
+from logkit.events import fast as events_fast
+from logkit.events import prose
 from logkit.formatters import JsonFormatter
 from logkit.handlers import WATCH_INTERVAL, Sink, flush_queues
 
@@ -59,12 +61,12 @@ def _is_pytest(handler: logging.Handler) -> bool:
 
 def _trace_quieted() -> bool:
     """Does logkit hold celery.app.trace at WARNING (by its own decision)?"""
-    return TRACE in events._quieted
+    return TRACE in prose._quieted
 
 
 def _set_quieted(value: set[str]) -> None:
-    events._quieted.clear()
-    events._quieted.update(value)
+    prose._quieted.clear()
+    prose._quieted.update(value)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +83,7 @@ def restore_logging() -> Iterator[None]:
     structlog_config = structlog.get_config()
     active = setup_mod._active
     installation = receivers._installation
-    quieted = set(events._quieted)
+    quieted = set(prose._quieted)
     # other test files may have left Celery's loggers quieted: start from Celery's defaults
     for name in (TRACE, "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.NOTSET)
@@ -146,7 +148,7 @@ def _no_timestamp(line: bytes) -> bytes:
 @dataclass
 class Pair:
     slow: bytes  # events.emit
-    fast: bytes  # events.emit_fast
+    fast: bytes  # events.fast.emit_fast
     fell_back: bool  # emit_fast called emit (the generic path)
     json_lines: int  # lines JsonFormatter.event_line built without a LogRecord
 
@@ -175,10 +177,10 @@ def _emit_both(path: Path, event: str, fields: dict[str, Any],
 
     slow = _written(path, lambda: real_emit(event, INFO, fields))
     with monkeypatch.context() as mp:
-        mp.setattr(events, "emit", spy_emit)
+        mp.setattr(events_fast, "emit", spy_emit)
         for handler, original in zip(json_handlers, originals, strict=True):
             mp.setattr(handler.formatter, "event_line", counting(original))
-        fast = _written(path, lambda: events.emit_fast(event, INFO, fields))
+        fast = _written(path, lambda: events_fast.emit_fast(event, INFO, fields))
     return Pair(slow, fast, bool(calls), len(built))
 
 
@@ -476,7 +478,7 @@ def test_fallback_keeps_every_event_once(
             return record
 
         monkeypatch.setattr(logging.Logger, "makeRecord", wrapped)
-    assert events._route() is None  # detected: the generic stdlib path is taken
+    assert events_fast._route() is None  # detected: the generic stdlib path is taken
 
     @app.task(name="hot.add")
     def add(x: int, y: int) -> int:
@@ -742,7 +744,7 @@ import logging
 from celery.exceptions import Ignore
 
 import logkit
-from logkit import events
+from logkit.events import prose
 
 logkit.install(app, format="json")
 
@@ -766,7 +768,7 @@ def secret():
 
 @app.task
 def trace_state():
-    quieted = events._quieted
+    quieted = prose._quieted
     on = "celery.app.trace" in quieted if isinstance(quieted, set) else bool(quieted[0])
     return [logging.getLogger("celery.app.trace").level, on]
 """

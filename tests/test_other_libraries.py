@@ -23,7 +23,7 @@ import wrapt
 from workerutil import make_app, parse_json_lines, start_worker
 
 import logkit.setup as setup_mod
-from logkit import events
+from logkit.events import fast as events_fast
 from logkit.setup import STOCK_MAKE_RECORD, tolerate_clashing_extra
 
 # ---------------------------------------------------------------------------
@@ -136,17 +136,17 @@ def test_record_factory_untouched_and_its_attributes_renamed(stock_logging: None
 
 def test_fast_path_steps_aside_for_a_foreign_make_record(stock_logging: None) -> None:
     tolerate_clashing_extra()
-    assert logging.Logger.makeRecord is events._LOGKIT_MAKE_RECORD
+    assert logging.Logger.makeRecord is events_fast._LOGKIT_MAKE_RECORD
     wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
     # a wrapt proxy compares equal to what it wraps: the check must be by identity
-    assert logging.Logger.makeRecord == events._LOGKIT_MAKE_RECORD
-    assert events._route() is None
+    assert logging.Logger.makeRecord == events_fast._LOGKIT_MAKE_RECORD
+    assert events_fast._route() is None
 
 
 def test_stock_methods_found_under_a_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     """logkit imported after Sentry patched callHandlers still knows it is patched."""
     stock = logging.Logger.callHandlers
-    assert setup_mod.stock_logger_method("callHandlers") is stock is events._STD_CALL_HANDLERS
+    assert setup_mod.stock_logger_method("callHandlers") is stock is events_fast._STD_CALL_HANDLERS
     wrapt.wrap_function_wrapper(logging.Logger, "callHandlers", lambda w, i, a, k: w(*a, **k))
     assert setup_mod.stock_logger_method("callHandlers") is stock  # found via __wrapped__
 

@@ -1,0 +1,214 @@
+"""The event table and the ordinary way of logging one event.
+
+Each lifecycle event is one record on the ``logkit.events`` logger, with a
+stable ``event`` field and the event's fields as ``extra`` (so it goes through
+the same formatter as every other record). The task's identifying fields
+(``task_id``, ``task_name``, ``worker``...) come from the log context: inside a
+task they are already bound; for events that Celery fires outside the task's
+run (``task_received`` and ``task_revoked`` in the prefork parent,
+``task_unknown``...) they are bound for that one record (:func:`_bind_for`).
+
+Data flow: signal -> fields (+ task identity bound in the context) -> record
+on ``logkit.events`` -> formatter -> sink. No receiver ever raises into Celery.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from celery.app.task import Context
+
+from .. import context
+from ..config import EVENT_NAMES
+from ..formatters import safe_str
+from ..receivers import HEADER, Installation, installation
+
+__all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "emit", "level_of", "task_identity"]
+
+#: Name of the logger every lifecycle event is logged on.
+EVENTS_LOGGER = "logkit.events"
+
+logger = logging.getLogger(EVENTS_LOGGER)
+_internal = logging.getLogger("logkit")
+
+#: ``pathname`` of every event record (the ordinary and the fast path give the same).
+SOURCE = __file__
+
+_D, _I, _W, _E = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+
+#: Default level of each event (``event_levels`` overrides it).
+DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
+    {
+        "task_received": _I,
+        "task_started": _I,
+        "task_succeeded": _I,
+        "task_failed": _E,
+        "task_retried": _W,
+        "task_revoked": _W,
+        "task_unknown": _E,
+        "task_rejected": _E,
+        "task_internal_error": _E,
+        "worker_ready": _I,
+        "worker_shutting_down": _I,
+        "worker_process_init": _D,
+        "worker_process_shutdown": _D,
+        "worker_shutdown": _I,
+        "beat_started": _I,
+        "beat_task_sent": _I,
+    }
+)
+
+#: The (constant) message of each event's record.
+MESSAGES: Mapping[str, str] = MappingProxyType(
+    {
+        "task_received": "Task received",
+        "task_started": "Task started",
+        "task_succeeded": "Task succeeded",
+        "task_failed": "Task failed",
+        "task_retried": "Task retried",
+        "task_revoked": "Task revoked",
+        "task_unknown": "Received unregistered task",
+        "task_rejected": "Task message rejected",
+        "task_internal_error": "Task internal error",
+        "worker_ready": "Worker ready",
+        "worker_shutting_down": "Worker shutting down",
+        "worker_process_init": "Worker process started",
+        "worker_process_shutdown": "Worker process shutting down",
+        "worker_shutdown": "Worker shut down",
+        "beat_started": "Beat started",
+        "beat_task_sent": "Beat sent due task",
+    }
+)
+
+assert set(DEFAULT_LEVELS) == set(EVENT_NAMES) == set(MESSAGES)
+
+
+# ---------------------------------------------------------------------------
+# Emitting
+# ---------------------------------------------------------------------------
+
+
+def level_of(event: str, default: int | None = None) -> int | None:
+    """The level ``event`` is logged at now, or ``None`` if it is off (or filtered by level)."""
+    inst = installation()
+    if inst is None:
+        return None
+    level = inst.config.event_level(event, DEFAULT_LEVELS[event] if default is None else default)
+    if level is None or not logger.isEnabledFor(level):
+        return None
+    return level
+
+
+def emit(
+    event: str,
+    level: int,
+    fields: Mapping[str, Any],
+    *,
+    bind: Mapping[str, Any] | None = None,
+    exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | None = None,
+    exc_text: str | None = None,
+) -> None:
+    """Log one ``event`` record with ``fields``; ``bind`` is bound in the context for it.
+
+    ``exc_text`` (an already formatted traceback) is used instead of formatting
+    ``exc_info`` again.
+    """
+    record = logger.makeRecord(
+        logger.name, level, SOURCE, 0, MESSAGES[event], (), exc_info,
+        extra={"event": event, **fields},
+    )
+    if exc_text:
+        record.exc_text = exc_text
+    if bind:
+        with context.bound(**bind):
+            logger.handle(record)
+    else:
+        logger.handle(record)
+
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """Never let a receiver raise into Celery; report the first failure of each."""
+    reported = False
+
+    @functools.wraps(fn)
+    def receiver(*args: Any, **kwargs: Any) -> None:
+        nonlocal reported
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            if not reported:
+                reported = True
+                _internal.warning(
+                    "logkit: lifecycle event receiver %s failed", fn.__name__, exc_info=True
+                )
+
+    return receiver
+
+
+# ---------------------------------------------------------------------------
+# Field helpers
+# ---------------------------------------------------------------------------
+
+
+class _Named:
+    """Stands in for a task where only its name is known (the getters read ``.name``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+
+def _as_context(request: Any) -> Any:
+    """A ``Context``-like view (``.id``, ``.retries``...) of a request, a Request or a dict."""
+    if request is None or isinstance(request, Context):
+        return request
+    request_dict = getattr(request, "request_dict", None)  # celery.worker.request.Request
+    if isinstance(request_dict, Mapping):
+        return Context(dict(request_dict))
+    if isinstance(request, Mapping):
+        return Context(dict(request))
+    return request
+
+
+def _names(inst: Installation) -> Mapping[str, str]:
+    return inst.config.field_names
+
+
+def task_identity(name: Any, request: Any) -> dict[str, Any]:
+    """The task context fields (as configured) for a task ``name`` and its ``request``."""
+    inst = installation()
+    if inst is None or request is None:
+        return {}
+    view = _as_context(request)
+    values: dict[str, Any] = {}
+    inherited = getattr(view, HEADER, None)
+    if isinstance(inherited, Mapping):
+        values.update(inherited)
+    inst.task_context.fill(_Named(name), view, values)
+    return values
+
+
+def _bind_for(task_id: Any, name: Any, request: Any) -> dict[str, Any] | None:
+    """What to bind for a task event: nothing if the task's context is already bound."""
+    inst = installation()
+    if inst is None:
+        return None
+    key = _names(inst).get("task_id", "task_id")
+    if task_id is not None and context.current().get(key) == task_id:
+        return None
+    values = task_identity(name, request)
+    if task_id is not None:  # the request may be another one (e.g. the parent's empty one)
+        values[key] = task_id
+    return values
+
+
+def _worker_bind(hostname: Any) -> dict[str, Any]:
+    inst = installation()
+    if inst is None or hostname is None:
+        return {}
+    return {_names(inst).get("worker", "worker"): safe_str(hostname)}

@@ -1,0 +1,419 @@
+"""Task events: one receiver per task signal, plus the two functions the
+``task_prerun`` / ``task_postrun`` receivers call (``task_started``,
+``task_finished``: one signal dispatch per task, not two).
+
+Connected by :func:`logkit.install.install`.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from celery.utils.saferepr import saferepr
+
+from .. import context
+from ..formatters import cap, safe_repr, safe_str
+from ..receivers import Installation
+from .base import (
+    _I,
+    DEFAULT_LEVELS,
+    _bind_for,
+    _guarded,
+    _internal,
+    emit,
+    level_of,
+    logger,
+    task_identity,
+)
+from .fast import emit_fast
+from .prose import TRACE_LOGGER, _quieted, _reemit_ignored
+
+__all__ = [
+    "on_task_failure",
+    "on_task_internal_error",
+    "on_task_received",
+    "on_task_rejected",
+    "on_task_retry",
+    "on_task_revoked",
+    "on_task_unknown",
+    "task_finished",
+    "task_started",
+]
+
+#: Longest repr kept for a rejected/unknown message's body (Celery's dump_body uses 1024 too).
+BODY_MAX_LENGTH = 1024
+
+#: Start time (``time.monotonic()``) of each running task, by task id, in this process.
+_starts: dict[str, float] = {}
+
+
+#: Task ids whose ``task_failed`` was emitted in this process (bounded, oldest dropped).
+_failed: dict[Any, None] = {}
+
+
+def _duration_ms(task_id: Any) -> float | None:
+    start = _starts.get(task_id) if task_id is not None else None
+    if start is None:
+        return None
+    return round((time.monotonic() - start) * 1000.0, 3)
+
+
+def _iso(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return safe_str(value)
+
+
+def _queue(request: Any) -> Any:
+    info = getattr(request, "delivery_info", None) or {}
+    return info.get("routing_key") or info.get("queue")
+
+
+def _exc_info(
+    exception: Any, tb: Any
+) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
+    if not isinstance(exception, BaseException):
+        return None
+    return (type(exception), exception, tb if isinstance(tb, TracebackType) else None)
+
+
+def _traceback_text(einfo: Any, tb: Any) -> str | None:
+    """Celery's already formatted traceback (``ExceptionInfo.traceback`` or a string)."""
+    text = getattr(einfo, "traceback", None)
+    if isinstance(text, str) and text:
+        return text
+    return tb if isinstance(tb, str) and tb else None
+
+
+def _unpickled(exception: Any) -> Any:
+    try:
+        from celery.utils.serialization import get_pickled_exception
+
+        return get_pickled_exception(exception)
+    except Exception:
+        return exception
+
+
+def _signum(value: Any) -> tuple[Any, str | None]:
+    if value is None:
+        return None, None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return safe_str(value), None
+    try:
+        return number, _signal.Signals(number).name
+    except ValueError:
+        return number, None
+
+
+def _message_fields(message: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    try:
+        fields["content_type"] = message.content_type
+        fields["content_encoding"] = message.content_encoding
+        fields["delivery_info"] = dict(message.delivery_info or {})
+        fields["body"] = cap(safe_repr(message.body), BODY_MAX_LENGTH)
+    except Exception:
+        pass
+    return fields
+
+
+def _message_request(message: Any, hostname: Any) -> Any:
+    headers = getattr(message, "headers", None)
+    request: dict[str, Any] = dict(headers) if isinstance(headers, Mapping) else {}
+    try:
+        payload = message.payload
+        if "id" not in request and isinstance(payload, Mapping):  # task protocol 1
+            request.update({k: payload[k] for k in ("id", "task") if k in payload})
+    except Exception:
+        pass
+    request["hostname"] = hostname
+    try:
+        request["delivery_info"] = dict(message.delivery_info or {})
+        request["correlation_id"] = (message.properties or {}).get("correlation_id")
+    except Exception:
+        pass
+    return request
+
+
+
+# ---------------------------------------------------------------------------
+# Task receivers
+# ---------------------------------------------------------------------------
+
+
+@_guarded
+def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_received`` (consumer process): the worker got a task message."""
+    level = level_of("task_received")
+    if level is None or request is None:
+        return
+    fields = {
+        "queue": _queue(request),
+        "eta": _iso(getattr(request, "eta", None)),
+        "expires": _iso(getattr(request, "expires", None)),
+    }
+    bind = _bind_for(request.id, getattr(request, "name", None), request)
+    if bind:  # the worker's main process: no task context is bound there
+        with context.bound(**bind):
+            emit_fast("task_received", level, fields)
+    else:
+        emit_fast("task_received", level, fields)
+
+
+def task_started(inst: Installation, task_id: Any, task: Any) -> None:
+    """Called by the ``task_prerun`` receiver once the task's context is bound.
+
+    Remembers the start time and emits ``task_started``.
+    """
+    try:
+        if task_id is not None:
+            _starts[task_id] = time.monotonic()
+        level = _task_level(inst, "task_started")
+        if level is None or task is None:
+            return
+        _emit_for_task(inst, "task_started", level, _NO_FIELDS, task_id, task)
+    except Exception:
+        _report_failure("task_started")
+
+
+def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, state: Any) -> None:
+    """Called by the ``task_postrun`` receiver before the task's context is restored.
+
+    Emits ``task_succeeded`` (with ``duration_ms`` and, optionally, a capped
+    ``result`` repr) when the task succeeded, and forgets the start time. Using
+    ``task_postrun`` rather than ``task_success`` spares Celery a third signal
+    dispatch per task.
+    """
+    try:
+        start = _starts.pop(task_id, None) if task_id is not None else None
+        if state != _SUCCESS or task is None:
+            if state == _IGNORED and task is not None and TRACE_LOGGER in _quieted:
+                _reemit_ignored(task, retval)
+            return
+        level = _task_level(inst, "task_succeeded")
+        if level is None:
+            return
+        config = inst.config
+        fields: dict[str, Any] = {
+            "duration_ms": None if start is None
+            else round((time.monotonic() - start) * 1000.0, 3),
+        }
+        if config.result_repr:
+            fields["result"] = _result_repr(task, retval, config.max_field_length)
+        _emit_for_task(inst, "task_succeeded", level, fields, task_id, task)
+    except Exception:
+        _report_failure("task_succeeded")
+
+
+_levels: tuple[Any, dict[str, int | None]] = (None, {})
+
+
+def _task_level(inst: Installation, event: str) -> int | None:
+    """:func:`level_of` with the config's event levels looked up once per config."""
+    global _levels
+    config = inst.config
+    cached = _levels
+    if cached[0] is not config:
+        cached = _levels = (
+            config, {e: config.event_level(e, level) for e, level in DEFAULT_LEVELS.items()}
+        )
+    level = cached[1][event]
+    if level is None or not logger.isEnabledFor(level):
+        return None
+    return level
+
+
+def _emit_for_task(
+    inst: Installation, event: str, level: int, fields: Mapping[str, Any], task_id: Any, task: Any
+) -> None:
+    """The fast path while the task's own context is bound (the usual case); else the
+    ordinary one, with the task's identity bound for the record (the task cleared it)."""
+    if task_id is None or context.current().get(inst.task_context.task_id_key) == task_id:
+        emit_fast(event, level, fields)
+    else:
+        emit(event, level, fields, bind=_bind_for(task_id, task.name, task.request))
+
+
+_SUCCESS = "SUCCESS"
+_IGNORED = "IGNORED"
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+_reported: set[str] = set()
+
+
+def _report_failure(what: str) -> None:
+    """Report the first failure of each task hook (never raise into Celery)."""
+    if what not in _reported:
+        _reported.add(what)
+        _internal.warning("logkit: lifecycle event %s failed", what, exc_info=True)
+
+
+def _result_repr(task: Any, result: Any, max_length: int) -> str:
+    """The ``result`` field: Celery's ``saferepr``, capped; plain ``repr`` for small scalars."""
+    limit = min(getattr(task, "resultrepr_maxsize", 1024) or 1024, max_length)
+    kind = type(result)
+    if result is None or kind is bool or kind is int or kind is float:
+        text = repr(result)  # what saferepr gives, without its machinery
+        if len(text) <= limit:
+            return text
+    try:
+        return cap(saferepr(result, limit), limit)
+    except Exception:
+        return cap(safe_repr(result), limit)
+
+
+def _expected(task: Any, exception: Any) -> bool:
+    throws: Any = getattr(task, "throws", None)
+    if not throws:
+        return False
+    try:
+        return isinstance(exception, throws)
+    except TypeError:
+        return False
+
+
+@_guarded
+def on_task_failure(
+    sender: Any = None,
+    task_id: Any = None,
+    exception: Any = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """``task_failure``: the exception (type, message, traceback) and ``duration_ms``.
+
+    An exception listed in the task's ``throws`` is *expected*: like Celery, it is
+    logged at INFO and without its traceback.
+    """
+    exception = _unpickled(exception)
+    expected = _expected(sender, exception)
+    level = level_of("task_failed", _I if expected else None)
+    if level is None or sender is None:
+        return
+    request = sender.request
+    task_id = task_id if task_id is not None else getattr(request, "id", None)
+    if task_id is not None:
+        # Celery signals a hard time limit twice (timeout, then the lost worker): log once.
+        if task_id in _failed:
+            return
+        _failed[task_id] = None
+        if len(_failed) > 1024:
+            del _failed[next(iter(_failed))]
+    fields = {"duration_ms": _duration_ms(task_id), "expected": expected}
+    emit(
+        "task_failed", level, fields,
+        bind=_bind_for(task_id, sender.name, request),
+        exc_info=_exc_info(exception, None if expected else traceback),
+        exc_text=None if expected else _traceback_text(einfo, traceback),
+    )
+
+
+@_guarded
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    """``task_retry``: why (``reason``, ``error``), when (``countdown``/``eta``), ``retries``."""
+    level = level_of("task_retried")
+    if level is None or sender is None:
+        return
+    request = request if request is not None else sender.request
+    task_id = getattr(request, "id", None)
+    when = getattr(reason, "when", None)
+    exc = getattr(reason, "exc", None)
+    fields = {
+        "reason": safe_str(reason) if reason is not None else "cancelled",
+        "error": safe_repr(exc) if exc is not None else None,
+        "countdown": when if isinstance(when, (int, float)) else None,
+        "eta": _iso(when) if when is not None and not isinstance(when, (int, float)) else None,
+        "retries": getattr(request, "retries", None),
+        "max_retries": getattr(sender, "max_retries", None),
+        "duration_ms": _duration_ms(task_id),
+    }
+    emit("task_retried", level, fields, bind=_bind_for(task_id, sender.name, request))
+
+
+@_guarded
+def on_task_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``."""
+    level = level_of("task_revoked")
+    if level is None or request is None:
+        return
+    number, name = _signum(signum)
+    fields = {
+        "reason": "terminated" if terminated else "expired" if expired else "revoked",
+        "terminated": bool(terminated),
+        "signum": number,
+        "signame": name,
+        "expired": bool(expired),
+    }
+    task_name = getattr(sender, "name", None) or getattr(request, "task", None)
+    emit("task_revoked", level, fields,
+         bind=_bind_for(getattr(request, "id", None), task_name, request))
+
+
+@_guarded
+def on_task_unknown(
+    sender: Any = None, message: Any = None, exc: Any = None, name: Any = None,
+    id: Any = None,  # Celery's name
+    **_: Any,
+) -> None:
+    """``task_unknown`` (consumer process): a message for a task that is not registered."""
+    level = level_of("task_unknown")
+    if level is None:
+        return
+    request = _message_request(message, getattr(sender, "hostname", None))
+    request.setdefault("id", id)
+    fields = {"error": safe_repr(exc) if exc is not None else None, **_message_fields(message)}
+    emit("task_unknown", level, fields, bind=task_identity(name, request))
+
+
+@_guarded
+def on_task_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    """``task_rejected`` (consumer process): an invalid or unknown message was dropped."""
+    level = level_of("task_rejected")
+    if level is None:
+        return
+    request = _message_request(message, getattr(sender, "hostname", None))
+    fields = {
+        "reason": "invalid task message" if exc is not None else "unknown message format",
+        "error": safe_repr(exc) if exc is not None else None,
+        **_message_fields(message),
+    }
+    emit("task_rejected", level, fields, bind=task_identity(request.get("task"), request))
+
+
+@_guarded
+def on_task_internal_error(
+    sender: Any = None,
+    task_id: Any = None,
+    request: Any = None,
+    exception: Any = None,
+    traceback: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """``task_internal_error``: Celery failed outside the task's body."""
+    level = level_of("task_internal_error")
+    if level is None:
+        return
+    request = request if request else {"id": task_id}
+    emit(
+        "task_internal_error", level, {"duration_ms": _duration_ms(task_id)},
+        bind=_bind_for(task_id, getattr(sender, "name", None), request),
+        exc_info=_exc_info(exception, traceback),
+        exc_text=_traceback_text(einfo, traceback),
+    )

@@ -1,0 +1,88 @@
+"""Worker events: ready, shutting down, pool process started/stopped, shut down.
+
+Connected by :func:`logkit.install.install`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..banner import worker_fields
+from ..formatters import safe_str
+from .base import _guarded, _worker_bind, emit, level_of
+
+__all__ = [
+    "on_worker_process_init",
+    "on_worker_process_shutdown",
+    "on_worker_ready",
+    "on_worker_shutdown",
+    "on_worker_shutting_down",
+]
+
+
+def _pool_name(consumer: Any) -> str | None:
+    pool = getattr(consumer, "pool", None)
+    if pool is None:
+        return None
+    return type(pool).__module__.rsplit(".", 1)[-1]
+
+
+@_guarded
+def on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """``worker_ready``: the worker consumes (``pid``, ``pool``, ``concurrency``)."""
+    level = level_of("worker_ready")
+    if level is None:
+        return
+    controller = getattr(sender, "controller", None)
+    fields = {
+        "pid": os.getpid(),
+        "pool": _pool_name(sender),
+        "concurrency": getattr(controller, "concurrency", None),
+        **worker_fields(controller),  # the banner's facts, when they replace its text
+    }
+    emit("worker_ready", level, fields, bind=_worker_bind(getattr(sender, "hostname", None)))
+
+
+@_guarded
+def on_worker_shutting_down(
+    sender: Any = None, sig: Any = None, how: Any = None, exitcode: Any = None, **_: Any
+) -> None:
+    """``worker_shutting_down`` (in the signal handler): ``sig``, ``how``, ``exitcode``."""
+    level = level_of("worker_shutting_down")
+    if level is None:
+        return
+    fields = {"sig": safe_str(sig) if sig is not None else None, "how": how,
+              "exitcode": exitcode, "pid": os.getpid()}
+    emit("worker_shutting_down", level, fields, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_process_init(sender: Any = None, **_: Any) -> None:
+    """``worker_process_init`` (pool child): the child's ``pid``."""
+    level = level_of("worker_process_init")
+    if level is None:
+        return
+    emit("worker_process_init", level, {"pid": os.getpid()}, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_process_shutdown(
+    sender: Any = None, pid: Any = None, exitcode: Any = None, **_: Any
+) -> None:
+    """``worker_process_shutdown`` (pool child): ``pid`` and ``exitcode``."""
+    level = level_of("worker_process_shutdown")
+    if level is None:
+        return
+    fields = {"pid": pid if pid is not None else os.getpid(), "exitcode": exitcode}
+    emit("worker_process_shutdown", level, fields, bind=_worker_bind(sender))
+
+
+@_guarded
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown``: the worker has stopped."""
+    level = level_of("worker_shutdown")
+    if level is None:
+        return
+    emit("worker_shutdown", level, {"pid": os.getpid()},
+         bind=_worker_bind(getattr(sender, "hostname", None)))
