@@ -134,6 +134,7 @@ class Records(list[dict[str, Any]]):
     def assert_logged(self, **fields: Any) -> dict[str, Any]:
         """The first record matching ``fields``; raises :class:`AssertionError` naming the
         query and listing what was captured when there is none."""
+        __tracebackhide__ = True  # pytest: the failure points at the test
         found = self.filter(**fields)
         if not found:
             raise AssertionError(self._explain(fields))
@@ -141,6 +142,7 @@ class Records(list[dict[str, Any]]):
 
     def assert_not_logged(self, **fields: Any) -> None:
         """Raise :class:`AssertionError` (listing the offenders) if a record matches ``fields``."""
+        __tracebackhide__ = True  # pytest: the failure points at the test
         found = self.filter(**fields)
         if found:
             lines = "\n".join(f"  {summary(r, self.names)}" for r in found[:20])
@@ -152,6 +154,7 @@ class Records(list[dict[str, Any]]):
         """:meth:`assert_logged`, retried for up to ``timeout`` seconds: for records a
         worker thread logs after the test saw the result (``task_succeeded`` is logged
         at ``task_postrun``, just after the result is stored)."""
+        __tracebackhide__ = True
         deadline = time.monotonic() + timeout
         while True:
             found = self.filter(**fields)
