@@ -43,6 +43,10 @@ from workerutil import (  # noqa: E402
     wait_for,
 )
 
+#: A user's project with its own pytest.ini and conftest (which enables celery.contrib.pytest,
+#: allowed only in a top-level conftest): run in its own pytest by test_testing_plugin.py.
+collect_ignore = ["example_project"]
+
 WORKER_FIXTURES = {"worker_factory"}
 REDIS_FIXTURES = {"redis_server", "redis_url"}
 

@@ -81,8 +81,11 @@ def test_no_unknown_option_is_documented() -> None:
         for var in re.findall(r"\bLOGKIT_([A-Z][A-Z_]*)\b", text):
             assert var.lower() in options, f"{path.name}: LOGKIT_{var} is not an option"
         for key in re.findall(r"\blogkit_([a-z][a-z_]*)\b", text):
-            # logkit_context (the header) and logkit_error (a record field) are not options
-            assert key in options or key in ("context", "error"), f"{path.name}: logkit_{key}"
+            # logkit_context (the header), logkit_error (a record field) and logkit_records
+            # (the pytest fixture) are not options
+            assert key in options or key in ("context", "error", "records"), (
+                f"{path.name}: logkit_{key}"
+            )
     for heading in re.findall(r"^### (\w+)\s*$", read(CONFIG_PAGE), re.M):
         assert heading in options, f"configuration.md documents {heading!r}, not an option"
 

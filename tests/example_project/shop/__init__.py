@@ -1,0 +1,1 @@
+"""An example project using logkit: a Celery app and its tasks."""
