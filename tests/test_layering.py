@@ -34,6 +34,8 @@ LAYERS: list[set[str]] = [
     {"logkit.celery_options"},
     {"logkit.install"},
     {"logkit"},
+    {"logkit.testing"},  # helpers for users' tests: read what install() set up
+    {"logkit.pytest_plugin"},
     {"logkit.demo_app"},  # the demo's Celery app: `import logkit`, like a user's app
     {"logkit.demo"},
     {"logkit.cli"},
