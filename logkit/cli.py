@@ -186,10 +186,12 @@ class Filters:
     roots: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     level: int = 0
+    #: ``(key, value)`` pairs: the record's ``key`` equals ``value`` (``--field``, ``--request``).
+    fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def active(self) -> bool:
-        return bool(self.tasks or self.roots or self.events or self.level)
+        return bool(self.tasks or self.roots or self.events or self.level or self.fields)
 
     def match(self, record: Mapping[str, Any]) -> bool:
         """True if ``record`` passes every filter (ids match by prefix)."""
@@ -210,7 +212,21 @@ class Filters:
             levelno = _levelno(_first(record, _LEVEL_KEYS)[1])
             if levelno is not None and levelno < self.level:
                 return False
-        return True
+        return not self.fields or _fields_match(record, self.fields)
+
+
+def _fields_match(record: Mapping[str, Any], wanted: Sequence[tuple[str, str]]) -> bool:
+    """Every key given matches one of its values (several values of one key: any of them)."""
+    keys = {key for key, _ in wanted}
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, bool) or value is None:
+            text = {True: "true", False: "false", None: "null"}[value]
+        else:
+            text = value if isinstance(value, str) else str(value)
+        if not any(text == v for k, v in wanted if k == key):
+            return False
+    return True
 
 
 def _id_matches(value: Any, wanted: Sequence[str]) -> bool:
@@ -404,6 +420,13 @@ def run_view(
 # ---------------------------------------------------------------------------
 
 
+def _field_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE; got {text!r}", param_hint="--field")
+    return key, value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="logkit", prog_name="logkit")
 def main() -> None:
@@ -477,6 +500,15 @@ def demo(fmt: str, pool: str, concurrency: int, broker: str | None) -> None:
     "--event", "events", multiple=True, metavar="NAME",
     help="Only these lifecycle events (glob patterns, e.g. 'task_*').",
 )
+@click.option(
+    "--request", "requests", multiple=True, metavar="ID",
+    help="Only records of this web request (its whole request_id): the web process's "
+    "and its tasks'.",
+)
+@click.option(
+    "--field", "fields", multiple=True, metavar="KEY=VALUE",
+    help="Only records whose KEY equals VALUE (e.g. user_id=42).",
+)
 @click.option("--color/--no-color", default=None, help="Colour (default: on a terminal).")
 def view(
     files: tuple[str, ...],
@@ -485,6 +517,8 @@ def view(
     roots: tuple[str, ...],
     level: str | None,
     events: tuple[str, ...],
+    requests: tuple[str, ...],
+    fields: tuple[str, ...],
     color: bool | None,
 ) -> None:
     """Print JSON log lines from FILES (or stdin) as console lines, in time order.
@@ -497,6 +531,7 @@ def view(
         roots=roots,
         events=events,
         level=logging.getLevelName(level.upper()) if level else 0,
+        fields=(*(("request_id", r) for r in requests), *map(_field_option, fields)),
     )
     try:
         code = run_view(files, filters, follow=follow, color=color)

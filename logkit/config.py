@@ -54,6 +54,11 @@ CONTEXT_FIELDS: tuple[str, ...] = (
     "correlation_id",
 )
 
+#: Context keys of a web request (bound by logkit's request middlewares) that stay in the
+#: web process under ``propagate="*"``; name one in ``propagate`` to send it to tasks too.
+#: ``request_id`` and ``user_id`` are not among them: they travel with ``"*"``.
+REQUEST_LOCAL_FIELDS: tuple[str, ...] = ("http_method", "http_path", "client_ip")
+
 DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
     {
         "password",

@@ -22,7 +22,7 @@ from celery import signals
 
 from . import context
 from ._structlog import contextvars_snapshot, restore_contextvars
-from .config import ConfigError, LogConfig, check_options
+from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import intended_format, report_failure
 from .formatters import cap, safe_repr
 from .redaction import redact
@@ -93,6 +93,8 @@ class TaskContext:
         self.task_keys = frozenset(names.get(n, n) for n in (*_EXPRESSIONS, "args", "kwargs"))
         self.propagate_all = "*" in config.propagate
         self.propagate = frozenset(config.propagate) - {"*"}
+        #: Web request keys sent only when named in ``propagate``.
+        self.local_keys = frozenset(REQUEST_LOCAL_FIELDS) - self.propagate
         self.args_key = names.get("args", "args")
         self.structlog = config.structlog
         self.task_id_key = names.get("task_id", "task_id")
@@ -116,7 +118,7 @@ class TaskContext:
         """The part of ``ctx`` that travels in a published task's headers (JSON-safe)."""
         out: dict[str, Any] = {}
         for key, value in ctx.items():
-            if key in self.task_keys or not isinstance(key, str):
+            if key in self.task_keys or key in self.local_keys or not isinstance(key, str):
                 continue
             if self.propagate_all or key in self.propagate:
                 out[key] = value if isinstance(value, _SIMPLE) else safe_repr(value)

@@ -22,9 +22,11 @@ PACKAGE = ROOT / "logkit"
 #: Lowest first. A module imports only modules listed in an earlier layer.
 LAYERS: list[set[str]] = [
     {"logkit.config", "logkit.context"},
-    {"logkit.formatters", "logkit.filters"},
-    {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early"},
-    {"logkit.setup"},
+    {"logkit.formatters", "logkit.filters", "logkit._request"},
+    {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early",
+     # the web request middlewares (optional extras): context and _request only
+     "logkit.asgi", "logkit.wsgi", "logkit.django"},
+    {"logkit.setup", "logkit.flask"},
     {"logkit.receivers"},
     {"logkit.banner"},
     {"logkit.events.base"},
