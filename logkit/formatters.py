@@ -612,7 +612,8 @@ class JsonFormatter(OrjsonFormatter):
             source = fields if s.source_key is None else {}
             source[file_key] = record.filename if s.source_basename else record.pathname
             source[line_key] = record.lineno
-            source[function_key] = record.funcName
+            if record.funcName is not None:
+                source[function_key] = record.funcName
             if s.source_key is not None:
                 fields[s.source_key] = source
         top: dict[str, Any] = sf.static_top

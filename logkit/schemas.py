@@ -79,7 +79,8 @@ class Schema:
     #: Trace id (32 hex digits) -> output value; ``{project}`` from the config is known.
     trace_format: Callable[[str, Mapping[str, Any]], Any] = lambda h, _: h
     span_format: Callable[[str], Any] = lambda h: h
-    sampled_format: Callable[[bool], Any] = lambda sampled: sampled
+    #: W3C trace flags -> the ``trace_sampled`` value (default: the sampled bit, a bool).
+    sampled_format: Callable[[int], Any] = lambda flags: bool(flags & 1)
     #: Key of the object holding the record's own fields (static fields, context, ``extra``
     #: fields, source, thread, exception); ``None``: at the top level.
     attributes: str | None = None
@@ -300,7 +301,7 @@ OTEL = Schema(
     trace_id="trace_id",
     span_id="span_id",
     trace_sampled="trace_flags",
-    sampled_format=int,
+    sampled_format=int,  # the flags byte, as the SDK's LogRecord.to_json() writes it
     attributes="attributes",
     renames=_ro(service="service.name"),
     nest=True,  # only instrumentation_scope.name: attributes keep their dotted names

@@ -7,7 +7,7 @@ more. With it, the lookup reads OpenTelemetry's context variable directly (one
 ``ContextVar.get`` and one dict lookup when no span is current) and formats a
 span's ids once per span.
 
-Ids are ``(trace_id, span_id, sampled)``: 32 and 16 lowercase hex digits, as the
+Ids are ``(trace_id, span_id, trace_flags)``: 32 and 16 lowercase hex digits, as the
 W3C ``traceparent`` header and OpenTelemetry write them; each schema
 (:mod:`logkit.schemas`) turns them into its backend's format.
 """
@@ -20,8 +20,9 @@ from typing import Any
 
 __all__ = ["Ids", "ids_from_headers", "span_lookup"]
 
-#: ``(trace_id, span_id, sampled)``: 32 and 16 lowercase hex digits, and the sampled flag.
-Ids = tuple[str, str, bool]
+#: ``(trace_id, span_id, trace_flags)``: 32 and 16 lowercase hex digits, and the W3C trace
+#: flags (bit 0: sampled).
+Ids = tuple[str, str, int]
 
 
 def span_lookup() -> Callable[[], Ids | None] | None:
@@ -52,7 +53,7 @@ def span_lookup() -> Callable[[], Ids | None] | None:
             sc = span.get_span_context()
             if not sc.trace_id:
                 return None
-            ids = (f"{sc.trace_id:032x}", f"{sc.span_id:016x}", bool(sc.trace_flags & 1))
+            ids = (f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
         except Exception:  # a broken span must not break a log call
             return None
         last[0], last[1] = span, ids
@@ -78,4 +79,4 @@ def ids_from_headers(headers: Any) -> Ids | None:
         return None
     if not sc.trace_id:
         return None
-    return (f"{sc.trace_id:032x}", f"{sc.span_id:016x}", bool(sc.trace_flags & 1))
+    return (f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
