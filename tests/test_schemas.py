@@ -354,7 +354,7 @@ class FileExporter(SpanExporter):
                     "name": s.name, "trace_id": f"{sc.trace_id:032x}",
                     "span_id": f"{sc.span_id:016x}",
                     "parent": f"{s.parent.span_id:016x}" if s.parent else None,
-                    "task_id": s.attributes.get("celery.task_id") if s.attributes else None,
+                    "attributes": {k: str(v) for k, v in (s.attributes or {}).items()},
                 }) + "\\n")
         return SpanExportResult.SUCCESS
 
@@ -439,7 +439,7 @@ def test_worker_records_carry_the_tasks_span(tmp_path: Path, schema: str) -> Non
         worker.stop()
         appmod.unload()
         os.environ.pop("LK_SCHEMA", None)
-    spans = {row["task_id"]: row for row in parse_json_lines(
+    spans = {row["attributes"]["messaging.message.id"]: row for row in parse_json_lines(
         (appmod.workdir / "spans.jsonl").read_text()) if row["name"].startswith("run/")}
     lines = parse_json_lines((appmod.workdir / "worker.log").read_text())
     seen: dict[str, set[Any]] = {}
