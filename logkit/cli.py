@@ -186,10 +186,11 @@ class Filters:
     roots: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     level: int = 0
+    traces: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
-        return bool(self.tasks or self.roots or self.events or self.level)
+        return bool(self.tasks or self.roots or self.events or self.level or self.traces)
 
     def match(self, record: Mapping[str, Any]) -> bool:
         """True if ``record`` passes every filter (ids match by prefix)."""
@@ -206,11 +207,34 @@ class Filters:
                 fnmatch.fnmatchcase(event, pattern) for pattern in self.events
             ):
                 return False
+        if self.traces and not _trace_matches(record, self.traces):
+            return False
         if self.level:
             levelno = _levelno(_first(record, _LEVEL_KEYS)[1])
             if levelno is not None and levelno < self.level:
                 return False
         return True
+
+
+def _trace_matches(record: Mapping[str, Any], wanted: Sequence[str]) -> bool:
+    """The record's trace id (any schema's key and format) is one of ``wanted`` (hex)."""
+    nested = record.get("trace")
+    value = (record.get("trace_id") or record.get("dd.trace_id")
+             or (nested.get("id") if isinstance(nested, Mapping) else None)
+             or record.get("logging.googleapis.com/trace"))
+    if not isinstance(value, str):
+        return False
+    value = value.rpartition("/traces/")[2].lower().removeprefix("0x")
+    for trace in wanted:
+        hex_id = trace.lower().removeprefix("0x")
+        if value == hex_id:
+            return True
+        try:  # Datadog's decimal: the lower 64 bits
+            if value.isdigit() and int(value) == int(hex_id, 16) & (2**64 - 1):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _id_matches(value: Any, wanted: Sequence[str]) -> bool:
@@ -477,6 +501,10 @@ def demo(fmt: str, pool: str, concurrency: int, broker: str | None) -> None:
     "--event", "events", multiple=True, metavar="NAME",
     help="Only these lifecycle events (glob patterns, e.g. 'task_*').",
 )
+@click.option(
+    "--trace", "traces", multiple=True, metavar="ID",
+    help="Only records of this trace (its 32 hex digit id, in any schema).",
+)
 @click.option("--color/--no-color", default=None, help="Colour (default: on a terminal).")
 def view(
     files: tuple[str, ...],
@@ -485,6 +513,7 @@ def view(
     roots: tuple[str, ...],
     level: str | None,
     events: tuple[str, ...],
+    traces: tuple[str, ...],
     color: bool | None,
 ) -> None:
     """Print JSON log lines from FILES (or stdin) as console lines, in time order.
@@ -497,6 +526,7 @@ def view(
         roots=roots,
         events=events,
         level=logging.getLevelName(level.upper()) if level else 0,
+        traces=traces,
     )
     try:
         code = run_view(files, filters, follow=follow, color=color)

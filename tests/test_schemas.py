@@ -470,3 +470,36 @@ def test_worker_records_carry_the_tasks_span(tmp_path: Path, schema: str) -> Non
 
 def test_events_module_names_unchanged() -> None:
     assert events.EVENTS_LOGGER == "logkit.events"
+
+
+def test_view_trace_filter_matches_every_schema(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from logkit.cli import main
+
+    trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736"
+    lines = [
+        {"timestamp": "2024-05-01T12:00:00.001Z", "level": "INFO", "message": "a",
+         "trace_id": trace_hex},
+        {"@timestamp": "2024-05-01T12:00:00.002Z", "log.level": "info", "message": "b",
+         "trace": {"id": trace_hex}},
+        {"timestamp": "2024-05-01T12:00:00.003Z", "status": "info", "message": "c",
+         "dd.trace_id": str(int(trace_hex, 16) & (2**64 - 1))},
+        {"time": "2024-05-01T12:00:00.004Z", "severity": "INFO", "message": "d",
+         "logging.googleapis.com/trace": f"projects/p/traces/{trace_hex}"},
+        {"timestamp": "2024-05-01T12:00:00.005Z", "level": "INFO", "message": "other",
+         "trace_id": "0" * 32},
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(main, ["view", "--no-color", "--trace", trace_hex, str(path)])
+    assert result.exit_code == 0, result.output
+    for message in "abcd":
+        assert f" {message}" in result.output
+    assert "other" not in result.output
+
+
+def test_celery_log_schema_flag() -> None:
+    from logkit.celery_options import preload_values
+
+    assert preload_values({"log_schema": "ecs"}) == {"schema": "ecs"}
