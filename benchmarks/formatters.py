@@ -33,7 +33,7 @@ from pythonjsonlogger.json import JsonFormatter as PjlJsonFormatter
 from pythonjsonlogger.orjson import OrjsonFormatter as PjlOrjsonFormatter
 
 import logkit
-from logkit.config import LogConfig
+from logkit.config import SCHEMAS, LogConfig
 from logkit.formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from logkit.handlers import QueueSinkHandler, Sink, SinkHandler, flush_queues
 from logkit.setup import DEFAULT_TASK_LOG_FORMAT
@@ -53,6 +53,8 @@ CONTEXT: dict[str, Any] = {
     "worker": "celery@worker-1",
 }
 PEER_EXTRA = {**EXTRA, **CONTEXT}
+#: The schemas compared with logkit's own JSON (logkit's own is "logkit json").
+SCHEMA_NAMES = tuple(s for s in SCHEMAS if s != "logkit")
 
 #: The stdlib's own ``Logger.makeRecord``: logkit.configure() replaces it process-wide with
 #: one that renames clashing ``extra`` keys; peers keep the stdlib's, logkit's loggers get
@@ -185,6 +187,12 @@ def peers(config: LogConfig | None = None) -> list[Peer]:
              _logkit_logger("lk-console", lk_console, config).info, EXTRA),
         Peer("logkit plain", lk_plain, _logkit_logger("lk-plain", lk_plain, config).info, EXTRA),
     ]
+    # #15: each schema side by side with logkit's own JSON (the 1.1x budget)
+    for schema in SCHEMA_NAMES:
+        schema_config = config.replace(schema=schema, fields={"service": "shop"})
+        fmt = JsonFormatter(schema_config)
+        out.append(Peer(f"logkit json, schema={schema}", fmt,
+                        _logkit_logger(f"lk-schema-{schema}", fmt, schema_config).info, EXTRA))
     for peer in out:
         if peer.exc_logger is None:
             peer.exc_logger = peer.logger.__self__.exception  # type: ignore[attr-defined]
@@ -322,6 +330,28 @@ def disabled_cases() -> list[Case]:
     ]
 
 
+def trace_cases() -> list[Case]:
+    """The current span's ids as a formatter looks them up: none current, one current."""
+    from logkit.trace import span_lookup
+
+    lookup = span_lookup()
+    if lookup is None:
+        return []
+
+    def runner(n: int) -> None:
+        for _ in range(n):
+            lookup()
+
+    def in_span(n: int) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        with TracerProvider().get_tracer("bench").start_as_current_span("s"):
+            runner(n)
+
+    return [Case("trace lookup, no span current", runner),
+            Case("trace lookup, a recording span current", in_span)]
+
+
 def run(rounds: int = 40, loops: int = 2000) -> dict[str, list[Result]]:
     """Run every formatter table; return ``{title: results}`` (floor first)."""
     global _logkit_make_record
@@ -343,6 +373,8 @@ def run(rounds: int = 40, loops: int = 2000) -> dict[str, list[Result]]:
         out["logger.exception() to /dev/null"] = interleaved(
             call_cases(all_peers, exception=True), rounds=rounds, loops=exc_loops)
         flush_queues()
+        out["trace lookup (opentelemetry-api installed)"] = interleaved(
+            trace_cases(), rounds=rounds, loops=loops * 5)
         out["disabled call (logger.debug at level INFO)"] = interleaved(
             disabled_cases(), rounds=rounds, loops=loops * 5)
     return out

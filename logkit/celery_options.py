@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .config import FORMATS, ConfigError, LogConfig, check_options
+from .config import FORMATS, SCHEMAS, ConfigError, LogConfig, check_options
 from .receivers import installation
 
 __all__ = ["add_preload_options", "on_user_preload_options", "preload_values"]
@@ -25,7 +25,8 @@ __all__ = ["add_preload_options", "on_user_preload_options", "preload_values"]
 HELP_GROUP = "Logging Options (logkit)"
 
 #: Click parameter name -> LogConfig option name.
-_OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events"}
+_OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events",
+                 "log_schema": "schema"}
 
 
 # ---------------------------------------------------------------------------
@@ -65,6 +66,13 @@ def _preload_options() -> list[click.Option]:
             callback=_check_fields,
             help_group=HELP_GROUP,
             help="Static field added to every log record (repeatable).",
+        ),
+        CeleryOption(
+            ["--log-schema"],
+            type=click.Choice(SCHEMAS, case_sensitive=False),
+            default=None,
+            help_group=HELP_GROUP,
+            help="Field names of JSON output: logkit (default), ecs, gcp, datadog, otel.",
         ),
         CeleryOption(
             ["--log-events/--no-log-events"],

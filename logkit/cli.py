@@ -188,10 +188,13 @@ class Filters:
     level: int = 0
     #: ``(key, value)`` pairs: the record's ``key`` equals ``value`` (``--field``, ``--request``).
     fields: tuple[tuple[str, str], ...] = ()
+    traces: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
-        return bool(self.tasks or self.roots or self.events or self.level or self.fields)
+        return bool(
+            self.tasks or self.roots or self.events or self.level or self.fields or self.traces
+        )
 
     def match(self, record: Mapping[str, Any]) -> bool:
         """True if ``record`` passes every filter (ids match by prefix)."""
@@ -208,6 +211,8 @@ class Filters:
                 fnmatch.fnmatchcase(event, pattern) for pattern in self.events
             ):
                 return False
+        if self.traces and not _trace_matches(record, self.traces):
+            return False
         if self.level:
             levelno = _levelno(_first(record, _LEVEL_KEYS)[1])
             if levelno is not None and levelno < self.level:
@@ -227,6 +232,27 @@ def _fields_match(record: Mapping[str, Any], wanted: Sequence[tuple[str, str]]) 
         if not any(text == v for k, v in wanted if k == key):
             return False
     return True
+
+
+def _trace_matches(record: Mapping[str, Any], wanted: Sequence[str]) -> bool:
+    """The record's trace id (any schema's key and format) is one of ``wanted`` (hex)."""
+    nested = record.get("trace")
+    value = (record.get("trace_id") or record.get("dd.trace_id")
+             or (nested.get("id") if isinstance(nested, Mapping) else None)
+             or record.get("logging.googleapis.com/trace"))
+    if not isinstance(value, str):
+        return False
+    value = value.rpartition("/traces/")[2].lower().removeprefix("0x")
+    for trace in wanted:
+        hex_id = trace.lower().removeprefix("0x")
+        if value == hex_id:
+            return True
+        try:  # Datadog's decimal: the lower 64 bits
+            if value.isdigit() and int(value) == int(hex_id, 16) & (2**64 - 1):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _id_matches(value: Any, wanted: Sequence[str]) -> bool:
@@ -509,6 +535,10 @@ def demo(fmt: str, pool: str, concurrency: int, broker: str | None) -> None:
     "--field", "fields", multiple=True, metavar="KEY=VALUE",
     help="Only records whose KEY equals VALUE (e.g. user_id=42).",
 )
+@click.option(
+    "--trace", "traces", multiple=True, metavar="ID",
+    help="Only records of this trace (its 32 hex digit id, in any schema).",
+)
 @click.option("--color/--no-color", default=None, help="Colour (default: on a terminal).")
 def view(
     files: tuple[str, ...],
@@ -519,6 +549,7 @@ def view(
     events: tuple[str, ...],
     requests: tuple[str, ...],
     fields: tuple[str, ...],
+    traces: tuple[str, ...],
     color: bool | None,
 ) -> None:
     """Print JSON log lines from FILES (or stdin) as console lines, in time order.
@@ -532,6 +563,7 @@ def view(
         events=events,
         level=logging.getLevelName(level.upper()) if level else 0,
         fields=(*(("request_id", r) for r in requests), *map(_field_option, fields)),
+        traces=traces,
     )
     try:
         code = run_view(files, filters, follow=follow, color=color)

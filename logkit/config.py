@@ -29,6 +29,7 @@ __all__ = [
     "FORMATS",
     "QUEUE_FULL_POLICIES",
     "ROOT_HANDLERS",
+    "SCHEMAS",
     "ConfigError",
     "LogConfig",
 ]
@@ -41,6 +42,9 @@ QUEUE_FULL_POLICIES: tuple[str, ...] = ("drop", "block")
 ROOT_HANDLERS: tuple[str, ...] = ("auto", "replace", "add")
 #: What becomes of Celery's startup banner (see logkit.banner).
 BANNER_MODES: tuple[str, ...] = ("auto", "text", "event", "off")
+
+#: Output schemas (see logkit.schemas): logkit's own fields, or a backend's names and formats.
+SCHEMAS: tuple[str, ...] = ("logkit", "ecs", "gcp", "datadog", "otel")
 
 #: Task context fields bound while a task runs, in output order.
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -233,6 +237,15 @@ def _renames(value: Any) -> Mapping[str, str]:
     return pairs
 
 
+def _optional_name(value: Any) -> str | None:
+    """A non-empty string, or ``None`` (unset) for ``None`` or ``""``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string; got {value!r}")
+    return value.strip() or None
+
+
 def _level(value: Any) -> str:
     text = logging.getLevelName(value) if isinstance(value, int) else str(value).strip().upper()
     if text == "WARN":
@@ -282,6 +295,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "result_repr": _bool,
     "root_handlers": _choice(ROOT_HANDLERS),
     "banner": _choice(BANNER_MODES),
+    "schema": _choice(SCHEMAS),
+    "service_name": _optional_name,
+    "gcp_project": _optional_name,
 }
 
 
@@ -333,6 +349,15 @@ class LogConfig:
     #: Celery's startup banner: ``auto`` (replaced by event fields when the format is JSON),
     #: ``text`` (Celery's banner), ``event`` (replaced by event fields), ``off`` (neither).
     banner: str = "auto"
+    #: Field names and formats of JSON output: ``logkit`` (logkit's own), ``ecs`` (Elastic),
+    #: ``gcp`` (Google Cloud Logging), ``datadog``, ``otel`` (OpenTelemetry log data model).
+    schema: str = "logkit"
+    #: The service name the ``ecs``/``datadog``/``otel`` schemas report (default: the
+    #: ``service`` static field, then ``DD_SERVICE`` / ``OTEL_SERVICE_NAME``).
+    service_name: str | None = None
+    #: Google Cloud project of the ``gcp`` schema's trace names (default: the
+    #: ``GOOGLE_CLOUD_PROJECT``, ``GCP_PROJECT`` or ``GCLOUD_PROJECT`` env var).
+    gcp_project: str | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

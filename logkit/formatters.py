@@ -29,6 +29,8 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .config import CONTEXT_FIELDS, ConfigError, LogConfig
 from .context import current
+from .schemas import Schema, schema_for
+from .trace import span_lookup
 
 __all__ = [
     "ConsoleFormatter",
@@ -287,7 +289,9 @@ def _context_of(record: logging.LogRecord) -> Mapping[str, Any]:
 
 #: The :class:`LogConfig` options a formatter takes as keyword arguments (from
 #: ``logging.config.dictConfig``'s ``()`` key, Django's ``LOGGING``, or code).
-FORMATTER_OPTIONS: tuple[str, ...] = ("fields", "field_names", "max_field_length")
+FORMATTER_OPTIONS: tuple[str, ...] = (
+    "fields", "field_names", "max_field_length", "schema", "service_name", "gcp_project",
+)
 
 
 def _formatter_config(config: Any, options: Mapping[str, Any], cls: str) -> LogConfig:
@@ -305,6 +309,108 @@ def _formatter_config(config: Any, options: Mapping[str, Any], cls: str) -> LogC
         )
     base = config if isinstance(config, LogConfig) else LogConfig()
     return base.replace(**options) if options else base
+
+
+class _SchemaFields:
+    """A :class:`~logkit.schemas.Schema` applied to a config: its key translation (with a
+    cache), its constant and per-process fields, decided once."""
+
+    def __init__(self, config: LogConfig, schema: Schema) -> None:
+        self.schema = s = schema
+        constants = dict(s.constants(config))
+        #: values the formats need (a project id...), not output
+        self.private = {k: v for k, v in constants.items() if k.startswith("_")}
+        self.head = {k: v for k, v in constants.items() if not k.startswith("_")}
+        self.config = config
+        private = self.private
+        trace_format, span_format = s.trace_format, s.span_format
+        self.convert: dict[str, Any] = dict(s.convert)
+        # a trace id bound in the context (32 hex digits) gets the schema's format too
+        self.convert[s.trace_id] = (
+            lambda v: trace_format(v, private) if type(v) is str else v
+        )
+        self.convert[s.span_id] = lambda v: span_format(v) if type(v) is str else v
+        self.top = frozenset({s.trace_id, s.span_id})
+        self._keys: dict[Any, str] = {}
+        self.static: dict[str, Any] = {}
+        self.static_top: dict[str, Any] = {}
+        self.translate(config.fields.items(), self.static, self.static_top)
+        self._ctx: tuple[Any, dict[str, Any], dict[str, Any]] = (None, {}, {})
+        self._process: tuple[int, Mapping[str, Any]] = (-1, {})
+        self._paths: dict[str, list[str]] = {}
+
+    def key(self, name: Any) -> str:
+        """The output key of a record's own field ``name`` (renamed, or moved off a
+        reserved name)."""
+        out = self._keys.get(name)
+        if out is None:
+            s = self.schema
+            text = name if isinstance(name, str) else safe_str(name)
+            out = s.renames.get(text)
+            if out is None:
+                out = text
+                if text.partition(".")[0] in s.reserved or text in s.reserved:
+                    out = s.clash_prefix + text
+            if len(self._keys) < 4096:
+                self._keys[name] = out
+        return out
+
+    def translate(self, items: Any, out: dict[str, Any], top: dict[str, Any]) -> None:
+        """Put ``(name, value)`` items into ``out`` under their output keys (trace ids
+        into ``top``)."""
+        keys, key, convert, top_keys = self._keys, self.key, self.convert, self.top
+        for name, value in items:
+            k = keys.get(name) or key(name)
+            conv = convert.get(k)
+            if conv is not None:
+                value = conv(value)
+            if k in top_keys:
+                top[k] = value
+            else:
+                out[k] = value
+
+    def context(self, ctx: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``ctx`` translated (fields, top-level trace ids); context dicts are never mutated,
+        so the last one's translation is reused."""
+        cached = self._ctx
+        if cached[0] is ctx:
+            return cached[1], cached[2]
+        fields: dict[str, Any] = {}
+        top: dict[str, Any] = {}
+        self.translate(ctx.items(), fields, top)
+        self._ctx = (ctx, fields, top)
+        return fields, top
+
+    def per_process(self, pid: int) -> Mapping[str, Any]:
+        cached = self._process
+        if cached[0] != pid:
+            make = self.schema.per_process
+            cached = self._process = (pid, make(self.config, pid) if make else {})
+        return cached[1]
+
+    def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """Dotted keys as nested objects (``{"log.logger": x}`` -> ``{"log": {"logger": x}}``),
+        as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are."""
+        out: dict[str, Any] = {}
+        paths = self._paths
+        keep = self.schema.keep_dotted
+        for key, value in flat.items():
+            if "." not in key or key in keep:
+                out[key] = value
+                continue
+            parts = paths.get(key)
+            if parts is None:
+                parts = key.split(".")
+                if len(paths) < 4096:
+                    paths[key] = parts
+            node = out
+            for part in parts[:-1]:
+                child = node.get(part)
+                if type(child) is not dict:
+                    child = node[part] = {}
+                node = child
+            node[parts[-1]] = value
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -366,6 +472,17 @@ class JsonFormatter(OrjsonFormatter):
         #: (``(context, keys, verdict)``) could go without a collision. Context dicts are
         #: never mutated, so the same dict object has the same keys.
         self._ctx_keys: tuple[Any, Any, bool] = (None, None, False)
+        #: The current OpenTelemetry span's ids, or ``None`` without ``opentelemetry-api``.
+        self._trace = span_lookup()
+        trace_names = (names.get("trace_id", "trace_id"), names.get("span_id", "span_id"))
+        self._trace_keys = trace_names
+        #: ``schema``: a backend's names and formats (``logkit``: the build below).
+        self._schema: _SchemaFields | None = None
+        schema = schema_for(config)
+        if schema.name != "logkit":
+            self._schema = _SchemaFields(config, schema)
+            self.build = self._build_schema  # type: ignore[method-assign]
+            self._static_ok = False  # event_line() steps aside: events take build()
 
     def format(self, record: logging.LogRecord) -> str:
         """Return ``record`` as one line of JSON; never raises."""
@@ -419,6 +536,11 @@ class JsonFormatter(OrjsonFormatter):
             out.update(ctx)
         if len(rd) > _BASE_LEN:
             self._add_extras(record, out)
+        if self._trace is not None:
+            ids = self._trace()
+            if ids is not None:
+                out[self._trace_keys[0]] = ids[0]
+                out[self._trace_keys[1]] = ids[1]
         out[self._process] = record.process
         out[self._thread] = record.thread
         if record.exc_info or record.exc_text:
@@ -440,6 +562,97 @@ class JsonFormatter(OrjsonFormatter):
                 out[message] = self._message_of(record)
                 out[ts] = self._clock(record.created, record.msecs)
         return out
+
+    def _build_schema(self, record: logging.LogRecord) -> dict[Any, Any]:
+        """:meth:`build` for a backend's schema (``self._schema``): the same fields, under
+        the schema's names and in its formats."""
+        sf = self._schema
+        assert sf is not None
+        s = sf.schema
+        rd = record.__dict__
+        ctx = rd.get("_logkit_ctx")
+        if ctx is None:
+            ctx = current()
+        msg = record.msg
+        if type(msg) is str and type(record) is logging.LogRecord:  # getMessage(), inlined
+            if record.args:
+                try:
+                    msg = msg % record.args
+                except Exception:
+                    msg = self._message_of(record)
+            if len(msg) > self._f.limit:
+                msg = cap(msg, self._f.limit)
+        else:
+            msg = self._message_of(record)
+        levelname = record.levelname
+        out: dict[Any, Any] = {
+            s.timestamp: self._stamp(record.created, record.msecs),
+            s.level: s.levels.get(levelname, levelname),
+        }
+        if s.severity_number is not None:
+            out[s.severity_number] = s.severity_numbers.get(levelname, record.levelno)
+        out[s.message] = msg
+        if sf.head:
+            out.update(sf.head)
+        if s.logger is not None:
+            out[s.logger] = record.name
+        if s.labels is not None:
+            out[s.labels] = {"python_logger": record.name}
+        fields = out if s.attributes is None else {}
+        if s.process is not None:
+            fields[s.process] = record.process
+        if s.process_name is not None:
+            fields[s.process_name] = record.processName
+        if s.thread is not None:
+            fields[s.thread] = record.thread
+        if s.thread_name is not None:
+            fields[s.thread_name] = record.threadName
+        if s.source is not None:
+            file_key, line_key, function_key = s.source
+            source = fields if s.source_key is None else {}
+            source[file_key] = record.filename if s.source_basename else record.pathname
+            source[line_key] = record.lineno
+            if record.funcName is not None:
+                source[function_key] = record.funcName
+            if s.source_key is not None:
+                fields[s.source_key] = source
+        top: dict[str, Any] = sf.static_top
+        if sf.static:
+            fields.update(sf.static)
+        if ctx:
+            ctx_fields, ctx_top = sf.context(ctx)
+            fields.update(ctx_fields)
+            if ctx_top:
+                top = {**top, **ctx_top}
+        if len(rd) > _BASE_LEN:
+            extras: dict[Any, Any] = {}
+            self._add_extras(record, extras)
+            if extras:
+                top = dict(top)
+                sf.translate(extras.items(), fields, top)
+        if record.exc_info or record.exc_text:
+            exc = self._f.exception_of(self, record)
+            if exc is not None:
+                type_key, message_key, traceback_key = s.exception
+                if "type" in exc:
+                    fields[type_key] = exc["type"]
+                    fields[message_key] = exc["message"]
+                fields[traceback_key] = exc["traceback"]
+        if record.stack_info:
+            fields[sf.key("stack")] = cap(record.stack_info, self._f.limit)
+        if fields is not out:
+            out[s.attributes] = fields
+        ids = self._trace() if self._trace is not None else None
+        if ids is not None:
+            out[s.trace_id] = s.trace_format(ids[0], sf.private)
+            out[s.span_id] = s.span_format(ids[1])
+            if s.trace_sampled is not None:
+                out[s.trace_sampled] = s.sampled_format(ids[2])
+        elif top:
+            out.update(top)
+        if s.per_process is not None:
+            out.update(sf.per_process(record.process or 0))
+        return sf.nest(out) if s.nest else out
 
     def event_line(
         self,
@@ -495,6 +708,11 @@ class JsonFormatter(OrjsonFormatter):
             if ctx:
                 out.update(ctx)
             out.update(extras)
+            if self._trace is not None:
+                ids = self._trace()
+                if ids is not None:
+                    out[self._trace_keys[0]] = ids[0]
+                    out[self._trace_keys[1]] = ids[1]
             out[self._process] = process
             out[self._thread] = thread
             line = orjson.dumps(out, default=_json_default, option=_JSON_LINE_OPTIONS)

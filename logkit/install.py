@@ -82,6 +82,12 @@ def _connect(inst: Installation) -> None:
     signals.before_task_publish.connect(
         receivers.on_before_task_publish, weak=False, dispatch_uid="logkit.publish"
     )
+    # The task's OpenTelemetry span is current when logkit binds the task's context,
+    # whichever was connected first (see receivers.order_after_tracing).
+    signals.worker_init.connect(receivers.on_worker_init, weak=False, dispatch_uid="logkit.wi")
+    signals.worker_ready.connect(
+        receivers.order_after_tracing, weak=False, dispatch_uid="logkit.trace_order.ready"
+    )
     # 2. `celery ... --log-format/--log-field/--log-events`.
     if celery_options.add_preload_options(inst.app):
         signals.user_preload_options.connect(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,8 +28,11 @@ from .early import intended_format, report_failure
 from .formatters import cap, safe_repr
 from .redaction import redact
 from .setup import configure_process
+from .trace import Ids, span_lookup
 
-__all__ = ["HEADER", "Installation", "TaskContext", "activate", "installation"]
+__all__ = [
+    "HEADER", "Installation", "TaskContext", "activate", "installation", "order_after_tracing",
+]
 
 logger = logging.getLogger("logkit")
 
@@ -89,8 +93,14 @@ class TaskContext:
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
         self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
         self._log_args = config.log_args
+        #: Output names of the trace ids bound for a task (from its span when it starts).
+        self.trace_keys = (names.get("trace_id", "trace_id"), names.get("span_id", "span_id"))
+        #: The current OpenTelemetry span's ids (``None``: no ``opentelemetry-api``).
+        self.trace = span_lookup()
         #: Output names of the task's own fields: never propagated to child tasks.
-        self.task_keys = frozenset(names.get(n, n) for n in (*_EXPRESSIONS, "args", "kwargs"))
+        self.task_keys = frozenset(
+            names.get(n, n) for n in (*_EXPRESSIONS, "args", "kwargs", "trace_id", "span_id")
+        )
         self.propagate_all = "*" in config.propagate
         self.propagate = frozenset(config.propagate) - {"*"}
         #: Web request keys sent only when named in ``propagate``.
@@ -108,11 +118,19 @@ class TaskContext:
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
+        if self.trace is not None:  # the task's span: its events carry it whatever the
+            ids = self.trace()  # order of OpenTelemetry's task_postrun receiver and ours
+            if ids is not None:
+                values.update(self.trace_fields(ids))
         if self._log_args:
             keys, limit = self.config.redact_keys, self.config.args_max_length
             values[self.args_key] = cap(safe_repr(redact(list(args or ()), keys)), limit)
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
+
+    def trace_fields(self, ids: Ids) -> dict[str, Any]:
+        """``{trace_id: ..., span_id: ...}`` under their output names."""
+        return {self.trace_keys[0]: ids[0], self.trace_keys[1]: ids[1]}
 
     def to_propagate(self, ctx: Mapping[str, Any]) -> dict[str, Any]:
         """The part of ``ctx`` that travels in a published task's headers (JSON-safe)."""
@@ -274,6 +292,38 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = 
         snapshot = inst.structlog_snapshots.pop((task_id or "", threading.get_ident()), None)
         if snapshot is not None:
             restore_contextvars(snapshot)
+
+
+def _target(receiver: Any) -> Any:
+    """The function a signal's receiver entry refers to (weak references resolved)."""
+    return receiver() if isinstance(receiver, weakref.ReferenceType) else receiver
+
+
+def order_after_tracing(**_: Any) -> None:
+    """Move logkit's ``task_prerun`` receiver after OpenTelemetry's, if it is before it.
+
+    OpenTelemetry's Celery instrumentation starts the task's span in its own
+    ``task_prerun`` receiver, usually connected in ``worker_process_init``, after
+    logkit's: then the context logkit binds (and ``task_started``) would have no span.
+    Connected to ``worker_process_init`` and ``worker_ready`` by :func:`logkit.install`.
+    """
+    sig = signals.task_prerun
+    try:
+        targets = [_target(receiver) for _, receiver in sig.receivers]
+        ours = targets.index(on_task_prerun)
+    except (ValueError, Exception):
+        return
+    if any(getattr(t, "__module__", "").startswith("opentelemetry") for t in targets[ours:]):
+        sig.disconnect(on_task_prerun, dispatch_uid="logkit.prerun")
+        sig.connect(on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
+
+
+def on_worker_init(**_: Any) -> None:
+    """``worker_init`` (after the app's modules connected their receivers): connect
+    :func:`order_after_tracing` to ``worker_process_init`` after them."""
+    signals.worker_process_init.connect(
+        order_after_tracing, weak=False, dispatch_uid="logkit.trace_order"
+    )
 
 
 def on_before_task_publish(headers: Any = None, **_: Any) -> None:

@@ -349,7 +349,7 @@ def test_install_twice_adds_the_options_once(fresh_app: Celery) -> None:
     logkit.install(fresh_app)
     logkit.install(fresh_app, format="json")
     names = sorted(o.name for o in fresh_app.user_options["preload"])
-    assert names == ["log_events", "log_field", "log_format"]
+    assert names == ["log_events", "log_field", "log_format", "log_schema"]
 
 
 # ---------------------------------------------------------------------------

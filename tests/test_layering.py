@@ -22,6 +22,7 @@ PACKAGE = ROOT / "logkit"
 #: Lowest first. A module imports only modules listed in an earlier layer.
 LAYERS: list[set[str]] = [
     {"logkit.config", "logkit.context"},
+    {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
     {"logkit.formatters", "logkit.filters", "logkit._request"},
     {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early",
      # the web request middlewares (optional extras): context and _request only

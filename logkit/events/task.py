@@ -18,7 +18,8 @@ from celery.utils.saferepr import saferepr
 
 from .. import context
 from ..formatters import cap, safe_repr, safe_str
-from ..receivers import Installation
+from ..receivers import Installation, installation
+from ..trace import ids_from_headers
 from .base import (
     _I,
     DEFAULT_LEVELS,
@@ -162,6 +163,12 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         "expires": _iso(getattr(request, "expires", None)),
     }
     bind = _bind_for(request.id, getattr(request, "name", None), request)
+    # the span the message was published in (its traceparent header), when there is one
+    ids = ids_from_headers(getattr(request, "request_dict", None))
+    if ids is not None:
+        inst = installation()
+        if inst is not None:
+            bind = {**(bind or {}), **inst.task_context.trace_fields(ids)}
     if bind:  # the worker's main process: no task context is bound there
         with context.bound(**bind):
             emit_fast("task_received", level, fields)
