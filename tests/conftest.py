@@ -16,7 +16,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -321,16 +320,7 @@ AMQP_QUEUES = ("celery", "a", "b")
 @pytest.fixture
 def amqp_url(rabbitmq_server: Any) -> str:
     """URL of the session's RabbitMQ, with the queues of earlier tests deleted."""
-    from kombu import Connection
+    from rabbitmqutil import delete_queues
 
-    with Connection(rabbitmq_server.url, connect_timeout=10) as conn:
-        for queue in AMQP_QUEUES:
-            channel = conn.channel()
-            try:
-                channel.queue_delete(queue)
-            except Exception:  # not there: the channel is closed by the broker
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    channel.close()
+    delete_queues(rabbitmq_server.url, AMQP_QUEUES)
     return str(rabbitmq_server.url)

@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RabbitMQServer", "find_rabbitmq", "start_rabbitmq"]
+__all__ = ["RabbitMQServer", "delete_queues", "find_rabbitmq", "start_rabbitmq"]
 
 _LIBEXEC = Path("/usr/lib/rabbitmq/bin")
 
@@ -201,3 +201,19 @@ def start_rabbitmq(bindir: Path, workdir: Path, timeout: float = 90) -> RabbitMQ
         last = f"exit code {proc.poll()}\n{server.log()}"
         server.stop()
     raise RuntimeError(f"could not start rabbitmq-server: {last}")
+
+
+def delete_queues(url: str, queues: tuple[str, ...]) -> None:
+    """Delete ``queues`` (those that exist) on the broker at ``url``: nothing left over."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=10) as conn:
+        for queue in queues:
+            channel = conn.channel()
+            try:
+                channel.queue_delete(queue)
+            except Exception:  # not there: the broker closed the channel
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
