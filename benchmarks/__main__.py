@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only formatters|tasks|worker] [--rounds N] [--tasks N]``.
+"""``python -m benchmarks [--quick] [--only formatters|tasks|worker|memory] [--tasks N] ...``.
 
 Prints markdown tables; ``--write-results`` also rewrites ``benchmarks/RESULTS.md``.
 """
@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import formatters, machine, tasks, worker
+from . import formatters, machine, memory, tasks, worker
 from .timing import TIMES, Result, paired_ratio
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SUITES = ("formatters", "tasks", "worker")
+SUITES = ("formatters", "tasks", "worker", "memory")
+#: Not run unless asked for (--only memory): 4 worker runs of 50,000 tasks.
+DEFAULT_SUITES = ("formatters", "tasks", "worker")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,11 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loops", type=int,
                         help="calls per case per round (default 2000 for formatters, 100 for "
                         "tasks; 200 and 20 with --quick)")
-    parser.add_argument("--tasks", type=int, help="tasks per worker run (default 5000)")
+    parser.add_argument("--tasks", type=int,
+                        help="tasks per worker run (default 5000; memory: 50000)")
     parser.add_argument("--repeats", type=int,
                         help="worker runs per logging mode, alternated (default 3)")
     parser.add_argument("--broker", choices=("filesystem", "redis"), default="filesystem",
                         help="broker of the worker benchmark (default: kombu filesystem)")
+    parser.add_argument("--pool", choices=memory.POOLS, action="append",
+                        help="pools of the memory benchmark (repeatable; default both)")
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
     parser.add_argument("--write-results", action="store_true",
                         help=f"rewrite {RESULTS.name} with the machine and these figures")
@@ -54,17 +59,25 @@ def _run_suite(suite: str, args: argparse.Namespace) -> Any:
         return formatters.run(rounds=rounds, loops=args.loops or (200 if quick else 2000))
     if suite == "tasks":
         return tasks.run(rounds=rounds * 2, loops=args.loops or (20 if quick else 100))
+    if suite == "memory":
+        return memory.run(tasks=args.tasks or (500 if quick else 50_000),
+                          pools=tuple(args.pool or memory.POOLS))
     return worker.run(tasks=args.tasks or (500 if quick else 5000),
                       repeats=args.repeats or (1 if quick else 3), broker=args.broker)
 
 
 def _dump(results: Any) -> Any:
+    if results and isinstance(results[0], memory.MemoryRun):
+        return [dataclasses.asdict(r) for r in results]
     if isinstance(results, dict):
         return {title: [dataclasses.asdict(r) for r in rows] for title, rows in results.items()}
     return [{"mode": s.mode, "runs": [dataclasses.asdict(r) for r in s.runs]} for s in results]
 
 
 def _load(suite: str, data: Any) -> Any:
+    if suite == "memory":
+        return [memory.MemoryRun(r["pool"], r["mode"], r["tasks"],
+                                 [tuple(s) for s in r["samples"]]) for r in data]
     if suite == "worker":
         return [worker.Summary(s["mode"], [worker.Run(**r) for r in s["runs"]]) for s in data]
     return {title: [Result(**r) for r in rows] for title, rows in data.items()}
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    only = args.only or list(SUITES)
+    only = args.only or list(DEFAULT_SUITES)
     if args.child_json:
         (suite,) = only
         Path(args.child_json).write_text(json.dumps(_dump(_run_suite(suite, args))),
@@ -127,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         worker_results = _in_subprocess("worker", argv)
         emit("### Worker throughput\n")
         emit(worker.render(worker_results, args.broker))
+    if "memory" in only:
+        emit("### Worker memory over time\n")
+        emit(memory.render(_in_subprocess("memory", argv)))
     summary = targets(fmt_results, task_results, worker_results)
     if summary:
         sections.insert(0, summary)

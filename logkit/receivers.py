@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
+from celery.utils.saferepr import saferepr
 
 from . import context
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import intended_format, report_failure
 from .formatters import cap, safe_repr
-from .redaction import redact
+from .redaction import has_sensitive_key, redact, redact_positional
 from .setup import configure_process
 from .trace import Ids, span_lookup
 
@@ -124,7 +125,8 @@ class TaskContext:
                 values.update(self.trace_fields(ids))
         if self._log_args:
             keys, limit = self.config.redact_keys, self.config.args_max_length
-            values[self.args_key] = cap(safe_repr(redact(list(args or ()), keys)), limit)
+            positional = redact_positional(task, args, keys)
+            values[self.args_key] = cap(safe_repr(redact(positional, keys)), limit)
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
 
@@ -326,11 +328,13 @@ def on_worker_init(**_: Any) -> None:
     )
 
 
-def on_before_task_publish(headers: Any = None, **_: Any) -> None:
+def on_before_task_publish(headers: Any = None, body: Any = None, **_: Any) -> None:
     """``before_task_publish``: put the propagated part of the context in the headers."""
     inst = _installation
     if inst is None or not isinstance(headers, dict):
         return
+    if "argsrepr" in headers:
+        redact_reprs(inst, headers, body)
     ctx = context.current()
     if not ctx:
         return
@@ -340,3 +344,27 @@ def on_before_task_publish(headers: Any = None, **_: Any) -> None:
         return
     if carried:
         headers[HEADER] = carried
+
+
+def redact_reprs(inst: Installation, headers: dict[str, Any], body: Any) -> None:
+    """Rewrite a protocol 2 message's ``argsrepr``/``kwargsrepr`` headers (which Flower,
+    result backends and Celery's own lines show) with secrets redacted: kwargs by key,
+    positional arguments by the task's parameter names. The body is never changed."""
+    try:
+        keys = inst.config.redact_keys
+        if not keys or not isinstance(body, (tuple, list)) or len(body) < 2:
+            return
+        args, kwargs = body[0], body[1]
+        task = inst.app.tasks.get(headers.get("task"))
+        amqp = inst.app.amqp
+        if args and task is not None:
+            positional = redact_positional(task, args, keys)
+            if has_sensitive_key(args, keys) or any(
+                a is not b for a, b in zip(positional, args, strict=False)
+            ):
+                clean = tuple(redact(positional, keys))
+                headers["argsrepr"] = saferepr(clean, amqp.argsrepr_maxsize)
+        if kwargs and has_sensitive_key(kwargs, keys):
+            headers["kwargsrepr"] = saferepr(redact(kwargs, keys), amqp.kwargsrepr_maxsize)
+    except Exception:  # never break a publish because of logging
+        logger.debug("logkit: could not redact the argsrepr headers", exc_info=True)

@@ -17,13 +17,17 @@ by ``'[REDACTED]'``.
 :class:`RedactFilter` applies that to records of the ``celery`` and ``logkit``
 loggers (message, ``extra`` fields such as ``data``, exception) and to the exception of any record.
 
-Limits: a secret passed as a *positional* argument has no key and is not found,
-nor is a secret in free text without a ``key=``/``key:`` in front of it.
+A secret passed as a *positional* argument has no key in that text: it is redacted
+before it gets there, by the name of the task's parameter (:func:`redact_positional`),
+in the message's ``argsrepr`` header at publish time and in the ``args`` context field.
+Limits: a secret in free text without a ``key=``/``key:`` in front of it is not found,
+nor a positional secret published by a process without logkit installed.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -34,7 +38,15 @@ from .formatters import RESERVED
 _BASE_KEYS = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 _BASE_LEN = len(_BASE_KEYS)
 
-__all__ = ["REDACTED", "RedactFilter", "redact", "redact_text"]
+__all__ = [
+    "REDACTED",
+    "RedactFilter",
+    "has_sensitive_key",
+    "parameter_names",
+    "redact",
+    "redact_positional",
+    "redact_text",
+]
 
 REDACTED = "[REDACTED]"
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -60,6 +72,22 @@ def redact(value: Any, keys: frozenset[str], _depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v, keys, _depth + 1) for v in value]
     return value
+
+
+def has_sensitive_key(value: Any, keys: frozenset[str], _depth: int = 0) -> bool:
+    """Whether :func:`redact` would replace anything in ``value``."""
+    if _depth > 32:
+        return True
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str) and any(secret in k.lower() for secret in keys):
+                return True
+            if has_sensitive_key(v, keys, _depth + 1):
+                return True
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(has_sensitive_key(v, keys, _depth + 1) for v in value)
+    return False
 
 
 class KeyPattern(NamedTuple):
@@ -336,3 +364,50 @@ class RedactFilter(logging.Filter):
         except Exception:
             pass
         record.exc_info = None  # keep only the redacted traceback text
+
+
+# ---------------------------------------------------------------------------
+# Positional arguments, by the name of the task's parameter
+# ---------------------------------------------------------------------------
+
+_POSITIONAL_KINDS = frozenset(
+    {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+)
+#: Task name -> names of its positional parameters, and the ``*args`` name (or ``None``).
+_PARAMETERS: dict[str, tuple[tuple[str, ...], str | None]] = {}
+
+
+def parameter_names(task: Any) -> tuple[tuple[str, ...], str | None]:
+    """Names of ``task.run``'s positional parameters and of its ``*args`` (or ``None``).
+
+    Cached per task name; ``((), None)`` when the signature cannot be read.
+    """
+    name = getattr(task, "name", None)
+    cached = _PARAMETERS.get(name) if isinstance(name, str) else None
+    if cached is not None:
+        return cached
+    try:
+        params = list(inspect.signature(task.run).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        params = []
+    found = (
+        tuple(p.name for p in params if p.kind in _POSITIONAL_KINDS),
+        next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None),
+    )
+    if isinstance(name, str) and len(_PARAMETERS) < 4096:
+        _PARAMETERS[name] = found
+    return found
+
+
+def redact_positional(task: Any, args: Any, keys: frozenset[str]) -> list[Any]:
+    """``args`` as a list, with each argument whose parameter name (in ``task``'s
+    signature) contains a redact key replaced by ``[REDACTED]``."""
+    values = list(args or ())
+    if not keys or not values:
+        return values
+    names, rest = parameter_names(task)
+    for i in range(len(values)):
+        name = names[i] if i < len(names) else rest
+        if name is not None and any(key in name.lower() for key in keys):
+            values[i] = REDACTED
+    return values

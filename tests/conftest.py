@@ -10,6 +10,8 @@ Fixtures:
   be -- at teardown, and its output is printed if the test failed).
 * ``redis_server`` (session) -> object with ``.url``/``.port``/``.client()``.
 * ``redis_url`` -> ``redis_server.url`` after FLUSHALL.
+* ``rabbitmq_server`` (session) -> ``rabbitmqutil.RabbitMQServer`` (``.url``, ``.ctl()``).
+* ``amqp_url`` -> ``rabbitmq_server.url`` after deleting the queues earlier tests used.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ collect_ignore = ["example_project"]
 
 WORKER_FIXTURES = {"worker_factory"}
 REDIS_FIXTURES = {"redis_server", "redis_url"}
+RABBITMQ_FIXTURES = {"rabbitmq_server", "amqp_url"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "worker: starts real `celery worker` subprocesses (slow-ish)"
     )
     config.addinivalue_line("markers", "redis: needs a real redis-server (started by a fixture)")
+    config.addinivalue_line(
+        "markers", "rabbitmq: needs a real rabbitmq-server (started by a fixture)"
+    )
     # Tests define tasks of the same name in several throwaway apps, on purpose. The
     # warning class exists from Celery 5.4 on (the matrix runs 5.3 too).
     import celery.exceptions
@@ -74,6 +80,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.worker)
         if names & REDIS_FIXTURES:
             item.add_marker(pytest.mark.redis)
+        if names & RABBITMQ_FIXTURES:
+            item.add_marker(pytest.mark.rabbitmq)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -279,3 +287,44 @@ def redis_url(redis_server: RedisServer) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+# --------------------------------------------------------------------------
+# rabbitmq
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[Any]:
+    """A node of our own (free AMQP/distribution/epmd ports, own dirs and cookie);
+    see ``tests/rabbitmqutil.py``. Takes ~10 s to start, so once per session."""
+    import tempfile
+
+    from rabbitmqutil import find_rabbitmq, start_rabbitmq
+
+    bindir = find_rabbitmq()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("rabbitmq-server not found: .ci/run must apt-get install rabbitmq-server")
+        pytest.skip("rabbitmq-server not installed (Debian: apt-get install rabbitmq-server)")
+    # Not under tmp_path_factory: pytest's base dir is 0700, and the node runs as `rabbitmq`.
+    workdir = Path(tempfile.mkdtemp(prefix="logkit-rabbitmq-"))
+    server = start_rabbitmq(bindir, workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: Queues the tests' workers declare; deleted before each test so nothing is left over.
+AMQP_QUEUES = ("celery", "a", "b")
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_server: Any) -> str:
+    """URL of the session's RabbitMQ, with the queues of earlier tests deleted."""
+    from rabbitmqutil import delete_queues
+
+    delete_queues(rabbitmq_server.url, AMQP_QUEUES)
+    return str(rabbitmq_server.url)

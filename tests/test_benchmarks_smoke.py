@@ -131,3 +131,17 @@ def test_worker_throughput_suite_runs_real_workers() -> None:
         assert _number(cells[2]) >= 1.0  # each task logged at least its own line
     # logkit's lifecycle events add records: at least as many lines per task
     assert _number(rows["logkit json"][2]) >= _number(rows["celery default logging"][2])
+
+
+@pytest.mark.worker
+def test_memory_suite_reports_rss_over_time() -> None:
+    # a smoke run (threads pool, Celery vs logkit): numbers reported, nothing judged
+    out = _run("--only", "memory", "--tasks", "200", "--pool", "threads")
+    section = out.split("#### worker memory: 200 tiny tasks", 1)[1]
+    rows = [line.strip("|").split("|") for line in section.splitlines()
+            if line.startswith("| prefork") or line.startswith("| threads")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("threads", mode) for mode in ("celery default logging", "logkit json")
+    ]
+    for cells in rows:
+        assert all(_number(c.strip()) > 10 for c in cells[2:7])  # MiB, main + pool

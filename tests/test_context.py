@@ -159,6 +159,8 @@ POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4, "eventlet": 4}
 #: Extra runs on a real redis broker + result backend (native chord counting: the chord
 #: callback is published by the last header task, not by celery.chord_unlock).
 REDIS_RUNS = {"prefork-redis": "prefork", "threads-redis": "threads"}
+#: The same over AMQP (a real rabbitmq-server; file:// result backend, so chord_unlock).
+AMQP_RUNS = {"prefork-amqp": "prefork"}
 
 
 def _pool_skip_reason(pool: str) -> str | None:
@@ -197,11 +199,16 @@ class Run:
         return out
 
 
-@pytest.fixture(scope="module", params=[*POOLS, *REDIS_RUNS])
+@pytest.fixture(scope="module", params=[*POOLS, *REDIS_RUNS, *AMQP_RUNS])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     name = request.param
-    pool = REDIS_RUNS.get(name, name)
+    pool = REDIS_RUNS.get(name) or AMQP_RUNS.get(name, name)
     broker_url = None
+    if name in AMQP_RUNS:
+        from rabbitmqutil import delete_queues
+
+        broker_url = request.getfixturevalue("rabbitmq_server").url
+        delete_queues(broker_url, ("celery",))
     if name in REDIS_RUNS:
         server = request.getfixturevalue("redis_server")
         import redis
@@ -272,7 +279,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             return {t["id"] for t in truth.values()} <= probed
 
         wait_for(complete, timeout=30, message=lambda: worker.describe())
-        yield Run(worker, appmod, pool, results, redis=broker_url is not None)
+        yield Run(worker, appmod, pool, results, redis=name in REDIS_RUNS)
     finally:
         worker.stop(timeout=15)
         appmod.unload()

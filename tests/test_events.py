@@ -65,7 +65,7 @@ class _EvAtomicTransport(_WuFilesystemTransport):
 app.conf.broker_transport = _EvAtomicTransport
 """
 
-BODY = ATOMIC_FS + """
+EVENTS_BODY = """
 import os
 import time
 
@@ -101,7 +101,15 @@ def slow(path):
     with open(path, "w") as fh:
         fh.write(str(os.getpid()))
     time.sleep(30)
+
+
+@app.task(acks_late=True)
+def refuse():
+    from celery.exceptions import Reject
+
+    raise Reject("bad", requeue=False)
 """
+BODY = ATOMIC_FS + EVENTS_BODY
 
 # Celery's prose lines that the events replace (none may remain while events are on).
 PROSE = ("succeeded in", "raised unexpected", "] received", "retry: Retry in",
@@ -144,9 +152,16 @@ class Run:
     elapsed: float = 0.0
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    appmod = make_app(tmp_path_factory.mktemp("events"), BODY)
+@pytest.fixture(scope="module", params=["filesystem", "amqp"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    if request.param == "amqp":  # the same run on a real rabbitmq-server
+        from rabbitmqutil import delete_queues
+
+        url = request.getfixturevalue("rabbitmq_server").url
+        delete_queues(url, ("celery",))
+        appmod = make_app(tmp_path_factory.mktemp("events-amqp"), EVENTS_BODY, broker_url=url)
+    else:
+        appmod = make_app(tmp_path_factory.mktemp("events"), BODY)
     started = time.monotonic()
     worker = start_worker(appmod, logfile="worker.log")
     try:
@@ -157,7 +172,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         ok = mod.ok.delay(SLEEP)
         boom = mod.boom.delay()
         flaky = mod.flaky.delay()
-        ids.update(ok=ok.id, boom=boom.id, flaky=flaky.id, slow=slow.id)
+        refuse = mod.refuse.delay()
+        ids.update(ok=ok.id, boom=boom.id, flaky=flaky.id, slow=slow.id, refuse=refuse.id)
         wait_for(flag.exists, timeout=20, message="slow task never started")
         mod.app.control.revoke(slow.id, terminate=True)
         unknown = mod.app.send_task("nope.missing")
@@ -166,7 +182,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         assert flaky.get(timeout=20) == "recovered"
         boom.get(timeout=20, propagate=False)
         assert boom.failed()
-        for kind, key in (("task_revoked", "slow"), ("task_unknown", "unknown")):
+        for kind, key in (
+            ("task_revoked", "slow"), ("task_unknown", "unknown"), ("task_rejected", "refuse")
+        ):
             wait_for(lambda k=kind, i=ids[key]: _log_has_event(worker, k, i), timeout=20,
                      message=lambda k=kind: f"no {k} event\n{worker.describe()}")
         worker.stop(timeout=20)
@@ -555,3 +573,14 @@ def test_beat_events(tmp_path: Path) -> None:
     assert len({r["task_id"] for r in sends}) == len(sends) >= 2
     messages = [r["message"] for r in records]
     assert not [m for m in messages if "Sending due task" in m or "beat: Starting" in m]
+
+
+@pytest.mark.worker
+def test_rejected_event_for_a_task_raising_reject(run: Run) -> None:
+    task_id = run.ids["refuse"]
+    rejected = _one(run.records, "task_rejected", task_id)
+    assert rejected["level"] == "ERROR"
+    assert rejected["reason"] == "bad" and rejected["requeue"] is False
+    assert rejected["task_name"].endswith(".refuse")
+    assert not _events(run.records, "task_failed", task_id)
+    assert not _events(run.records, "task_succeeded", task_id)

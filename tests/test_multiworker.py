@@ -113,12 +113,17 @@ def _check_task_lines(records: list[dict[str, Any]], logger: str = "mw") -> dict
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
 def test_two_nodes_on_redis_run_200_tasks_and_lose_no_line(
+    broker: str,
     redis_url: str,
+    request: pytest.FixtureRequest,
     app_factory: Callable[..., AppModule],
     worker_factory: Callable[..., Worker],
 ) -> None:
-    appmod = app_factory(MW_BODY, broker_url=redis_url)
+    # amqp: RabbitMQ as the broker, Redis as the result backend (native chord counting)
+    url = redis_url if broker == "redis" else request.getfixturevalue("amqp_url")
+    appmod = app_factory(MW_BODY, broker_url=url, result_backend=redis_url)
     logs = appmod.workdir / "logs"
     logs.mkdir()
     w1, w2 = (

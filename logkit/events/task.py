@@ -14,6 +14,7 @@ from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any
 
+from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 
 from .. import context
@@ -302,6 +303,9 @@ def on_task_failure(
     logged at INFO and without its traceback.
     """
     exception = _unpickled(exception)
+    if isinstance(exception, Reject):  # the task rejected its message: not a failure
+        _task_rejected(sender, task_id, exception)
+        return
     expected = _expected(sender, exception)
     level = level_of("task_failed", _I if expected else None)
     if level is None or sender is None:
@@ -322,6 +326,22 @@ def on_task_failure(
         exc_info=_exc_info(exception, None if expected else traceback),
         exc_text=None if expected else _traceback_text(einfo, traceback),
     )
+
+
+def _task_rejected(task: Any, task_id: Any, exc: Any) -> None:
+    """``task_rejected`` for a task that raised ``Reject``: why, and whether it is requeued."""
+    level = level_of("task_rejected")
+    if level is None or task is None:
+        return
+    request = task.request
+    task_id = task_id if task_id is not None else getattr(request, "id", None)
+    reason = getattr(exc, "reason", None)
+    fields = {
+        "reason": reason if isinstance(reason, str) else safe_repr(reason),
+        "requeue": bool(getattr(exc, "requeue", False)),
+        "duration_ms": _duration_ms(task_id),
+    }
+    emit("task_rejected", level, fields, bind=_bind_for(task_id, task.name, request))
 
 
 @_guarded
