@@ -14,9 +14,11 @@ import pytest
 from celery import Celery
 
 import logkit
-from logkit import context, events, receivers
+from logkit import context, receivers
 from logkit import setup as setup_mod
 from logkit.config import LogConfig
+from logkit.events import fast as events_fast
+from logkit.events import prose
 from logkit.testing import Records, capture
 
 STD_CALL_HANDLERS = logging.Logger.callHandlers
@@ -34,7 +36,7 @@ def restore_logging() -> Iterator[None]:
     streams = (sys.stdout, sys.stderr)
     make_record = logging.Logger.makeRecord
     active, installation = setup_mod._active, receivers._installation
-    quieted = set(events._quieted)
+    quieted = set(prose._quieted)
     try:
         yield
     finally:
@@ -51,8 +53,8 @@ def restore_logging() -> Iterator[None]:
         if current is not None and current is not active:
             current.sink.close()
         setup_mod._active, receivers._installation = active, installation
-        events._quieted.clear()
-        events._quieted.update(quieted)
+        prose._quieted.clear()
+        prose._quieted.update(quieted)
 
 
 def _state() -> tuple[Any, ...]:
@@ -249,9 +251,9 @@ def test_fast_path_events_reach_the_capture_and_the_sink(tmp_path: Path) -> None
     logkit.install(app)
     log = tmp_path / "worker.log"
     logkit.configure(loglevel="INFO", logfile=str(log), format="json", app=app)
-    assert events._route() is not None  # the fast path is on outside a capture
+    assert events_fast._route() is not None  # the fast path is on outside a capture
     with capture() as records:
-        assert events._route() is None  # ...and steps aside during one
+        assert events_fast._route() is None  # ...and steps aside during one
         result = add.delay(2, 3)
     setup_mod._active.sink.close()  # type: ignore[union-attr]
     written = [json.loads(line) for line in log.read_text().splitlines()]
