@@ -67,10 +67,10 @@ def _run_suite(suite: str, args: argparse.Namespace) -> Any:
 
 
 def _dump(results: Any) -> Any:
-    if results and isinstance(results[0], memory.MemoryRun):
-        return [dataclasses.asdict(r) for r in results]
     if isinstance(results, dict):
         return {title: [dataclasses.asdict(r) for r in rows] for title, rows in results.items()}
+    if results and isinstance(results[0], memory.MemoryRun):
+        return [dataclasses.asdict(r) for r in results]
     return [{"mode": s.mode, "runs": [dataclasses.asdict(r) for r in s.runs]} for s in results]
 
 
