@@ -4,7 +4,7 @@
   README's two commands do on a fresh machine).
 - ``lowest``: every direct runtime dependency at the lower bound ``pyproject.toml``
   declares (pinned through a constraints file generated from it), the whole suite.
-- ``celery-5.4`` ... ``celery-5.7``: one Celery minor each (with the kombu it resolves),
+- ``celery-5.6``, ``celery-5.7``: one Celery minor each (with the kombu it resolves),
   the real-worker contract tests (``-m contract``): the ``setup_logging`` contract and
   override, ``after_setup_*`` kwargs, context in prefork and threads, lifecycle events.
 - ``package``: sdist and wheel build, ``twine check``, the wheel installed alone (no
@@ -27,7 +27,7 @@ import nox
 ROOT = Path(__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Celery minors logkit supports: each gets a session (keep in step with the README's table).
-CELERY_MINORS = ["5.4", "5.5", "5.6", "5.7"]
+CELERY_MINORS = ["5.6", "5.7"]
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = False

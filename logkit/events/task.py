@@ -206,6 +206,8 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
         if state != _SUCCESS or task is None:
             if state == _IGNORED and task is not None and TRACE_LOGGER in _quieted:
                 _reemit_ignored(task, retval)
+            elif state == _REJECTED and task is not None:
+                _task_rejected(inst, task_id, task, retval, start)
             return
         level = _task_level(inst, "task_succeeded")
         if level is None:
@@ -220,6 +222,24 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
         _emit_for_task(inst, "task_succeeded", level, fields, task_id, task)
     except Exception:
         _report_failure("task_succeeded")
+
+
+def _task_rejected(inst: Installation, task_id: Any, task: Any, exc: Any, start: Any) -> None:
+    """``task_rejected`` for a task that raised ``Reject``: why, and whether it is requeued.
+
+    From ``task_postrun`` (state ``REJECTED``), the one signal every supported Celery sends
+    for it (5.7 also sends ``task_failure``, which :func:`on_task_failure` leaves alone).
+    """
+    level = _task_level(inst, "task_rejected")
+    if level is None:
+        return
+    reason = getattr(exc, "reason", None)
+    fields = {
+        "reason": reason if isinstance(reason, str) else safe_repr(reason),
+        "requeue": bool(getattr(exc, "requeue", False)),
+        "duration_ms": None if start is None else round((time.monotonic() - start) * 1000.0, 3),
+    }
+    _emit_for_task(inst, "task_rejected", level, fields, task_id, task)
 
 
 _levels: tuple[Any, dict[str, int | None]] = (None, {})
@@ -253,6 +273,7 @@ def _emit_for_task(
 
 _SUCCESS = "SUCCESS"
 _IGNORED = "IGNORED"
+_REJECTED = "REJECTED"
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _reported: set[str] = set()
 
@@ -303,8 +324,7 @@ def on_task_failure(
     logged at INFO and without its traceback.
     """
     exception = _unpickled(exception)
-    if isinstance(exception, Reject):  # the task rejected its message: not a failure
-        _task_rejected(sender, task_id, exception)
+    if isinstance(exception, Reject):  # not a failure: task_rejected, from task_postrun
         return
     expected = _expected(sender, exception)
     level = level_of("task_failed", _I if expected else None)
@@ -326,22 +346,6 @@ def on_task_failure(
         exc_info=_exc_info(exception, None if expected else traceback),
         exc_text=None if expected else _traceback_text(einfo, traceback),
     )
-
-
-def _task_rejected(task: Any, task_id: Any, exc: Any) -> None:
-    """``task_rejected`` for a task that raised ``Reject``: why, and whether it is requeued."""
-    level = level_of("task_rejected")
-    if level is None or task is None:
-        return
-    request = task.request
-    task_id = task_id if task_id is not None else getattr(request, "id", None)
-    reason = getattr(exc, "reason", None)
-    fields = {
-        "reason": reason if isinstance(reason, str) else safe_repr(reason),
-        "requeue": bool(getattr(exc, "requeue", False)),
-        "duration_ms": _duration_ms(task_id),
-    }
-    emit("task_rejected", level, fields, bind=_bind_for(task_id, task.name, request))
 
 
 @_guarded
