@@ -44,7 +44,9 @@ _D, _I, _W, _E = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
     {
         "task_received": _I,
-        "task_started": _I,
+        # DEBUG: at ``-l INFO`` a level check only; task_received + task_succeeded are the
+        # like-for-like of Celery's own two INFO lines ("received", "succeeded").
+        "task_started": _D,
         "task_succeeded": _I,
         "task_failed": _E,
         "task_retried": _W,
