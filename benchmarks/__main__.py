@@ -207,13 +207,15 @@ NOTES = (
     "shape (three keyword arguments to pack): structlog's own no-op filtering logger is "
     "itself above it, so that row is shown next to the stdlib one.",
     "",
-    "The per-task table's logkit rows split logkit's cost: context binding alone "
-    "(`events=False`: Celery's own success line is then built and written through "
-    "logkit's JSON formatter and secret redaction, which costs more than Celery's plain "
-    "line), context plus the two lifecycle records, and the same without redaction "
-    "(`redact_keys=()`). With events on, Celery's success line is not built at all "
-    "(logkit sets `celery.app.trace` to WARNING while its events replace that logger's "
-    "INFO lines), which pays for most of the two event records.",
+    "The per-task tables run each variant in a fresh interpreter (one child process per "
+    "variant per round, alternating), as a user's process runs: CPU time of the process "
+    "(`time.process_time`) per call in its best block of 200 calls, medians over the "
+    "processes, min-max. Like for like at INFO: Celery writes one line per eager `apply()` "
+    "(its success line), logkit with events one (`task_succeeded`; `task_started` is DEBUG; "
+    "Celery's success line is not built), logkit with `events=False` Celery's line as JSON "
+    "with the context (plus its JSON formatting and secret redaction: what that row pays "
+    "for). See docs/benchmarks.md for why the in-process method of earlier versions "
+    "read lower.",
 )
 
 
@@ -229,10 +231,13 @@ def write_results(sections: list[str], argv: list[str]) -> None:
         "",
         *machine.describe(),
         "",
-        "Method: every table is measured in one process, all its cases interleaved "
+        "Method: each formatter table is measured in one process, all its cases interleaved "
         "(A B C ... A B C ...) for many rounds; figures are medians of the per-call time "
         "over the rounds, with the interquartile range; ratios are to the table's first row. "
-        "Each suite runs in its own interpreter. See `benchmarks/__init__.py`.",
+        "Each suite runs in its own interpreter; the per-task suite runs every variant in "
+        "fresh interpreters (below). The machine is shared: other work ran during the run, "
+        "so absolute µs are higher than on an idle machine; compare within a table. "
+        "See `benchmarks/__init__.py` and docs/benchmarks.md.",
         "",
         *NOTES,
         "",
