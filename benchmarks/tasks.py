@@ -1,76 +1,79 @@
-"""Per-task overhead: an empty task run with ``apply()``, without and with logkit.
+"""Per-task cost as a user meets it: each variant in a fresh interpreter, alternating.
 
-Both states live in one process and are swapped between measurements (signal
-receivers, logger handlers and filters, logkit's installation), so the rounds
-interleave:
+One child process per variant per round (``python -m benchmarks.tasks VARIANT N``)
+sets up its logging exactly as a user's process would, runs ``N`` calls after a
+warm-up and reports the CPU time of its own process per call
+(``time.process_time``) and the wall time. The parent alternates the variants
+(A B C ... then reversed), so a slow spell of the shared machine touches every
+variant; figures are medians over the rounds, with min-max spread.
 
-* **celery logging** -- ``app.log.setup(loglevel="INFO", logfile=/dev/null)``:
-  Celery's own handlers and formats, no logkit receivers connected;
-* **logkit json** -- ``logkit.install(app, format="json")`` and
-  ``logkit.configure(loglevel="INFO", logfile=/dev/null)``: context binding in
-  ``task_prerun``/``task_postrun`` plus the lifecycle events (``task_started``,
-  ``task_succeeded``) written as JSON records, Celery's prose lines dropped.
+Variants (an empty task; results are not stored):
 
-The task body is empty, so the difference is logkit's whole per-task cost.
+* **celery logging** -- ``app.log.setup(loglevel="INFO", logfile=/dev/null)``;
+  an eager ``apply()`` writes one line at INFO, Celery's "Task x[id] succeeded in
+  0.0001s: None" (eager tasks are not *received*, so no "Received task" line);
+* **logkit json (context + events)** -- ``logkit.install(app, format="json")`` and
+  ``logkit.configure(loglevel="INFO", logfile=/dev/null, format="json", app=app)``:
+  context bound in ``task_prerun``/``task_postrun`` and the default events at INFO,
+  i.e. one ``task_succeeded`` line (``task_started`` is DEBUG), Celery's success
+  line not built;
+* **logkit json, context only (events=False)** -- the same with ``events=False``:
+  Celery's own success line, with the task context, through logkit's JSON formatter;
+* **publish** -- ``task.apply_async()`` to kombu's filesystem transport, without
+  logkit, and with logkit installed and a context bound (``request_id``, ``user``:
+  propagated in the task's headers by ``before_task_publish``).
+
+Why not swap states inside one process (the method this suite used before)? See
+:func:`in_process` and ``docs/benchmarks.md``: the figures differ from fresh
+processes for reasons that have nothing to do with what a user runs.
 """
 
 from __future__ import annotations
 
-import logging
+import gc
+import json
 import os
-from collections.abc import Callable
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from .timing import TIMES
 
-import logkit
-from logkit import receivers
-from logkit import setup as logkit_setup
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from .timing import Case, Result, interleaved, paired_ratio, table
+CELERY = "celery logging"
+EVENTS = "logkit json (context + events)"
+CONTEXT = "logkit json, context only (events=False)"
+PUBLISH_PLAIN = "apply_async, no logkit"
+PUBLISH_LOGKIT = "apply_async, logkit installed, context bound"
 
-_LOGGERS = ("", "celery", "celery.task", "celery.app.trace", "celery.worker.strategy",
-            "celery.redirected", "logkit", "logkit.events")
-
-
-class _State:
-    """Signal receivers, logger handlers/filters/levels and logkit's installation."""
-
-    def __init__(self) -> None:
-        self.signals = {
-            name: (list(sig.receivers))
-            for name, sig in vars(signals).items()
-            if hasattr(sig, "receivers") and hasattr(sig, "sender_receivers_cache")
-        }
-        self.loggers = {}
-        for name in _LOGGERS:
-            log = logging.getLogger(name)
-            self.loggers[name] = (list(log.handlers), list(log.filters), log.level, log.propagate)
-        self.installation = receivers._installation
-        # logkit.configure() swaps Logger.makeRecord process-wide (clashing extra keys)
-        self.make_record = logging.Logger.makeRecord
-
-    def restore(self) -> None:
-        for name, saved in self.signals.items():
-            sig = getattr(signals, name)
-            sig.receivers = list(saved)
-            sig.sender_receivers_cache.clear()
-        for name, (handlers, filters, level, propagate) in self.loggers.items():
-            log = logging.getLogger(name)
-            log.handlers = list(handlers)
-            log.filters = list(filters)
-            log.level = level
-            log.propagate = propagate
-        logging.Logger.manager._clear_cache()
-        logging.Logger.makeRecord = self.make_record  # type: ignore[method-assign]
-        receivers._installation = self.installation
+#: Groups of variants measured together: (title, variants; the first is the baseline).
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("empty task, task.apply()", (CELERY, EVENTS, CONTEXT)),
+    ("publishing, task.apply_async() to the filesystem transport",
+     (PUBLISH_PLAIN, PUBLISH_LOGKIT)),
+)
 
 
-def make_app() -> tuple[Celery, Any]:
+# ---------------------------------------------------------------------------
+# The child: one variant, one process
+# ---------------------------------------------------------------------------
+
+
+def make_app(broker: str = "memory://", options: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """An app with one empty task (results are not stored)."""
-    app = Celery("bench_tasks", broker="memory://", set_as_current=False)
+    from celery import Celery
+
+    app = Celery("bench_tasks", broker=broker, set_as_current=False)
     app.conf.task_ignore_result = True
     app.conf.worker_redirect_stdouts = False  # keep print() on the terminal
+    if options:
+        app.conf.broker_transport_options = options
 
     @app.task(name="bench.noop")
     def noop() -> None:
@@ -79,76 +82,154 @@ def make_app() -> tuple[Celery, Any]:
     return app, noop
 
 
-def states(app: Celery) -> dict[str, _State]:
-    """Set up both states once; return them by name."""
-    app.log.setup(loglevel="INFO", logfile=os.devnull)
-    celery_state = _State()
-    logkit.install(app, format="json", events=False)
-    logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
-    context_state = _State()
-    logkit_setup._active = None  # keep that state's sink open: configure() closes the last one
-    logkit.install(app, format="json", redact_keys=())
-    logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
-    unredacted_state = _State()
-    logkit_setup._active = None
-    logkit.install(app, format="json")
-    logkit.configure(loglevel="INFO", logfile=os.devnull, app=app)
-    logkit_state = _State()
-    return {
-        "celery logging": celery_state,
-        "logkit json, context only (events=False)": context_state,
-        "logkit json, context + events, no redaction (redact_keys=())": unredacted_state,
-        "logkit json (context + events)": logkit_state,
-    }
+def setup(variant: str, logfile: str = os.devnull, broker: str = "memory://",
+          options: dict[str, Any] | None = None) -> Any:
+    """Set up a process's logging as ``variant`` does; return the task."""
+    app, task = make_app(broker, options)
+    if variant in (CELERY, PUBLISH_PLAIN):
+        app.log.setup(loglevel="INFO", logfile=logfile)
+        return task
+    import logkit
+
+    logkit.install(app, format="json", **({"events": False} if variant == CONTEXT else {}))
+    logkit.configure(loglevel="INFO", logfile=logfile, format="json", app=app)
+    if variant == PUBLISH_LOGKIT:
+        logkit.bind(request_id="req-5f1c2a", user="alice")
+    return task
 
 
-def _runner(state: _State, task: Any) -> Callable[[int], None]:
-    apply = task.apply
+def child(variant: str, calls: int, warmup: int, blocks: int = 20) -> dict[str, float]:
+    """Run ``calls`` calls of ``variant`` in this process, in ``blocks`` timed blocks.
 
-    def run(n: int) -> None:
-        state.restore()
-        for _ in range(n):
-            apply()
-    return run
+    Returns the CPU µs per call of this process (``time.process_time``) in its best
+    block (as ``timeit`` advises: on a shared machine a spell of contention -- another
+    process on the sibling core, cache thrash -- slows a block, never speeds one up)
+    and over all calls, and the wall µs per call over all calls.
+    """
+    per_block = max(1, calls // blocks)
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, options = "memory://", None
+        if variant in (PUBLISH_PLAIN, PUBLISH_LOGKIT):
+            broker = "filesystem://"
+            options = {"data_folder_in": tmp, "data_folder_out": tmp, "store_processed": False}
+        task = setup(variant, broker=broker, options=options)
+        call = task.apply_async if broker == "filesystem://" else task.apply
+        for _ in range(warmup):
+            call()
+        gc.collect()  # the collector stays on: a user's process has it on
+        cpu: list[float] = []
+        wall0 = time.perf_counter()
+        for _ in range(blocks):
+            cpu0 = time.process_time()
+            for _ in range(per_block):
+                call()
+            cpu.append(time.process_time() - cpu0)
+        wall = time.perf_counter() - wall0
+    n = per_block * blocks
+    return {"cpu_us": min(cpu) / per_block * 1e6, "cpu_all_us": sum(cpu) / n * 1e6,
+            "wall_us": wall / n * 1e6}
 
 
-def run(rounds: int = 30, loops: int = 300) -> dict[str, list[Result]]:
-    """Median µs per ``apply()`` of an empty task without and with logkit."""
-    app, task = make_app()
-    all_states = states(app)
-    try:
-        cases = [Case(name, _runner(state, task)) for name, state in all_states.items()]
-        return {"empty task, task.apply()": interleaved(cases, rounds=rounds, loops=loops)}
-    finally:
-        next(iter(all_states.values())).restore()
+# ---------------------------------------------------------------------------
+# The parent: alternating fresh processes
+# ---------------------------------------------------------------------------
 
 
-def render(results: dict[str, list[Result]]) -> str:
-    """Markdown table, with the overhead in µs and in % of the plain ``apply()``."""
+@dataclass
+class Variant:
+    """µs per call of one variant, one sample per round (fresh process): CPU in the
+    process's best block, CPU over all its calls, wall time over all its calls."""
+
+    name: str
+    cpu_us: list[float] = field(default_factory=list)
+    cpu_all_us: list[float] = field(default_factory=list)
+    wall_us: list[float] = field(default_factory=list)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_us)
+
+    @property
+    def cpu_all(self) -> float:
+        return statistics.median(self.cpu_all_us)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.wall_us)
+
+
+def _spawn(variant: str, calls: int, warmup: int) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tasks", variant, str(calls), str(warmup)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{variant!r} failed:\n{proc.stderr}")
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(rounds: int = 9, calls: int = 4000, warmup: int = 300) -> dict[str, list[Variant]]:
+    """Every group's variants, one fresh process each per round, alternating order."""
+    out: dict[str, list[Variant]] = {}
+    for title, names in GROUPS:
+        variants = [Variant(name) for name in names]
+        for r in range(rounds):
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                sample = _spawn(v.name, calls, warmup)
+                v.cpu_us.append(sample["cpu_us"])
+                v.cpu_all_us.append(sample["cpu_all_us"])
+                v.wall_us.append(sample["wall_us"])
+        out[title] = variants
+    return out
+
+
+def paired(v: Variant, base: Variant) -> float:
+    """Median over the rounds of ``v / base`` (CPU), the two measured back to back."""
+    return statistics.median(a / b for a, b in zip(v.cpu_us, base.cpu_us, strict=True))
+
+
+def render(results: dict[str, list[Variant]]) -> str:
+    """Markdown tables: CPU µs per call (median over the processes, min-max), ratios."""
     out = []
-    for title, rows in results.items():
-        text = table(title, rows, unit="µs/task")
-        base = rows[0]
-        extra = [
-            f"- {row.name}: {(row.median_ns - base.median_ns) / 1000:+.2f} µs/task "
-            f"({(row.median_ns / base.median_ns - 1) * 100:+.1f}% of an empty apply(); "
-            f"paired per round: {(paired_ratio(row, base) - 1) * 100:+.1f}%)"
-            for row in rows[1:]
+    for title, variants in results.items():
+        base = variants[0]
+        lines = [
+            f"#### {title}",
+            "",
+            f"{len(base.cpu_us)} fresh processes per variant, alternating. CPU: the process's "
+            "own CPU time per call in its best block of calls, median over the processes "
+            "(min-max); all calls: CPU per call over all its timed calls; wall: wall time "
+            "per call over all its timed calls.",
+            "",
+            "| case | CPU µs/call | min-max | CPU all calls | wall µs/call | ratio (CPU) "
+            "| paired ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        out.append(text + "\n" + "\n".join(extra) + "\n")
+        for v in variants:
+            lines.append(
+                f"| {v.name} | {v.cpu:.1f} | {min(v.cpu_us):.1f}-{max(v.cpu_us):.1f} | "
+                f"{v.cpu_all:.1f} | {v.wall:.1f} | {v.cpu / base.cpu:.3f}{TIMES} | "
+                f"{paired(v, base):.3f}{TIMES} |"
+            )
+        extra = [f"- {v.name}: {v.cpu - base.cpu:+.1f} µs/call "
+                 f"({(v.cpu / base.cpu - 1) * 100:+.1f}% of {base.name}; all calls: "
+                 f"{(v.cpu_all / base.cpu_all - 1) * 100:+.1f}%)" for v in variants[1:]]
+        out.append("\n".join(lines) + "\n\n" + "\n".join(extra) + "\n")
     return "\n".join(out)
 
 
-def sample_output() -> list[str]:
-    """What one ``apply()`` writes in the measured logkit state: the same options and
-    path (no extra handler), a temporary file instead of ``/dev/null``."""
-    import tempfile
-
-    app, task = make_app()
+def sample_output(variant: str = EVENTS) -> list[str]:
+    """What one ``apply()`` writes in a measured state (a temporary file, not /dev/null)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sample.log")
-        logkit.install(app, format="json")
-        logkit.configure(loglevel="INFO", logfile=path, app=app)
-        task.apply()
+        setup(variant, logfile=path).apply()
         with open(path, encoding="utf-8") as f:
             return f.read().splitlines()
+
+
+if __name__ == "__main__":
+    name, n, warm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(child(name, n, warm)))

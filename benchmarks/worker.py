@@ -4,7 +4,7 @@ For each logging mode (Celery's default logging, logkit json), in alternating ru
 
 1. write an app module in a fresh temp dir (kombu filesystem transport in that dir,
    or ``--broker redis``: a private ``redis-server``);
-2. publish N tasks (``bench.tiny(i)``: one ``logger.info`` line, then one
+2. publish N tasks (``bench.tiny(i)``: three ``logger.info`` lines, then one
    ``os.write`` of a byte to a shared ``O_APPEND`` counter file: the completion
    record, so no result backend is involved);
 3. start ``celery worker -P prefork -c 2 -l INFO -f worker.log --without-gossip
@@ -13,7 +13,9 @@ For each logging mode (Celery's default logging, logkit json), in alternating ru
 4. wait until the counter file holds N bytes; throughput = N / (time of the last
    write - ready time); then stop the worker.
 
-Both modes log at INFO to a file (``-f``), as a production worker would.
+Both modes log at INFO to a file (``-f``), as a production worker would: Celery's
+"Received task" + the task's 3 lines + "succeeded" (5 lines a task), logkit's
+``task_received`` + the 3 lines + ``task_succeeded`` (5 lines; ``task_started`` is DEBUG).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ _fd = None
 @app.task(name="bench.tiny")
 def tiny(i):
     global _fd
+    logger.info("tiny task %s started", i)
+    logger.info("tiny task %s working on %s", i, "the thing")
     logger.info("tiny task %s done", i)
     if _fd is None:
         _fd = os.open(os.path.join(WORKDIR, "done"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -272,7 +276,7 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(tasks: int = 5000, repeats: int = 2, broker: str = "filesystem") -> list[Summary]:
+def run(tasks: int = 20000, repeats: int = 2, broker: str = "redis") -> list[Summary]:
     """Alternate the modes ``repeats`` times; return a summary per mode."""
     summaries = {mode: Summary(mode) for mode in MODES}
     redis = None

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
+from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
 from . import context
@@ -46,6 +47,17 @@ _SIMPLE = (str, int, float, bool, type(None))
 def _queue_of(request: Any) -> Any:
     info = getattr(request, "delivery_info", None) or {}
     return info.get("routing_key") or info.get("queue")
+
+
+def _header_of(request: Any) -> Any:
+    """The propagated context a task's request carries (``None`` if none).
+
+    Read from the request's ``__dict__`` when it has one: a ``getattr`` with a default
+    raises and catches an ``AttributeError`` inside on every task without the header.
+    """
+    if type(request) is Context:  # its fields live in the instance __dict__
+        return request.__dict__.get(HEADER)
+    return getattr(request, HEADER, None)
 
 
 #: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
@@ -110,12 +122,13 @@ class TaskContext:
         self.structlog = config.structlog
         self.task_id_key = names.get("task_id", "task_id")
         self.kwargs_key = names.get("kwargs", "kwargs")
+        self._last_propagated: tuple[Mapping[str, Any], dict[str, Any]] | None = None
 
     def for_task(self, task: Any, args: Any = None, kwargs: Any = None) -> dict[str, Any]:
         """The context to bind while ``task`` runs: propagated keys, then the task fields."""
         request = task.request
         values: dict[str, Any] = {}
-        inherited = getattr(request, HEADER, None)
+        inherited = _header_of(request)
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
@@ -135,7 +148,19 @@ class TaskContext:
         return {self.trace_keys[0]: ids[0], self.trace_keys[1]: ids[1]}
 
     def to_propagate(self, ctx: Mapping[str, Any]) -> dict[str, Any]:
-        """The part of ``ctx`` that travels in a published task's headers (JSON-safe)."""
+        """The part of ``ctx`` that travels in a published task's headers (JSON-safe).
+
+        Bound contexts are never mutated (see :mod:`logkit.context`), so the answer for
+        the last one is kept: a loop publishing tasks under one context computes it once.
+        """
+        last = self._last_propagated
+        if last is not None and last[0] is ctx:
+            return dict(last[1])
+        out = self._propagated(ctx)
+        self._last_propagated = (ctx, out)
+        return dict(out)
+
+    def _propagated(self, ctx: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in ctx.items():
             if key in self.task_keys or key in self.local_keys or not isinstance(key, str):

@@ -74,7 +74,8 @@ import logkit
 logkit.install(
     app,
     format="json",
-    event_levels={"worker_process_init": "INFO", "worker_process_shutdown": "INFO"},
+    event_levels={"worker_process_init": "INFO", "worker_process_shutdown": "INFO",
+                  "task_started": "INFO"},
 )
 
 
@@ -406,9 +407,9 @@ def test_unit_default_events(eager_app: Celery, caplog: pytest.LogCaptureFixture
     fail.apply(("key",))
     got = [(r.event, r.levelname) for r in _event_records(caplog)]  # type: ignore[attr-defined]
     assert got == [
-        ("task_started", "INFO"), ("task_succeeded", "INFO"),
-        ("task_started", "INFO"), ("task_failed", "ERROR"),
-        ("task_started", "INFO"), ("task_failed", "INFO"),  # expected (throws): INFO
+        ("task_started", "DEBUG"), ("task_succeeded", "INFO"),  # started: DEBUG by default
+        ("task_started", "DEBUG"), ("task_failed", "ERROR"),
+        ("task_started", "DEBUG"), ("task_failed", "INFO"),  # expected (throws): INFO
     ]
     succeeded = _event_records(caplog)[1]
     assert succeeded.result == "5"  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@ fstat/look-up split, structlog.contextvars around tasks.
   every format and the configs that change the line; it falls back to ``emit`` whenever a
   user handler, filter, queue or record factory is on the way;
 * unit: ``quiet_trace_logger`` sets/unsets ``celery.app.trace`` to WARNING as documented;
-* eager tasks: one task_started + one task_succeeded per task, Celery's "ignored" line once;
+* eager tasks: one task_started (set to INFO here: DEBUG by default) + one task_succeeded per
+  task, Celery's "ignored" line once;
 * a real prefork worker (json, ``-l INFO``, log file), then a second one with
   ``task_succeeded`` disabled (Celery's own "succeeded in" lines come back);
 * the watched sink: deleted / replaced / renamed files;
@@ -121,11 +122,16 @@ def _app(**conf: Any) -> Celery:
     return app
 
 
+#: task_started is DEBUG by default; these tests exercise its fast path too, at INFO.
+STARTED_AT_INFO = {"task_started": "INFO"}
+
+
 def _setup(tmp_path: Path, fmt: str = "json", app: Celery | None = None,
            **opts: Any) -> tuple[Celery, Path]:
     """install() + configure() into a fresh log file; returns the app and the file."""
     app = app or _app()
     logfile = tmp_path / f"{fmt}-{uuid.uuid4().hex[:6]}.log"
+    opts.setdefault("event_levels", STARTED_AT_INFO)
     logkit.install(app, format=fmt, **opts)
     logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
     return app, logfile
@@ -746,7 +752,7 @@ from celery.exceptions import Ignore
 import logkit
 from logkit.events import prose
 
-logkit.install(app, format="json")
+logkit.install(app, format="json", event_levels={"task_started": "INFO"})
 
 
 @app.task

@@ -272,7 +272,8 @@ def boom():
 if FORMAT:
     import logkit
 
-    logkit.install(app, format=FORMAT)
+    # task_started is DEBUG by default: at INFO here, its fields are compared too
+    logkit.install(app, format=FORMAT, event_levels={"task_started": "INFO"})
 '''
 
 DD_ENV = {
