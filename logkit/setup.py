@@ -130,6 +130,7 @@ def stock_logger_method(name: str) -> Any:
 #: The stdlib's ``Logger.makeRecord`` (``None`` if it was replaced before logkit's import).
 STOCK_MAKE_RECORD: Any = stock_logger_method("makeRecord")
 
+
 def _make_record(
     self: logging.Logger,
     name: str,
