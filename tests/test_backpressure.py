@@ -55,6 +55,8 @@ say("ready", rss_kb())
 start = time.perf_counter()
 for i in range(spec["n"]):
     log.info("record %d", i, extra={"user": "alice", "order": i, "amount": 12.5})
+if spec.get("settle"):  # the writer thread has tried every queued record
+    flush_queues(60)
 say("logged", time.perf_counter() - start, rss_kb())
 if sys.stdin.readline().strip() == "go":
     for i in range(spec["n"], spec["n"] + spec.get("n2", 0)):
@@ -247,7 +249,8 @@ def test_full_filesystem_then_room_again(small_tmpfs: Path, child: Any, queue: b
     filler = _fill(small_tmpfs, leave=64 * 1024)
     logfile = small_tmpfs / "app.log"
     n, n2 = 2_000, 500  # ~200 bytes each: about 300 fit before the disk is full
-    c = child(n=n, n2=n2, logfile=str(logfile), options={"queue": queue})
+    # settle: with the queue, free the room only once the writer met the full disk
+    c = child(n=n, n2=n2, logfile=str(logfile), options={"queue": queue}, settle=True)
     c.drain()
     c.line()
     assert c.line()[0] == "logged"

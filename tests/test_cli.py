@@ -467,10 +467,10 @@ def test_view_filters_task_level_and_event(flow: Flow) -> None:
 
 def test_view_reads_stdin(flow: Flow) -> None:
     text = flow.files[0].read_text()
-    result = _logkit("view", "--no-color", "--event", "task_started", stdin=text)
+    result = _logkit("view", "--no-color", "--event", "task_received", stdin=text)
     assert result.returncode == 0
-    started = result.stdout.splitlines()
-    assert len(started) == 3 and all("Task started" in line for line in started)
+    received = result.stdout.splitlines()
+    assert len(received) == 3 and all("Task received" in line for line in received)
 
 
 # ---------------------------------------------------------------------------

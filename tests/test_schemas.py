@@ -381,6 +381,7 @@ def fail():
 
 
 logkit.install(app, schema=os.environ["LK_SCHEMA"], fields={"service": "shop"},
+               event_levels={"task_started": "INFO"},  # checked below: DEBUG by default
                gcp_project="proj")
 '''
 

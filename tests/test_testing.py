@@ -234,7 +234,7 @@ def _eager_app() -> tuple[Celery, Any, Any]:
 
 def test_eager_tasks_events_and_context() -> None:
     app, add, boom = _eager_app()
-    logkit.install(app, log_args=True)
+    logkit.install(app, log_args=True, event_levels={"task_started": "INFO"})
     with capture() as records, logkit.bound(request_id="r2"):
         result = add.delay(1, 2, password="hunter2")
         boom.apply()
