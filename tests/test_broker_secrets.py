@@ -90,6 +90,9 @@ def test_argsrepr_headers_are_redacted_and_the_task_gets_the_real_value(
     url = request.getfixturevalue("redis_url" if broker == "redis" else "amqp_url")
     appmod = app_factory(BODY, broker_url=url)
     mod = appmod.load()
+    if broker == "amqp":  # no worker yet: declare the queue the messages wait in
+        with mod.app.connection_for_write() as conn:
+            mod.app.amqp.queues[mod.app.conf.task_default_queue](conn.default_channel).declare()
     pw, tk, ak = SECRETS["password"], SECRETS["token"], SECRETS["api_key"]
     results = [
         mod.charge.delay("alice", pw),  # positional, matched to `password`

@@ -225,10 +225,16 @@ def test_real_logrotate_loses_no_line(
     files = sorted(path.parent.glob("worker.log*"))
     assert len(files) == rotations + 1, files
     seqs: Counter[int] = Counter()
-    written = parsed = 0
+    written = parsed = cut = 0
     for f in files:
         data = f.read_bytes()
         assert b"\x00" not in data, f"NUL bytes in {f.name}"
+        if mode == "copytruncate" and f.name != "worker.log" and not data.endswith(b"\n"):
+            # logrotate copied the file while a line was being written: the copy ends with
+            # the part it read, and the truncate then takes the whole line away. That line
+            # is among copytruncate's lost ones; it is never completed in another file.
+            data, cut = data[: data.rfind(b"\n") + 1], cut + 1
+        assert mode == "copytruncate" or data.endswith(b"\n") or not data, f.name
         text = data.decode()
         written += text.count("\n")
         records = parse_json_lines(text, source=f.name)  # no line split between two files
@@ -238,11 +244,12 @@ def test_real_logrotate_loses_no_line(
     lost = sum(1 for n in range(expected) if seqs[n] == 0)
     print(f"\nlogrotate {mode}: rotations {rotations}, files {len(files)}, lines written "
           f"{written}, parsed {parsed}, seq lines {sum(seqs.values())} of {expected}, "
-          f"lost {lost}, duplicated {sum(1 for c in seqs.values() if c > 1)}")
+          f"lost {lost}, duplicated {sum(1 for c in seqs.values() if c > 1)}, "
+          f"cut at the copy {cut}")
     assert written == parsed
     assert set(seqs.values()) == {1}  # nothing written twice
     if mode == "create":
-        assert lost == 0 and len(seqs) == expected
+        assert lost == 0 and len(seqs) == expected and cut == 0
     # copytruncate: what is written between logrotate's copy and its truncate is lost
     # (logrotate(8) says so); it cannot be 0 under load. Not torn, not padded: checked above.
     if mode == "create":  # logkit reopened the new file: every generation got lines
