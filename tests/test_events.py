@@ -373,6 +373,12 @@ def test_disabled_events_and_levels(tmp_path: Path) -> None:
 @pytest.fixture
 def eager_app() -> Iterator[Celery]:
     previous = receivers.installation()
+    # what the tests read is the events logger's own decision: no level or disabled flag
+    # left on it by an earlier test of the same process (dictConfig, a worker's setup...)
+    events_logger = logging.getLogger(events.EVENTS_LOGGER)
+    saved = events_logger.level, events_logger.disabled
+    events_logger.setLevel(logging.NOTSET)
+    events_logger.disabled = False
     app = Celery("events_unit", set_as_current=False)
     app.conf.update(task_always_eager=True, broker_url="memory://")
     try:
@@ -380,6 +386,8 @@ def eager_app() -> Iterator[Celery]:
     finally:
         receivers._installation = previous
         app.close()
+        events_logger.setLevel(saved[0])
+        events_logger.disabled = saved[1]
 
 
 def _tasks(app: Celery) -> tuple[Any, Any]:
