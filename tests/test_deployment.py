@@ -135,7 +135,8 @@ def test_celery_multi_detached_per_node_and_child_files(
     seqs: Counter[int] = Counter()
     for name, text in files.items():
         records = parse_json_lines(text, source=name)
-        assert records, name
+        # a node's main file always has lines; a pool child that got no task may write none
+        assert records or re.fullmatch(r"w[12]-\d+\.log", name), name
         for r in records:
             if r.get("logger") == "deploy":
                 assert r["task_id"] and r["request_id"] == "req-multi", r
