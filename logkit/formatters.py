@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -338,6 +338,21 @@ class _SchemaFields:
         self._ctx: tuple[Any, dict[str, Any], dict[str, Any]] = (None, {}, {})
         self._process: tuple[int, Mapping[str, Any]] = (-1, {})
         self._paths: dict[str, list[str]] = {}
+        self._plans: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
+        self._extra_plans: dict[Any, Any] = {}
+        self.limit = config.max_field_length
+        #: logkit's base keys: an ``extra`` field named like one gets a ``_`` prefix
+        self.base = _Fields(config).base
+        #: ``start(record, msg, stamp) -> (out, fields)``: the fields every record has, under
+        #: this schema's keys, in one literal (see :func:`_start_plan`).
+        self.start = _start_plan(s, self.head, self.static)
+        #: Nested schemas with the record's fields at the top (ECS): the fixed fields and
+        #: the others are nested in one literal per key sequence (:meth:`finish`).
+        self.combined = s.nest and s.attributes is None and s.source_key is None
+        self._fixed_names: dict[str, Any] = {}
+        top, own = _fixed_fields(s, self.head, self.static, self._fixed_names)
+        self._fixed = top + own
+        self._finish_plans: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
 
     def key(self, name: Any) -> str:
         """The output key of a record's own field ``name`` (renamed, or moved off a
@@ -369,6 +384,50 @@ class _SchemaFields:
             else:
                 out[k] = value
 
+    def add_extras(self, record: logging.LogRecord, fields: dict[str, Any],
+                   top: dict[str, Any]) -> dict[str, Any]:
+        """Put the record's ``extra`` fields into ``fields`` under their output keys, as
+        :meth:`_Fields.add_extras` then :meth:`translate` would, in one pass with each
+        name's key, conversion and place decided once; return ``top`` (a copy, when a
+        trace id went into it)."""
+        rd = record.__dict__
+        names = list(rd)
+        if names[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
+            names = names[_BASE_LEN:]
+        filled = rd.get("_logkit_filled")
+        plans = self._extra_plans
+        limit = self.limit
+        copied = False
+        for name in names:
+            plan = plans.get(name)
+            if plan is None:
+                plan = self._extra_plan(name)
+            if plan is _SKIP or (filled and name in filled):
+                continue
+            key, conv, to_top = plan
+            value = rd[name]
+            if type(value) is str and len(value) > limit:
+                value = cap(value, limit)
+            if conv is not None:
+                value = conv(value)
+            if to_top:
+                if not copied:
+                    top, copied = dict(top), True
+                top[key] = value
+            else:
+                fields[key] = value
+        return top
+
+    def _extra_plan(self, name: Any) -> Any:
+        if name in RESERVED:
+            plan: Any = _SKIP
+        else:
+            key = self.key(f"_{name}" if name in self.base else name)
+            plan = (key, self.convert.get(key), key in self.top)
+        if len(self._extra_plans) < 4096:
+            self._extra_plans[name] = plan
+        return plan
+
     def context(self, ctx: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``ctx`` translated (fields, top-level trace ids); context dicts are never mutated,
         so the last one's translation is reused."""
@@ -390,10 +449,70 @@ class _SchemaFields:
 
     def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
         """Dotted keys as nested objects (``{"log.logger": x}`` -> ``{"log": {"logger": x}}``),
-        as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are."""
+        as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are.
+
+        Records from one call site have the same keys in the same order, so the nesting
+        is planned once per key sequence: :func:`_nest_plan` compiles it into one
+        function building the nested dicts as a literal (as attrs compiles ``__init__``).
+        Over-long or odd key sequences, and the plans past the cache's bound, take
+        :meth:`nest_slow`.
+        """
+        keys = tuple(flat)
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plan(keys)
+        return plan(*flat.values()) if plan is not _NO_PLAN else self.nest_slow(flat)
+
+    def _plan(self, keys: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
+        plan: Callable[..., dict[str, Any]] = _NO_PLAN
+        if len(keys) <= _PLAN_MAX_KEYS and all(type(k) is str for k in keys):
+            try:
+                plan = _nest_plan(self.nest_slow({k: _Slot(i) for i, k in enumerate(keys)}),
+                                  len(keys))
+            except Exception:  # a plan that does not compile: the slow path is right too
+                plan = _NO_PLAN
+        if len(self._plans) < _PLAN_CACHE:
+            self._plans[keys] = plan
+        return plan
+
+    def finish(self, var: dict[str, Any], record: logging.LogRecord, msg: str,
+               stamp: Callable[[float, float], str]) -> dict[str, Any]:
+        """The nested record of a :attr:`combined` schema: :meth:`start`'s fields, then
+        ``var`` (context, ``extra`` fields, exception, trace ids, in that order), as
+        ``nest({**start(...), **var})`` gives it -- built as one literal by a function
+        compiled once per key sequence of ``var``."""
+        keys = tuple(var)
+        plan = self._finish_plans.get(keys)
+        if plan is None:
+            plan = self._finish_plan(keys)
+        if plan is _NO_PLAN:
+            out = self.start(record, msg, stamp)[0]
+            out.update(var)
+            return self.nest_slow(out)
+        return plan(record, msg, stamp, *var.values())
+
+    def _finish_plan(self, keys: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
+        plan: Callable[..., dict[str, Any]] = _NO_PLAN
+        if len(keys) <= _PLAN_MAX_KEYS and all(type(k) is str for k in keys):
+            flat: dict[str, Any] = dict(self._fixed)
+            flat.update((k, _Slot(i)) for i, k in enumerate(keys))
+            params = "".join(f", v{i}" for i in range(len(keys)))
+            try:
+                plan = _compile("finish", f"record, msg, stamp{params}",
+                                f"    return {_literal(self.nest_slow(flat).items())}\n",
+                                dict(self._fixed_names))
+            except Exception:  # a plan that does not compile: the slow path is right too
+                plan = _NO_PLAN
+        if len(self._finish_plans) < _PLAN_CACHE:
+            self._finish_plans[keys] = plan
+        return plan
+
+    def nest_slow(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`nest`, key by key."""
         out: dict[str, Any] = {}
         paths = self._paths
         keep = self.schema.keep_dotted
+        made: set[int] = set()  # the objects made here (a record's own dict is a value)
         for key, value in flat.items():
             if "." not in key or key in keep:
                 out[key] = value
@@ -406,11 +525,152 @@ class _SchemaFields:
             node = out
             for part in parts[:-1]:
                 child = node.get(part)
-                if type(child) is not dict:
+                if child is None or id(child) not in made:  # a value (even a dict) is replaced
                     child = node[part] = {}
+                    made.add(id(child))
                 node = child
             node[parts[-1]] = value
         return out
+
+
+_StartPlan = Callable[[logging.LogRecord, str, Callable[[float, float], str]],
+                      tuple[dict[str, Any], dict[str, Any]]]
+
+
+class _Code:
+    """An expression of a planned dict literal (``record.name``...)."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+
+def _fixed_fields(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
+                  names: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """The fields every record of schema ``s`` has, as ``(key, expression)`` pairs in output
+    order: the top level's (time, level, message, constants, logger, labels) and the
+    record's own (process, thread, source location, static fields). An expression is a
+    :class:`_Code` or, for the source location under ``source_key``, a list of pairs.
+    Values the expressions name (``levels``, the constants...) are put in ``names``."""
+    names.update(levels=dict(s.levels), severity_numbers=dict(s.severity_numbers),
+                 head_values=list(head.values()), static_values=list(static.values()))
+    top: list[tuple[str, Any]] = [
+        (s.timestamp, _Code("stamp(record.created, record.msecs)")),
+        (s.level, _Code("levels.get(record.levelname, record.levelname)")),
+    ]
+    if s.severity_number is not None:
+        top.append((s.severity_number,
+                    _Code("severity_numbers.get(record.levelname, record.levelno)")))
+    top.append((s.message, _Code("msg")))
+    top.extend((key, _Code(f"head_values[{i}]")) for i, key in enumerate(head))
+    if s.logger is not None:
+        top.append((s.logger, _Code("record.name")))
+    if s.labels is not None:
+        top.append((s.labels, _Code(f"{{{s.labels_name!r}: record.name}}")))
+    own: list[tuple[str, Any]] = []
+    for key, attr in ((s.process, "process"), (s.process_name, "processName"),
+                      (s.thread, "thread"), (s.thread_name, "threadName")):
+        if key is not None:
+            own.append((key, _Code(f"record.{attr}")))
+    if s.source is not None:
+        file_key, line_key, function_key = s.source
+        file_attr = "filename" if s.source_basename else "pathname"
+        source = [(file_key, _Code(f"record.{file_attr}")), (line_key, _Code("record.lineno")),
+                  (function_key, _Code("record.funcName"))]
+        if s.source_key is None:
+            own.extend(source)
+        else:
+            own.append((s.source_key, source))
+    own.extend((key, _Code(f"static_values[{i}]")) for i, key in enumerate(static))
+    return top, own
+
+
+def _literal(items: Any) -> str:
+    """Python source of a dict literal of ``(key, value)`` items; a value is a
+    :class:`_Code`, a :class:`_Slot` (the positional value ``v<index>``), a nested dict
+    or a list of pairs (a nested literal)."""
+    out = []
+    for key, value in items:
+        if type(value) is _Code:
+            code = value.code
+        elif type(value) is _Slot:
+            code = f"v{value.index}"
+        elif type(value) is dict:
+            code = _literal(value.items())
+        else:
+            code = _literal(value)
+        out.append(f"{key!r}: {code}")
+    return "{" + ", ".join(out) + "}"
+
+
+def _compile(name: str, params: str, body: str, names: dict[str, Any]) -> Any:
+    """The function ``name(params)`` with ``body``, compiled in ``names``; its source is
+    its ``__doc__`` (what a reader of a traceback or a debugger wants to see)."""
+    code = f"def {name}({params}):\n{body}"
+    exec(code, names)
+    fn = names[name]
+    fn.__doc__ = code
+    return fn
+
+
+def _start_plan(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any]) -> _StartPlan:
+    """The part of a schema's record every record has -- time, level, message, the
+    constant and static fields, logger, process, thread, source location -- as one
+    function building ``(out, fields)`` from dict literals: ``fields`` is the object
+    the record's own fields go in (``out`` itself, or ``out[schema.attributes]`` once the
+    caller puts it there). The keys are the schema's, known when the formatter is built;
+    what ``if schema.x is not None`` decided per record is decided here, once."""
+    names: dict[str, Any] = {}
+    top, own = _fixed_fields(s, head, static, names)
+    drop_function = ""
+    if s.source is not None:
+        where = "fields" if s.source_key is None else f"fields[{s.source_key!r}]"
+        # no function (a record made by hand): no key, unless a static field has it
+        function = f"{where}[{s.source[2]!r}]"
+        drop_function = (f"    if record.funcName is None and {function} is None:\n"
+                         f"        del {function}\n")
+    if s.attributes is None:
+        body = f"    out = fields = {_literal(top + own)}\n"
+    else:
+        body = f"    out = {_literal(top)}\n    fields = {_literal(own)}\n"
+    start: _StartPlan = _compile("start", "record, msg, stamp",
+                                 f"{body}{drop_function}    return out, fields\n", names)
+    return start
+
+
+#: :meth:`_SchemaFields.add_extras`: a name that is not an ``extra`` field.
+_SKIP = object()
+
+
+class _Slot:
+    """A value's position in a key sequence, while a nesting plan is made."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+#: Key sequences longer than this are nested key by key (a plan per call site's keys).
+_PLAN_MAX_KEYS = 96
+#: Plans kept per formatter (call sites with their own ``extra`` keys).
+_PLAN_CACHE = 512
+
+
+def _NO_PLAN(*values: Any) -> dict[str, Any]:  # a sentinel, never called
+    raise AssertionError("not a plan")
+
+
+def _nest_plan(tree: dict[str, Any], count: int) -> Callable[..., dict[str, Any]]:
+    """A function of ``count`` positional values returning ``tree`` (nested dicts of
+    :class:`_Slot`) with each slot replaced by its value, as one dict literal. A value
+    the tree dropped (a dotted key under a key that was a plain value) is ignored, as
+    :meth:`_SchemaFields.nest_slow` ignores it."""
+    params = ", ".join(f"v{i}" for i in range(count))
+    plan: Callable[..., dict[str, Any]] = _compile(
+        "plan", params, f"    return {_literal(tree.items())}\n", {})
+    return plan
 
 
 # ---------------------------------------------------------------------------
@@ -584,52 +844,22 @@ class JsonFormatter(OrjsonFormatter):
                 msg = cap(msg, self._f.limit)
         else:
             msg = self._message_of(record)
-        levelname = record.levelname
-        out: dict[Any, Any] = {
-            s.timestamp: self._stamp(record.created, record.msecs),
-            s.level: s.levels.get(levelname, levelname),
-        }
-        if s.severity_number is not None:
-            out[s.severity_number] = s.severity_numbers.get(levelname, record.levelno)
-        out[s.message] = msg
-        if sf.head:
-            out.update(sf.head)
-        if s.logger is not None:
-            out[s.logger] = record.name
-        if s.labels is not None:
-            out[s.labels] = {"python_logger": record.name}
-        fields = out if s.attributes is None else {}
-        if s.process is not None:
-            fields[s.process] = record.process
-        if s.process_name is not None:
-            fields[s.process_name] = record.processName
-        if s.thread is not None:
-            fields[s.thread] = record.thread
-        if s.thread_name is not None:
-            fields[s.thread_name] = record.threadName
-        if s.source is not None:
-            file_key, line_key, function_key = s.source
-            source = fields if s.source_key is None else {}
-            source[file_key] = record.filename if s.source_basename else record.pathname
-            source[line_key] = record.lineno
-            if record.funcName is not None:
-                source[function_key] = record.funcName
-            if s.source_key is not None:
-                fields[s.source_key] = source
+        # combined: the fixed fields are built with the nesting, in finish()
+        combined = sf.combined and record.funcName is not None
+        out: dict[Any, Any]
+        fields: dict[Any, Any]
+        if combined:
+            out = fields = {}
+        else:
+            out, fields = sf.start(record, msg, self._stamp)
         top: dict[str, Any] = sf.static_top
-        if sf.static:
-            fields.update(sf.static)
         if ctx:
             ctx_fields, ctx_top = sf.context(ctx)
             fields.update(ctx_fields)
             if ctx_top:
                 top = {**top, **ctx_top}
         if len(rd) > _BASE_LEN:
-            extras: dict[Any, Any] = {}
-            self._add_extras(record, extras)
-            if extras:
-                top = dict(top)
-                sf.translate(extras.items(), fields, top)
+            top = sf.add_extras(record, fields, top)
         if record.exc_info or record.exc_text:
             exc = self._f.exception_of(self, record)
             if exc is not None:
@@ -640,7 +870,7 @@ class JsonFormatter(OrjsonFormatter):
                 fields[traceback_key] = exc["traceback"]
         if record.stack_info:
             fields[sf.key("stack")] = cap(record.stack_info, self._f.limit)
-        if fields is not out:
+        if s.attributes is not None:
             out[s.attributes] = fields
         ids = self._trace() if self._trace is not None else None
         if ids is not None:
@@ -652,6 +882,8 @@ class JsonFormatter(OrjsonFormatter):
             out.update(top)
         if s.per_process is not None:
             out.update(sf.per_process(record.process or 0))
+        if combined:
+            return sf.finish(out, record, msg, self._stamp)
         return sf.nest(out) if s.nest else out
 
     def event_line(

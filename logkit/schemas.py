@@ -101,8 +101,10 @@ class Schema:
     constants: Callable[[LogConfig], Mapping[str, Any]] = lambda _: {}
     #: Per-process fields (``resource``), computed once per pid.
     per_process: Callable[[LogConfig, int], Mapping[str, Any]] | None = None
-    #: Key of a labels object holding the logger name (Google Cloud's labels).
+    #: Key of an object holding the logger name (Google Cloud's labels, OpenTelemetry's
+    #: instrumentation scope), and the logger name's key in it.
     labels: str | None = None
+    labels_name: str = "python_logger"
 
 
 def service_name(config: LogConfig, *env_vars: str) -> str | None:
@@ -292,7 +294,9 @@ OTEL = Schema(
     severity_number="severity_number",
     severity_numbers=_ro(DEBUG=5, INFO=9, WARNING=13, ERROR=17, CRITICAL=21),
     message="body",
-    logger="instrumentation_scope.name",
+    logger=None,
+    labels="instrumentation_scope",
+    labels_name="name",
     process=None,
     thread="thread.id",
     thread_name="thread.name",
@@ -304,8 +308,7 @@ OTEL = Schema(
     sampled_format=int,  # the flags byte, as the SDK's LogRecord.to_json() writes it
     attributes="attributes",
     renames=_ro(service="service.name"),
-    nest=True,  # only instrumentation_scope.name: attributes keep their dotted names
-    keep_dotted=frozenset(),
+    # attributes keep their dotted names (the data model's attribute keys)
     per_process=_otel_resource,
 )
 

@@ -504,3 +504,62 @@ def test_celery_log_schema_flag() -> None:
     from logkit.celery_options import preload_values
 
     assert preload_values({"log_schema": "ecs"}) == {"schema": "ecs"}
+
+
+# -- the compiled parts of a schema's build (nesting plans, the fixed fields) ------
+
+
+@pytest.mark.parametrize("keys", [
+    ("@timestamp", "log.level", "message", "log.logger", "process.pid", "process.thread.id"),
+    ("a.b", "a", "c"),            # a plain value after a dotted key under it: the value wins
+    ("a", "a.b", "c.d.e", "c.d"),  # a dotted key under a plain value, a leaf then a prefix
+    ("x.y.z", "x.y", "x.y.w"),
+    ("it's", 'quote".key', "back\\slash.n", "new\nline.x", "\u00e9t\u00e9.\U0001f600"),
+])
+def test_nest_plan_equals_nesting_key_by_key(keys: tuple[str, ...]) -> None:
+    from logkit.formatters import _SchemaFields
+    from logkit.schemas import ECS
+
+    sf = _SchemaFields(LogConfig(schema="ecs"), ECS)
+    flat = {k: [i] for i, k in enumerate(keys)}  # distinct, mutable values
+    expected = sf.nest_slow(dict(flat))
+    assert sf.nest(dict(flat)) == expected
+    assert sf.nest(dict(flat)) == expected  # second call: from the cached plan
+    assert tuple(keys) in sf._plans
+
+
+def test_nest_plan_bounds() -> None:
+    """Over-long key sequences and call sites past the cache's bound nest key by key."""
+    from logkit import formatters
+    from logkit.formatters import _SchemaFields
+    from logkit.schemas import ECS
+
+    sf = _SchemaFields(LogConfig(schema="ecs"), ECS)
+    many = {f"k{i}.v": i for i in range(formatters._PLAN_MAX_KEYS + 1)}
+    assert sf.nest(many) == sf.nest_slow(many)
+    assert sf._plans[tuple(many)] is formatters._NO_PLAN
+    for i in range(formatters._PLAN_CACHE + 10):
+        assert sf.nest({f"site{i}.x": i}) == {f"site{i}": {"x": i}}
+    assert len(sf._plans) == formatters._PLAN_CACHE
+
+
+@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
+def test_record_without_function_and_extras_named_like_fields(schema: str) -> None:
+    """A record made by hand (no function name), extras named like a base field, a
+    reserved ECS name, a trace id: each schema's fixed fields and translations."""
+    record = logging.LogRecord("shop", logging.INFO, "/src/shop.py", 3, "hi", None, None)
+    assert record.funcName is None
+    record.__dict__.update({"message_id": 1, "level": "x", "host": "h", "user_id": 7})
+    line = _line(schema, record, fields={"service": "shop"})
+    flat = json.dumps(line)
+    assert "null" not in flat, line  # no function key with no function
+    assert '"h"' in flat and "user_id" in flat and '"x"' in flat
+    if schema == "ecs":
+        assert line["logkit"]["host"] == "h"  # ECS's host is an object: moved aside
+        assert "function" not in line["log"]["origin"]
+        _check_ecs(line)
+    if schema == "gcp":
+        assert "function" not in line["logging.googleapis.com/sourceLocation"]
+    static_line = _line(schema, record, fields={"service": "shop", "code.function.name": "f",
+                                                "logger.method_name": "f", "function": "f"})
+    assert '"f"' in json.dumps(static_line)  # a static field of that name is kept

@@ -183,6 +183,8 @@ def task_started(inst: Installation, task_id: Any, task: Any) -> None:
     Remembers the start time and emits ``task_started``.
     """
     try:
+        if not inst.config.events:  # events=False: no event, no duration to keep
+            return
         if task_id is not None:
             _starts[task_id] = time.monotonic()
         level = _task_level(inst, "task_started")
@@ -202,6 +204,8 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
     dispatch per task.
     """
     try:
+        if not inst.config.events and not _starts:  # events=False: nothing to emit
+            return
         start = _starts.pop(task_id, None) if task_id is not None else None
         if state != _SUCCESS or task is None:
             if state == _IGNORED and task is not None and TRACE_LOGGER in _quieted:
