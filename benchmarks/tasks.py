@@ -21,7 +21,11 @@ Variants (an empty task; results are not stored):
   Celery's own success line, with the task context, through logkit's JSON formatter;
 * **publish** -- ``task.apply_async()`` to kombu's filesystem transport, without
   logkit, and with logkit installed and a context bound (``request_id``, ``user``:
-  propagated in the task's headers by ``before_task_publish``).
+  propagated in the task's headers by ``before_task_publish``);
+* **the floors** -- Celery's own logging with receivers that do nothing connected to
+  the signals logkit needs (``task_prerun`` and ``task_postrun``; ``before_task_publish``):
+  what any library binding task context through Celery's signals pays before doing
+  anything, since Celery skips a signal's dispatch only when nothing is connected.
 
 Why not swap states inside one process (the method this suite used before)? See
 :func:`in_process` and ``docs/benchmarks.md``: the figures differ from fresh
@@ -51,12 +55,16 @@ EVENTS = "logkit json (context + events)"
 CONTEXT = "logkit json, context only (events=False)"
 PUBLISH_PLAIN = "apply_async, no logkit"
 PUBLISH_LOGKIT = "apply_async, logkit installed, context bound"
+#: The floors: what connecting any receiver to the signals logkit uses costs, with
+#: Celery's own logging and receivers that do nothing.
+SIGNALS_FLOOR = "celery logging + no-op task_prerun/task_postrun receivers"
+PUBLISH_FLOOR = "apply_async, no logkit, a no-op before_task_publish receiver"
 
 #: Groups of variants measured together: (title, variants; the first is the baseline).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("empty task, task.apply()", (CELERY, EVENTS, CONTEXT)),
+    ("empty task, task.apply()", (CELERY, EVENTS, CONTEXT, SIGNALS_FLOOR)),
     ("publishing, task.apply_async() to the filesystem transport",
-     (PUBLISH_PLAIN, PUBLISH_LOGKIT)),
+     (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR)),
 )
 
 
@@ -82,12 +90,23 @@ def make_app(broker: str = "memory://", options: dict[str, Any] | None = None) -
     return app, noop
 
 
+def _no_op(**_: Any) -> None:
+    """A signal receiver that does nothing (the floor variants)."""
+
+
 def setup(variant: str, logfile: str = os.devnull, broker: str = "memory://",
           options: dict[str, Any] | None = None) -> Any:
     """Set up a process's logging as ``variant`` does; return the task."""
     app, task = make_app(broker, options)
-    if variant in (CELERY, PUBLISH_PLAIN):
+    if variant in (CELERY, PUBLISH_PLAIN, SIGNALS_FLOOR, PUBLISH_FLOOR):
         app.log.setup(loglevel="INFO", logfile=logfile)
+        if variant in (SIGNALS_FLOOR, PUBLISH_FLOOR):
+            from celery import signals
+
+            names = ("task_prerun", "task_postrun") if variant == SIGNALS_FLOOR \
+                else ("before_task_publish",)
+            for name in names:
+                getattr(signals, name).connect(_no_op, weak=False, dispatch_uid="bench.no_op")
         return task
     import logkit
 
@@ -109,7 +128,7 @@ def child(variant: str, calls: int, warmup: int, blocks: int = 20) -> dict[str, 
     per_block = max(1, calls // blocks)
     with tempfile.TemporaryDirectory() as tmp:
         broker, options = "memory://", None
-        if variant in (PUBLISH_PLAIN, PUBLISH_LOGKIT):
+        if variant in (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR):
             broker = "filesystem://"
             options = {"data_folder_in": tmp, "data_folder_out": tmp, "store_processed": False}
         task = setup(variant, broker=broker, options=options)

@@ -380,6 +380,8 @@ def redact_reprs(inst: Installation, headers: dict[str, Any], body: Any) -> None
         if not keys or not isinstance(body, (tuple, list)) or len(body) < 2:
             return
         args, kwargs = body[0], body[1]
+        if not args and not kwargs:  # nothing to redact (and no registry lookup)
+            return
         task = inst.app.tasks.get(headers.get("task"))
         amqp = inst.app.amqp
         if args and task is not None:

@@ -245,13 +245,21 @@ class RedactFilter(logging.Filter):
         keys = list(rd)
         if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
             keys = keys[_BASE_LEN:]
+        known = self._known
         for key in keys:
             if key in RESERVED:
                 continue
             value = rd[key]
-            if self._sensitive(key):
+            sensitive = known.get(key)
+            if sensitive is None:
+                sensitive = self._sensitive(key)
+            if sensitive:
                 rd[key] = REDACTED
-            elif isinstance(value, (str, Mapping, list, tuple)):
+                continue
+            kind = type(value)
+            if kind in _SCALARS or (kind is dict and self._clean_flat(value)):
+                continue  # Celery's ``data`` dicts: nothing in them can be redacted
+            if isinstance(value, (str, Mapping, list, tuple)):
                 redacted = self._value(value, 0)
                 if redacted is not value:
                     rd[key] = redacted
@@ -326,9 +334,12 @@ class RedactFilter(logging.Filter):
     def _clean_flat(self, value: dict[Any, Any]) -> bool:
         """Quick check: no sensitive key, and only scalars or strings without ``=``/``:``
         (what Celery's ``data`` dicts usually are), so nothing in it can be redacted."""
-        sensitive = self._sensitive
+        known = self._known
         for key, item in value.items():
-            if sensitive(key):
+            sensitive = known.get(key)
+            if sensitive is None:
+                sensitive = self._sensitive(key)
+            if sensitive:
                 return False
             kind = type(item)
             if kind is str:

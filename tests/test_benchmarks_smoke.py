@@ -67,15 +67,18 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
         assert _rows(out, title), title
     tasks = _rows(out, "empty task, task.apply()")
     assert set(tasks) == {"celery logging", "logkit json (context + events)",
-                          "logkit json, context only (events=False)"}
+                          "logkit json, context only (events=False)",
+                          "celery logging + no-op task_prerun/task_postrun receivers"}
     for cells in tasks.values():
         assert _number(cells[0]) > 0  # CPU µs per call
     publish = _rows(out, "publishing, task.apply_async() to the filesystem transport")
     assert set(publish) == {"apply_async, no logkit",
-                            "apply_async, logkit installed, context bound"}
+                            "apply_async, logkit installed, context bound",
+                            "apply_async, no logkit, a no-op before_task_publish receiver"}
     assert "% of celery logging" in out
     assert "### Targets (ratios from this run)" in out
-    assert out.count(" | yes |") + out.count(" | **no** |") == 10  # every target, judged
+    # every target, judged: 10, one per schema (#15) and the trace lookup
+    assert out.count(" | yes |") + out.count(" | **no** |") == 15
 
 
 def _python_json(code: str, *args: str) -> Any:
