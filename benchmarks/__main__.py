@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only formatters|tasks|worker|memory] [--tasks N] ...``.
+"""``python -m benchmarks [--quick] [--only formatters|tasks|instructions|worker|memory] ...``.
 
 Prints markdown tables; ``--write-results`` also rewrites ``benchmarks/RESULTS.md``.
 """
@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import formatters, machine, memory, tasks, worker
+from . import formatters, instructions, machine, memory, tasks, worker
 from .timing import TIMES, Result
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SUITES = ("formatters", "tasks", "worker", "memory")
-#: Not run unless asked for (--only memory): 4 worker runs of 50,000 tasks.
-DEFAULT_SUITES = ("formatters", "tasks", "worker")
+SUITES = ("formatters", "tasks", "instructions", "worker", "memory")
+#: Not run unless asked for (--only memory): 4 worker runs of 50,000 tasks. The
+#: instruction counts need valgrind and are left out of --quick runs.
+DEFAULT_SUITES = ("formatters", "tasks", "instructions", "worker")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +63,8 @@ def _run_suite(suite: str, args: argparse.Namespace) -> Any:
         return tasks.run(rounds=args.rounds or (2 if quick else 15),
                          calls=args.loops or (400 if quick else 4000),
                          warmup=30 if quick else 300)
+    if suite == "instructions":
+        return instructions.run()
     if suite == "memory":
         return memory.run(tasks=args.tasks or (500 if quick else 50_000),
                           pools=tuple(args.pool or memory.POOLS))
@@ -85,6 +88,8 @@ def _load(suite: str, data: Any) -> Any:
         return [worker.Summary(s["mode"], [worker.Run(**r) for r in s["runs"]]) for s in data]
     if suite == "tasks":
         return {title: [tasks.Variant(**r) for r in rows] for title, rows in data.items()}
+    if suite == "instructions":
+        return {title: [instructions.Count(**r) for r in rows] for title, rows in data.items()}
     return {title: [Result(**r) for r in rows] for title, rows in data.items()}
 
 
@@ -141,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         task_results = _in_subprocess("tasks", argv)
         emit("### Per-task cost (fresh processes)\n")
         emit(tasks.render(task_results))
+    counts = None
+    if "instructions" in only:
+        if args.quick and not args.only:
+            print("(instruction counts: left out of --quick; --only instructions runs them)",
+                  file=sys.stderr)
+        elif not instructions.available():
+            print("(instruction counts: skipped, valgrind is not installed)", file=sys.stderr)
+        else:
+            counts = _in_subprocess("instructions", argv)
+            emit("### CPU instructions per call (valgrind; fresh processes)\n")
+            emit(instructions.render(counts))
     if "worker" in only:
         worker_results = _in_subprocess("worker", argv)
         emit("### Worker throughput\n")
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in only:
         emit("### Worker memory over time\n")
         emit(memory.render(_in_subprocess("memory", argv)))
-    summary = targets(fmt_results, task_results, worker_results)
+    summary = targets(fmt_results, task_results, worker_results, counts)
     if summary:
         sections.insert(0, summary)
         print(summary, flush=True)
@@ -164,7 +180,8 @@ def _median(rows: list[Result], name: str) -> float:
 
 
 def targets(fmt: dict[str, list[Result]] | None, task: dict[str, list[Result]] | None,
-            work: list[worker.Summary] | None) -> str:
+            work: list[worker.Summary] | None,
+            counts: dict[str, list[instructions.Count]] | None = None) -> str:
     """The issue's targets as ratios from this run, each marked met or not."""
     lines: list[tuple[str, str, float, bool]] = []
     if fmt:
@@ -216,6 +233,26 @@ def targets(fmt: dict[str, list[Result]] | None, task: dict[str, list[Result]] |
         floor = f" (floor, {rest[0].name}: {rest[0].cpu / plain.cpu:.2f}{TIMES})" if rest else ""
         lines.append((f"publish CPU, {bound.name} / {plain.name}{floor}", f"≤ 1.02{TIMES}",
                       ratio, ratio <= 1.02))
+    if counts:
+        rows_i = counts[tasks.GROUPS[0][0]]
+        base_i = rows_i[0].per_call
+        floor_i = f"; floor, {rows_i[3].name}: {rows_i[3].per_call / base_i:.3f}{TIMES}" \
+            if len(rows_i) > 3 else ""
+        for row_i, goal in ((rows_i[1], 1.05), (rows_i[2], 1.02)):
+            ratio = row_i.per_call / base_i
+            lines.append((f"per-task instructions, {row_i.name} / {rows_i[0].name}{floor_i}",
+                          f"≤ {goal:.2f}{TIMES}", ratio, ratio <= goal))
+        plain_i, bound_i, *rest_i = counts[tasks.GROUPS[1][0]]
+        ratio = bound_i.per_call / plain_i.per_call
+        floor_i = f" (floor, {rest_i[0].name}: {rest_i[0].per_call / plain_i.per_call:.3f}" \
+            f"{TIMES})" if rest_i else ""
+        lines.append((f"publish instructions, {bound_i.name} / {plain_i.name}{floor_i}",
+                      f"≤ 1.02{TIMES}", ratio, ratio <= 1.02))
+        json_i, *schemas_i = counts[instructions.RECORDS]
+        for row_i in schemas_i:
+            ratio = row_i.per_call / json_i.per_call
+            lines.append((f"logger.info() instructions, schema={row_i.name} / logkit json",
+                          f"≤ 1.1{TIMES}", ratio, ratio <= 1.1))
     if work:
         ratio = work[1].median_rate / work[0].median_rate
         lines.append(("worker tasks/s, logkit json / Celery's default logging", f"≥ 1.0{TIMES}",
