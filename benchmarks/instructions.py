@@ -105,15 +105,10 @@ def render(results: dict[str, list[Count]]) -> str:
 
 
 def _task_child(variant: str, calls: int) -> None:
-    from . import tasks
+    from .tasks import call_of
 
     with tempfile.TemporaryDirectory() as tmp:
-        broker, options = "memory://", None
-        if variant in (tasks.PUBLISH_PLAIN, tasks.PUBLISH_LOGKIT, tasks.PUBLISH_FLOOR):
-            broker = "filesystem://"
-            options = {"data_folder_in": tmp, "data_folder_out": tmp, "store_processed": False}
-        task = tasks.setup(variant, broker=broker, options=options)
-        call = task.apply_async if broker == "filesystem://" else task.apply
+        call = call_of(variant, tmp)
         for _ in range(50):
             call()
         for _ in range(calls):

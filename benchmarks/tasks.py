@@ -28,8 +28,8 @@ Variants (an empty task; results are not stored):
   anything, since Celery skips a signal's dispatch only when nothing is connected.
 
 Why not swap states inside one process (the method this suite used before)? See
-:func:`in_process` and ``docs/benchmarks.md``: the figures differ from fresh
-processes for reasons that have nothing to do with what a user runs.
+``docs/benchmarks.md``: the figures differ from fresh processes for reasons that have
+nothing to do with what a user runs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ PUBLISH_LOGKIT = "apply_async, logkit installed, context bound"
 #: Celery's own logging and receivers that do nothing.
 SIGNALS_FLOOR = "celery logging + no-op task_prerun/task_postrun receivers"
 PUBLISH_FLOOR = "apply_async, no logkit, a no-op before_task_publish receiver"
+#: The variants that publish (``apply_async``) instead of running the task (``apply``).
+PUBLISHING = (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR)
 
 #: Groups of variants measured together: (title, variants; the first is the baseline).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -117,6 +119,16 @@ def setup(variant: str, logfile: str = os.devnull, broker: str = "memory://",
     return task
 
 
+def call_of(variant: str, tmp: str) -> Any:
+    """The call ``variant`` measures, set up: ``task.apply`` (in-memory broker), or
+    ``task.apply_async`` to kombu's filesystem transport, every folder of it in ``tmp``."""
+    if variant not in PUBLISHING:
+        return setup(variant).apply
+    options = {"data_folder_in": tmp, "data_folder_out": tmp, "control_folder": tmp,
+               "store_processed": False}
+    return setup(variant, broker="filesystem://", options=options).apply_async
+
+
 def child(variant: str, calls: int, warmup: int, blocks: int = 20) -> dict[str, float]:
     """Run ``calls`` calls of ``variant`` in this process, in ``blocks`` timed blocks.
 
@@ -127,12 +139,7 @@ def child(variant: str, calls: int, warmup: int, blocks: int = 20) -> dict[str, 
     """
     per_block = max(1, calls // blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        broker, options = "memory://", None
-        if variant in (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR):
-            broker = "filesystem://"
-            options = {"data_folder_in": tmp, "data_folder_out": tmp, "store_processed": False}
-        task = setup(variant, broker=broker, options=options)
-        call = task.apply_async if broker == "filesystem://" else task.apply
+        call = call_of(variant, tmp)
         for _ in range(warmup):
             call()
         gc.collect()  # the collector stays on: a user's process has it on

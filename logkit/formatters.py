@@ -57,6 +57,17 @@ RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
 _BASE_KEYS: list[str] = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 _BASE_LEN = len(_BASE_KEYS)
 
+
+def extra_names(rd: Mapping[str, Any]) -> list[str]:
+    """The names in a record's ``__dict__`` after the standard ones (its ``extra`` fields
+    and what filters added), or every name when the layout is not the usual one."""
+    if len(rd) <= _BASE_LEN:
+        return []
+    names = list(rd)
+    if names[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
+        return names[_BASE_LEN:]
+    return names
+
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 _JSON_LINE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 _TRUNCATED_MARK = "…[truncated {} chars]"
@@ -244,13 +255,10 @@ class _Fields:
     def add_extras(self, record: logging.LogRecord, out: dict[Any, Any]) -> None:
         """Put the record's ``extra`` fields into ``out`` (see :meth:`extras`)."""
         rd = record.__dict__
-        keys = list(rd)
-        if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
-            keys = keys[_BASE_LEN:]
         limit = self.limit
         base = self.base
         filled = rd.get("_logkit_filled")
-        for key in keys:
+        for key in extra_names(rd):
             if key in RESERVED or (filled and key in filled):
                 continue
             value = rd[key]
@@ -338,19 +346,18 @@ class _SchemaFields:
         self._ctx: tuple[Any, dict[str, Any], dict[str, Any]] = (None, {}, {})
         self._process: tuple[int, Mapping[str, Any]] = (-1, {})
         self._paths: dict[str, list[str]] = {}
-        self._plans: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
         self._extra_plans: dict[Any, Any] = {}
         self.limit = config.max_field_length
         #: logkit's base keys: an ``extra`` field named like one gets a ``_`` prefix
         self.base = _Fields(config).base
         #: ``start(record, msg, stamp) -> (out, fields)``: the fields every record has, under
         #: this schema's keys, in one literal (see :func:`_start_plan`).
-        self.start = _start_plan(s, self.head, self.static)
+        self._fixed_names: dict[str, Any] = {}
+        top, own = _fixed_fields(s, self.head, self.static, self._fixed_names)
+        self.start = _start_plan(s, top, own, dict(self._fixed_names))
         #: Nested schemas with the record's fields at the top (ECS): the fixed fields and
         #: the others are nested in one literal per key sequence (:meth:`finish`).
         self.combined = s.nest and s.attributes is None and s.source_key is None
-        self._fixed_names: dict[str, Any] = {}
-        top, own = _fixed_fields(s, self.head, self.static, self._fixed_names)
         self._fixed = top + own
         self._finish_plans: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
 
@@ -391,14 +398,11 @@ class _SchemaFields:
         name's key, conversion and place decided once; return ``top`` (a copy, when a
         trace id went into it)."""
         rd = record.__dict__
-        names = list(rd)
-        if names[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
-            names = names[_BASE_LEN:]
         filled = rd.get("_logkit_filled")
         plans = self._extra_plans
         limit = self.limit
         copied = False
-        for name in names:
+        for name in extra_names(rd):
             plan = plans.get(name)
             if plan is None:
                 plan = self._extra_plan(name)
@@ -447,34 +451,6 @@ class _SchemaFields:
             cached = self._process = (pid, make(self.config, pid) if make else {})
         return cached[1]
 
-    def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
-        """Dotted keys as nested objects (``{"log.logger": x}`` -> ``{"log": {"logger": x}}``),
-        as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are.
-
-        Records from one call site have the same keys in the same order, so the nesting
-        is planned once per key sequence: :func:`_nest_plan` compiles it into one
-        function building the nested dicts as a literal (as attrs compiles ``__init__``).
-        Over-long or odd key sequences, and the plans past the cache's bound, take
-        :meth:`nest_slow`.
-        """
-        keys = tuple(flat)
-        plan = self._plans.get(keys)
-        if plan is None:
-            plan = self._plan(keys)
-        return plan(*flat.values()) if plan is not _NO_PLAN else self.nest_slow(flat)
-
-    def _plan(self, keys: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
-        plan: Callable[..., dict[str, Any]] = _NO_PLAN
-        if len(keys) <= _PLAN_MAX_KEYS and all(type(k) is str for k in keys):
-            try:
-                plan = _nest_plan(self.nest_slow({k: _Slot(i) for i, k in enumerate(keys)}),
-                                  len(keys))
-            except Exception:  # a plan that does not compile: the slow path is right too
-                plan = _NO_PLAN
-        if len(self._plans) < _PLAN_CACHE:
-            self._plans[keys] = plan
-        return plan
-
     def finish(self, var: dict[str, Any], record: logging.LogRecord, msg: str,
                stamp: Callable[[float, float], str]) -> dict[str, Any]:
         """The nested record of a :attr:`combined` schema: :meth:`start`'s fields, then
@@ -488,7 +464,7 @@ class _SchemaFields:
         if plan is _NO_PLAN:
             out = self.start(record, msg, stamp)[0]
             out.update(var)
-            return self.nest_slow(out)
+            return self.nest(out)
         return plan(record, msg, stamp, *var.values())
 
     def _finish_plan(self, keys: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
@@ -499,7 +475,7 @@ class _SchemaFields:
             params = "".join(f", v{i}" for i in range(len(keys)))
             try:
                 plan = _compile("finish", f"record, msg, stamp{params}",
-                                f"    return {_literal(self.nest_slow(flat).items())}\n",
+                                f"    return {_literal(self.nest(flat).items())}\n",
                                 dict(self._fixed_names))
             except Exception:  # a plan that does not compile: the slow path is right too
                 plan = _NO_PLAN
@@ -507,8 +483,12 @@ class _SchemaFields:
             self._finish_plans[keys] = plan
         return plan
 
-    def nest_slow(self, flat: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`nest`, key by key."""
+    def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """Dotted keys as nested objects (``{"log.logger": x}`` -> ``{"log": {"logger": x}}``),
+        as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are. A
+        dotted key under a name that holds a value replaces the value (even a dict: a
+        record's own object is never merged into). Records of :attr:`combined` schemas
+        take :meth:`finish`, which gives the same result from a plan made by this."""
         out: dict[str, Any] = {}
         paths = self._paths
         keep = self.schema.keep_dotted
@@ -614,15 +594,15 @@ def _compile(name: str, params: str, body: str, names: dict[str, Any]) -> Any:
     return fn
 
 
-def _start_plan(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any]) -> _StartPlan:
+def _start_plan(s: Schema, top: list[tuple[str, Any]], own: list[tuple[str, Any]],
+                names: dict[str, Any]) -> _StartPlan:
     """The part of a schema's record every record has -- time, level, message, the
     constant and static fields, logger, process, thread, source location -- as one
     function building ``(out, fields)`` from dict literals: ``fields`` is the object
     the record's own fields go in (``out`` itself, or ``out[schema.attributes]`` once the
     caller puts it there). The keys are the schema's, known when the formatter is built;
-    what ``if schema.x is not None`` decided per record is decided here, once."""
-    names: dict[str, Any] = {}
-    top, own = _fixed_fields(s, head, static, names)
+    what ``if schema.x is not None`` decided per record is decided here, once. ``top``
+    and ``own`` are :func:`_fixed_fields`'s, compiled in ``names``."""
     drop_function = ""
     if s.source is not None:
         where = "fields" if s.source_key is None else f"fields[{s.source_key!r}]"
@@ -644,7 +624,8 @@ _SKIP = object()
 
 
 class _Slot:
-    """A value's position in a key sequence, while a nesting plan is made."""
+    """A value's position in a key sequence, while a :meth:`_SchemaFields.finish` plan is
+    made."""
 
     __slots__ = ("index",)
 
@@ -652,7 +633,7 @@ class _Slot:
         self.index = index
 
 
-#: Key sequences longer than this are nested key by key (a plan per call site's keys).
+#: Key sequences longer than this are nested key by key (:meth:`_SchemaFields.finish`).
 _PLAN_MAX_KEYS = 96
 #: Plans kept per formatter (call sites with their own ``extra`` keys).
 _PLAN_CACHE = 512
@@ -660,17 +641,6 @@ _PLAN_CACHE = 512
 
 def _NO_PLAN(*values: Any) -> dict[str, Any]:  # a sentinel, never called
     raise AssertionError("not a plan")
-
-
-def _nest_plan(tree: dict[str, Any], count: int) -> Callable[..., dict[str, Any]]:
-    """A function of ``count`` positional values returning ``tree`` (nested dicts of
-    :class:`_Slot`) with each slot replaced by its value, as one dict literal. A value
-    the tree dropped (a dotted key under a key that was a plain value) is ignored, as
-    :meth:`_SchemaFields.nest_slow` ignores it."""
-    params = ", ".join(f"v{i}" for i in range(count))
-    plan: Callable[..., dict[str, Any]] = _compile(
-        "plan", params, f"    return {_literal(tree.items())}\n", {})
-    return plan
 
 
 # ---------------------------------------------------------------------------

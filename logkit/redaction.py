@@ -33,10 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .formatters import RESERVED
-
-_BASE_KEYS = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
-_BASE_LEN = len(_BASE_KEYS)
+from .formatters import RESERVED, extra_names
 
 __all__ = [
     "REDACTED",
@@ -240,13 +237,8 @@ class RedactFilter(logging.Filter):
     def _redact_extras(self, record: logging.LogRecord) -> None:
         """``extra`` fields (Celery's ``data``, event fields): by key, and inside strings."""
         rd = record.__dict__
-        if len(rd) <= _BASE_LEN:
-            return
-        keys = list(rd)
-        if keys[:_BASE_LEN] == _BASE_KEYS:  # the usual layout: extras follow the standard keys
-            keys = keys[_BASE_LEN:]
         known = self._known
-        for key in keys:
+        for key in extra_names(rd):
             if key in RESERVED:
                 continue
             value = rd[key]

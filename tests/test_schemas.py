@@ -509,38 +509,49 @@ def test_celery_log_schema_flag() -> None:
 # -- the compiled parts of a schema's build (nesting plans, the fixed fields) ------
 
 
+def _ecs_fields() -> Any:
+    from logkit.formatters import _SchemaFields
+    from logkit.schemas import ECS
+
+    return _SchemaFields(LogConfig(schema="ecs"), ECS)
+
+
+def _stamp(created: float, msecs: float) -> str:
+    return "2024-05-01T12:00:00.000Z"
+
+
 @pytest.mark.parametrize("keys", [
     ("@timestamp", "log.level", "message", "log.logger", "process.pid", "process.thread.id"),
     ("a.b", "a", "c"),            # a plain value after a dotted key under it: the value wins
     ("a", "a.b", "c.d.e", "c.d"),  # a dotted key under a plain value, a leaf then a prefix
     ("x.y.z", "x.y", "x.y.w"),
+    ("log", "process.name.x", "service"),  # under and over the fixed fields' objects
     ("it's", 'quote".key', "back\\slash.n", "new\nline.x", "\u00e9t\u00e9.\U0001f600"),
 ])
 def test_nest_plan_equals_nesting_key_by_key(keys: tuple[str, ...]) -> None:
-    from logkit.formatters import _SchemaFields
-    from logkit.schemas import ECS
-
-    sf = _SchemaFields(LogConfig(schema="ecs"), ECS)
-    flat = {k: [i] for i, k in enumerate(keys)}  # distinct, mutable values
-    expected = sf.nest_slow(dict(flat))
-    assert sf.nest(dict(flat)) == expected
-    assert sf.nest(dict(flat)) == expected  # second call: from the cached plan
-    assert tuple(keys) in sf._plans
+    """ECS's compiled plan gives what nesting the fixed fields then ``var`` key by key gives."""
+    sf = _ecs_fields()
+    record = _record()
+    var = {k: [i] for i, k in enumerate(keys)}  # distinct, mutable values
+    expected = sf.nest({**sf.start(record, "m", _stamp)[0], **var})
+    assert sf.finish(dict(var), record, "m", _stamp) == expected
+    assert sf.finish(dict(var), record, "m", _stamp) == expected  # from the cached plan
+    assert tuple(keys) in sf._finish_plans
 
 
 def test_nest_plan_bounds() -> None:
     """Over-long key sequences and call sites past the cache's bound nest key by key."""
     from logkit import formatters
-    from logkit.formatters import _SchemaFields
-    from logkit.schemas import ECS
 
-    sf = _SchemaFields(LogConfig(schema="ecs"), ECS)
+    sf = _ecs_fields()
+    record = _record()
     many = {f"k{i}.v": i for i in range(formatters._PLAN_MAX_KEYS + 1)}
-    assert sf.nest(many) == sf.nest_slow(many)
-    assert sf._plans[tuple(many)] is formatters._NO_PLAN
+    expected = sf.nest({**sf.start(record, "m", _stamp)[0], **many})
+    assert sf.finish(dict(many), record, "m", _stamp) == expected
+    assert sf._finish_plans[tuple(many)] is formatters._NO_PLAN
     for i in range(formatters._PLAN_CACHE + 10):
-        assert sf.nest({f"site{i}.x": i}) == {f"site{i}": {"x": i}}
-    assert len(sf._plans) == formatters._PLAN_CACHE
+        assert sf.finish({f"site{i}.x": i}, record, "m", _stamp)[f"site{i}"] == {"x": i}
+    assert len(sf._finish_plans) == formatters._PLAN_CACHE
 
 
 @pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
