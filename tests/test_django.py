@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workerutil import REPO_ROOT, AppModule, start_worker, wait_for
+from workerutil import REPO_ROOT, TESTS_DIR, AppModule, start_worker, wait_for
 
 pytest.importorskip("django")
 
@@ -36,7 +36,7 @@ def _env(workdir: Path, logging_mode: str, hijack: bool, **extra: str) -> dict[s
         "DJP_LOGGING": logging_mode,
         "DJP_HIJACK": "1" if hijack else "0",
         "DJP_WORKDIR": str(workdir),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(PROJECT)]),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(PROJECT), str(TESTS_DIR)]),
         **extra,
     }
     if "DJP_BROKER_URL" not in env:
@@ -207,8 +207,6 @@ def test_beat_writes_each_line_once(tmp_path: Path) -> None:
 
 
 def test_worker_with_embedded_beat(tmp_path: Path, redis_url: str) -> None:
-    # On Redis: kombu's filesystem transport writes a message file in place, and the
-    # worker polling its folder can read half of one that the embedded beat is writing.
     workdir = tmp_path / "wb"
     workdir.mkdir()
     env = _env(workdir, "console", False, DJP_BROKER_URL=redis_url, DJP_RESULT_BACKEND=redis_url)

@@ -36,34 +36,6 @@ pytestmark = pytest.mark.contract
 
 SLEEP = 0.3
 
-# kombu's filesystem transport writes a message file in place, so a consumer polling at
-# that moment can read it half-written ("Unrecoverable error: JSONDecodeError", seen about
-# once in ten runs with retries + revoke). Write to a temporary name and rename instead.
-ATOMIC_FS = """
-import os as _ev_os
-import uuid as _ev_uuid
-from time import monotonic as _ev_monotonic
-
-from kombu.transport import filesystem as _ev_fs
-from kombu.utils.json import dumps as _ev_dumps
-
-
-class _EvAtomicChannel(_ev_fs.Channel):
-    def _put(self, queue, payload, **kwargs):
-        name = f"{int(round(_ev_monotonic() * 1000))}_{_ev_uuid.uuid4()}.{queue}.msg"
-        final = _ev_os.path.join(self.data_folder_out, name)
-        tmp = _ev_os.path.join(self.data_folder_out, f"tmp-{name}.part")
-        with open(tmp, "wb") as fh:
-            fh.write(_ev_dumps(payload).encode())
-        _ev_os.replace(tmp, final)
-
-
-class _EvAtomicTransport(_WuFilesystemTransport):
-    Channel = _EvAtomicChannel
-
-
-app.conf.broker_transport = _EvAtomicTransport
-"""
 
 EVENTS_BODY = """
 import os
@@ -110,7 +82,6 @@ def refuse():
 
     raise Reject("bad", requeue=False)
 """
-BODY = ATOMIC_FS + EVENTS_BODY
 
 # Celery's prose lines that the events replace (none may remain while events are on).
 PROSE = ("succeeded in", "raised unexpected", "] received", "retry: Retry in",
@@ -162,7 +133,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         delete_queues(url, ("celery",))
         appmod = make_app(tmp_path_factory.mktemp("events-amqp"), EVENTS_BODY, broker_url=url)
     else:
-        appmod = make_app(tmp_path_factory.mktemp("events"), BODY)
+        appmod = make_app(tmp_path_factory.mktemp("events"), EVENTS_BODY)
     started = time.monotonic()
     worker = start_worker(appmod, logfile="worker.log")
     try:
@@ -307,7 +278,7 @@ def _events_kinds(records: list[dict[str, Any]]) -> list[str]:
 # Options with a real worker: events=False, disabled_events, event_levels
 # --------------------------------------------------------------------------
 
-SMALL_BODY = ATOMIC_FS + """
+SMALL_BODY = """
 import logkit
 
 logkit.install(app, format="json")

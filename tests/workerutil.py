@@ -45,6 +45,7 @@ from celery.utils.nodenames import default_nodename, host_format, node_format
 __all__ = [
     "DEFAULT_BASE_ARGS",
     "REPO_ROOT",
+    "TESTS_DIR",
     "AppModule",
     "Worker",
     "WorkerStartError",
@@ -63,6 +64,9 @@ T = TypeVar("T")
 #: Root of the repository (the directory containing ``tests/``); put on the
 #: worker's PYTHONPATH so ``import logkit`` works in the subprocess.
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+
+#: This folder (``fstransport.py`` lives here).
+TESTS_DIR: Path = REPO_ROOT / "tests"
 
 #: Arguments always passed to ``celery worker`` (after the pool/concurrency
 #: options) unless ``base_args`` is overridden: they cut startup time and
@@ -274,44 +278,12 @@ def _wu_mark_ready(sender=None, **kwargs):
 # ---- test body ----------------------------------------------------------
 """
 
-_FAST_FS_TRANSPORT = '''
-import os as _wu_os
-import uuid as _wu_uuid
-from time import monotonic as _wu_monotonic
-
-from kombu.transport import filesystem as _wu_fs
-from kombu.utils.json import dumps as _wu_dumps
-
-
-class _WuAtomicChannel(_wu_fs.Channel):
-    """kombu writes a message file in place, so a consumer polling at that moment
-    can read half a message (JSONDecodeError kills the worker); write + rename."""
-
-    def _put(self, queue, payload, **kwargs):
-        name = f"{int(round(_wu_monotonic() * 1000))}_{_wu_uuid.uuid4()}.{queue}.msg"
-        tmp = _wu_os.path.join(self.data_folder_out, f"tmp-{name}.part")
-        with open(tmp, "wb") as fh:
-            fh.write(_wu_dumps(payload).encode())
-        _wu_os.replace(tmp, _wu_os.path.join(self.data_folder_out, name))
-
-
-class _WuFilesystemTransport(_wu_fs.Transport):
-    """kombu's filesystem transport, but drain_events() blocks <= 0.1 s.
-
-    Celery's synloop (used for non-async transports) drains with a fixed
-    timeout=2.0 and runs one more drain cycle after the shutdown flag is
-    set, which makes every warm shutdown take ~4-6 s.  Capping the timeout
-    lets the worker notice SIGTERM within ~0.1 s; nothing else changes.
-    """
-
-    Channel = _WuAtomicChannel
-
-    def drain_events(self, connection, timeout=None):
-        if timeout is not None and timeout > 0.1:
-            timeout = 0.1
-        return super().drain_events(connection, timeout=timeout)
-
-'''
+#: ``tests/fstransport.py``, copied into each generated app module (so the module runs
+#: with any PYTHONPATH: under ``celery multi``, ``beat``, ``python -c``, ...).
+_FAST_FS_TRANSPORT = (
+    (TESTS_DIR / "fstransport.py").read_text(encoding="utf-8")
+    + "\n_WuFilesystemTransport = FastFilesystemTransport\n"
+)
 
 
 class AppModule:
@@ -383,9 +355,9 @@ def make_app(
     * With ``broker_url`` (e.g. ``redis://127.0.0.1:P/0``): that broker; the
       result backend defaults to the same URL for ``redis://`` brokers and to
       the ``file://`` backend otherwise.
-    * ``fast_shutdown`` (filesystem broker only): use a subclass of kombu's
-      filesystem transport whose ``drain_events`` blocks at most 0.1 s, so
-      a warm shutdown takes ~1 s instead of ~5 s (see ``_FAST_FS_TRANSPORT``).
+    * ``fast_shutdown`` (filesystem broker only): use ``tests/fstransport.py``'s
+      subclass of kombu's filesystem transport: atomic puts, and ``drain_events``
+      blocks at most 0.1 s, so a warm shutdown takes ~1 s instead of ~5 s.
     """
     name = name or f"app_{uuid.uuid4().hex[:8]}"
     if not name.isidentifier():

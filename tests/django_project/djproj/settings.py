@@ -21,6 +21,11 @@ USE_TZ = True
 
 CELERY_BROKER_URL = os.environ.get("DJP_BROKER_URL", "memory://")
 CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ.get("DJP_TRANSPORT_OPTIONS", "{}"))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # tests/fstransport.py: atomic puts (kombu's own can be read half-written)
+    from fstransport import FastFilesystemTransport
+
+    CELERY_BROKER_TRANSPORT = FastFilesystemTransport
 CELERY_RESULT_BACKEND = os.environ.get("DJP_RESULT_BACKEND") or None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = os.environ.get("DJP_HIJACK", "0") == "1"
 CELERY_TASK_SERIALIZER = "json"
