@@ -17,6 +17,7 @@ that says so is returned instead, so no record is lost.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -344,7 +345,10 @@ class _SchemaFields:
         self.static_top: dict[str, Any] = {}
         self.translate(config.fields.items(), self.static, self.static_top)
         self._ctx: tuple[Any, dict[str, Any], dict[str, Any]] = (None, {}, {})
-        self._process: tuple[int, Mapping[str, Any]] = (-1, {})
+        #: the last context dict and its keys (a record plan's key)
+        self.ctx_keys: tuple[Any, tuple[Any, ...]] = (None, ())
+        #: ``(pid, per-process fields, their keys)``
+        self.process: tuple[int, Mapping[str, Any], tuple[str, ...]] = (-1, {}, ())
         self._paths: dict[str, list[str]] = {}
         self._extra_plans: dict[Any, Any] = {}
         self.limit = config.max_field_length
@@ -355,11 +359,9 @@ class _SchemaFields:
         self._fixed_names: dict[str, Any] = {}
         top, own = _fixed_fields(s, self.head, self.static, self._fixed_names)
         self.start = _start_plan(s, top, own, dict(self._fixed_names))
-        #: Nested schemas with the record's fields at the top (ECS): the fixed fields and
-        #: the others are nested in one literal per key sequence (:meth:`finish`).
-        self.combined = s.nest and s.attributes is None and s.source_key is None
-        self._fixed = top + own
-        self._finish_plans: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
+        self._top, self._own = top, own
+        #: :meth:`record_plan`'s, by ``(context keys, extra names, traced, per-process keys)``
+        self.plans: dict[tuple[Any, ...], RecordPlan] = {}
 
     def key(self, name: Any) -> str:
         """The output key of a record's own field ``name`` (renamed, or moved off a
@@ -444,43 +446,87 @@ class _SchemaFields:
         self._ctx = (ctx, fields, top)
         return fields, top
 
-    def per_process(self, pid: int) -> Mapping[str, Any]:
-        cached = self._process
+    def per_process(self, pid: int) -> tuple[int, Mapping[str, Any], tuple[str, ...]]:
+        """``(pid, the schema's per-process fields, their keys)``, cached for the last pid."""
+        cached = self.process
         if cached[0] != pid:
             make = self.schema.per_process
-            cached = self._process = (pid, make(self.config, pid) if make else {})
-        return cached[1]
+            fields = make(self.config, pid) if make else {}
+            cached = self.process = (pid, fields, tuple(fields))
+        return cached
 
-    def finish(self, var: dict[str, Any], record: logging.LogRecord, msg: str,
-               stamp: Callable[[float, float], str]) -> dict[str, Any]:
-        """The nested record of a :attr:`combined` schema: :meth:`start`'s fields, then
-        ``var`` (context, ``extra`` fields, exception, trace ids, in that order), as
-        ``nest({**start(...), **var})`` gives it -- built as one literal by a function
-        compiled once per key sequence of ``var``."""
-        keys = tuple(var)
-        plan = self._finish_plans.get(keys)
+    def keys_of(self, ctx: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+        """``(ctx, its keys)``, cached for the last context dict (never mutated)."""
+        cached = self.ctx_keys = (ctx, tuple(ctx))
+        return cached
+
+    def record_plan(self, key: tuple[Any, ...]) -> RecordPlan:
+        """The function building a whole record whose context has the keys ``key[0]``,
+        whose ``extra`` fields are named ``key[1]``, with (``key[2]`` false) or without a
+        current span's ids, and per-process fields named ``key[3]``: one literal
+        (nested, for a nesting schema), in the style of attrs' generated ``__init__``.
+
+        The literal is what :meth:`JsonFormatter._build_generic` builds, by construction:
+        the same steps run here on placeholders (:class:`_Code`) instead of values. A
+        key sequence that cannot be planned (too long, a name that is not a ``str``)
+        gets :data:`_NO_PLAN`, and the generic build. Plans are cached, up to
+        :data:`_PLAN_CACHE` per formatter; past that, new shapes take the generic build."""
+        plan = self.plans.get(key)
         if plan is None:
-            plan = self._finish_plan(keys)
-        if plan is _NO_PLAN:
-            out = self.start(record, msg, stamp)[0]
-            out.update(var)
-            return self.nest(out)
-        return plan(record, msg, stamp, *var.values())
-
-    def _finish_plan(self, keys: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
-        plan: Callable[..., dict[str, Any]] = _NO_PLAN
-        if len(keys) <= _PLAN_MAX_KEYS and all(type(k) is str for k in keys):
-            flat: dict[str, Any] = dict(self._fixed)
-            flat.update((k, _Slot(i)) for i, k in enumerate(keys))
-            params = "".join(f", v{i}" for i in range(len(keys)))
+            if len(self.plans) >= _PLAN_CACHE:  # no compiling per record past the bound
+                return _NO_PLAN
             try:
-                plan = _compile("finish", f"record, msg, stamp{params}",
-                                f"    return {_literal(self.nest(flat).items())}\n",
-                                dict(self._fixed_names))
-            except Exception:  # a plan that does not compile: the slow path is right too
+                plan = self._record_plan(*key)
+            except Exception:  # a plan that does not compile: the generic build is right too
                 plan = _NO_PLAN
-        if len(self._finish_plans) < _PLAN_CACHE:
-            self._finish_plans[keys] = plan
+            self.plans[key] = plan
+        return plan
+
+    def _record_plan(self, ckeys: tuple[Any, ...], names: tuple[Any, ...], untraced: bool,
+                     pkeys: tuple[str, ...]) -> RecordPlan:
+        s = self.schema
+        if (len(ckeys) + len(names) > _PLAN_MAX_KEYS
+                or not all(type(k) is str for k in (*ckeys, *names))):
+            return _NO_PLAN
+        ns: dict[str, Any] = dict(self._fixed_names)
+        ns.update(cap=cap, limit=self.limit, top_values=list(self.static_top.values()),
+                  trace_format=s.trace_format, span_format=s.span_format,
+                  sampled_format=s.sampled_format, private=self.private)
+        out: dict[str, Any] = dict(self._top)
+        fields = out if s.attributes is None else {}
+        fields.update(self._own)
+        top = {k: _constant(v, f"top_values[{i}]")
+               for i, (k, v) in enumerate(self.static_top.items())}
+
+        def put(key: str, code: str, to_top: bool) -> None:
+            conv = self.convert.get(key)
+            if conv is not None:
+                ns[f"conv{len(ns)}"] = conv
+                code = f"conv{len(ns) - 1}({code})"
+            (top if to_top else fields)[key] = _Code(code)
+
+        for name in ckeys:
+            key = self.key(name)
+            put(key, f"ctx[{name!r}]", key in self.top)
+        for name in names:
+            extra = self._extra_plans.get(name) or self._extra_plan(name)
+            if extra is not _SKIP:
+                # capped as add_extras() caps it
+                put(extra[0], f"(v if type(v := rd[{name!r}]) is not str or len(v) <= limit "
+                              f"else cap(v, limit))", extra[2])
+        if s.attributes is not None:
+            out[s.attributes] = fields
+        if untraced:
+            out.update(top)
+        else:
+            out[s.trace_id] = _Code("trace_format(ids[0], private)")
+            out[s.span_id] = _Code("span_format(ids[1])")
+            if s.trace_sampled is not None:
+                out[s.trace_sampled] = _Code("sampled_format(ids[2])")
+        out.update((k, _Code(f"pp[{k!r}]")) for k in pkeys)
+        literal = _literal((self.nest(out) if s.nest else out).items())
+        plan: RecordPlan = _compile("record", "record, rd, ctx, msg, stamp, ids, pp",
+                                    f"    return {literal}\n", ns)
         return plan
 
     def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
@@ -543,7 +589,8 @@ def _fixed_fields(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
         top.append((s.severity_number,
                     _Code("severity_numbers.get(record.levelname, record.levelno)")))
     top.append((s.message, _Code("msg")))
-    top.extend((key, _Code(f"head_values[{i}]")) for i, key in enumerate(head))
+    top.extend((key, _constant(value, f"head_values[{i}]"))
+               for i, (key, value) in enumerate(head.items()))
     if s.logger is not None:
         top.append((s.logger, _Code("record.name")))
     if s.labels is not None:
@@ -562,20 +609,27 @@ def _fixed_fields(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
             own.extend(source)
         else:
             own.append((s.source_key, source))
-    own.extend((key, _Code(f"static_values[{i}]")) for i, key in enumerate(static))
+    own.extend((key, _constant(value, f"static_values[{i}]"))
+               for i, (key, value) in enumerate(static.items()))
     return top, own
+
+
+def _constant(value: Any, name: str) -> _Code:
+    """A constant's expression: itself when a literal gives back the same value (a string,
+    an integer...), else ``name`` (the value, looked up when the record is built)."""
+    if type(value) in (str, int, bool, type(None)) or (
+            type(value) is float and math.isfinite(value)):
+        return _Code(repr(value))
+    return _Code(name)
 
 
 def _literal(items: Any) -> str:
     """Python source of a dict literal of ``(key, value)`` items; a value is a
-    :class:`_Code`, a :class:`_Slot` (the positional value ``v<index>``), a nested dict
-    or a list of pairs (a nested literal)."""
+    :class:`_Code`, a nested dict or a list of pairs (a nested literal)."""
     out = []
     for key, value in items:
         if type(value) is _Code:
             code = value.code
-        elif type(value) is _Slot:
-            code = f"v{value.index}"
         elif type(value) is dict:
             code = _literal(value.items())
         else:
@@ -623,20 +677,13 @@ def _start_plan(s: Schema, top: list[tuple[str, Any]], own: list[tuple[str, Any]
 _SKIP = object()
 
 
-class _Slot:
-    """A value's position in a key sequence, while a :meth:`_SchemaFields.finish` plan is
-    made."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-#: Key sequences longer than this are nested key by key (:meth:`_SchemaFields.finish`).
+#: Records with more context and ``extra`` fields than this take the generic build.
 _PLAN_MAX_KEYS = 96
-#: Plans kept per formatter (call sites with their own ``extra`` keys).
+#: Record plans kept per formatter (call sites with their own ``extra`` keys, contexts).
 _PLAN_CACHE = 512
+
+#: :meth:`_SchemaFields.record_plan`: ``plan(record, rd, ctx, msg, stamp, ids, pp)``.
+RecordPlan = Callable[..., dict[str, Any]]
 
 
 def _NO_PLAN(*values: Any) -> dict[str, Any]:  # a sentinel, never called
@@ -795,10 +842,11 @@ class JsonFormatter(OrjsonFormatter):
 
     def _build_schema(self, record: logging.LogRecord) -> dict[Any, Any]:
         """:meth:`build` for a backend's schema (``self._schema``): the same fields, under
-        the schema's names and in its formats."""
+        the schema's names and in its formats. A record with no exception or stack is
+        built by its shape's compiled plan (:meth:`_SchemaFields.record_plan`); the
+        others by :meth:`_build_generic`, which the plans are made from."""
         sf = self._schema
         assert sf is not None
-        s = sf.schema
         rd = record.__dict__
         ctx = rd.get("_logkit_ctx")
         if ctx is None:
@@ -814,21 +862,42 @@ class JsonFormatter(OrjsonFormatter):
                 msg = cap(msg, self._f.limit)
         else:
             msg = self._message_of(record)
-        # combined: the fixed fields are built with the nesting, in finish()
-        combined = sf.combined and record.funcName is not None
-        out: dict[Any, Any]
-        fields: dict[Any, Any]
-        if combined:
-            out = fields = {}
-        else:
-            out, fields = sf.start(record, msg, self._stamp)
+        if record.exc_info or record.exc_text or record.stack_info or record.funcName is None:
+            return self._build_generic(record, ctx, msg)
+        ckeys = sf.ctx_keys
+        if ckeys[0] is not ctx:
+            ckeys = sf.keys_of(ctx)
+        names: tuple[Any, ...] = ()
+        if len(rd) > _BASE_LEN:
+            filled = rd.get("_logkit_filled")
+            names = tuple(n for n in extra_names(rd) if n not in filled) if filled else tuple(
+                extra_names(rd))
+        ids = self._trace() if self._trace is not None else None
+        process = sf.process
+        if process[0] != (record.process or 0):
+            process = sf.per_process(record.process or 0)
+        key = (ckeys[1], names, ids is None, process[2])
+        plan = sf.plans.get(key) or sf.record_plan(key)
+        if plan is _NO_PLAN:
+            return self._build_generic(record, ctx, msg)
+        return plan(record, rd, ctx, msg, self._stamp, ids, process[1])
+
+    def _build_generic(self, record: logging.LogRecord, ctx: Mapping[str, Any],
+                       msg: str) -> dict[Any, Any]:
+        """:meth:`_build_schema` step by step, for any record: the fixed fields, the
+        context, the ``extra`` fields, the exception and stack, the trace ids (the
+        current span's, or any bound or given), the per-process fields; nested last."""
+        sf = self._schema
+        assert sf is not None
+        s = sf.schema
+        out, fields = sf.start(record, msg, self._stamp)
         top: dict[str, Any] = sf.static_top
         if ctx:
             ctx_fields, ctx_top = sf.context(ctx)
             fields.update(ctx_fields)
             if ctx_top:
                 top = {**top, **ctx_top}
-        if len(rd) > _BASE_LEN:
+        if len(record.__dict__) > _BASE_LEN:
             top = sf.add_extras(record, fields, top)
         if record.exc_info or record.exc_text:
             exc = self._f.exception_of(self, record)
@@ -851,9 +920,7 @@ class JsonFormatter(OrjsonFormatter):
         elif top:
             out.update(top)
         if s.per_process is not None:
-            out.update(sf.per_process(record.process or 0))
-        if combined:
-            return sf.finish(out, record, msg, self._stamp)
+            out.update(sf.per_process(record.process or 0)[1])
         return sf.nest(out) if s.nest else out
 
     def event_line(

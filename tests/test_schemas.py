@@ -23,8 +23,10 @@ import pytest
 from test_hotpath import _emit_both, _no_timestamp, _setup, restore_logging  # noqa: F401
 from workerutil import make_app, parse_json_lines, start_worker
 
+import logkit
 from logkit import context
 from logkit.config import SCHEMAS, ConfigError, LogConfig
+from logkit.context import current
 from logkit.events import base as events
 from logkit.formatters import JsonFormatter
 from logkit.receivers import order_after_tracing
@@ -506,52 +508,93 @@ def test_celery_log_schema_flag() -> None:
     assert preload_values({"log_schema": "ecs"}) == {"schema": "ecs"}
 
 
-# -- the compiled parts of a schema's build (nesting plans, the fixed fields) ------
+# -- the compiled parts of a schema's build (record plans, the fixed fields) --------
 
 
-def _ecs_fields() -> Any:
-    from logkit.formatters import _SchemaFields
-    from logkit.schemas import ECS
+def _plan_and_generic(schema: str, record: logging.LogRecord, ctx: dict[str, Any],
+                      **options: Any) -> tuple[dict[str, Any], dict[str, Any], JsonFormatter]:
+    """The record built by its compiled plan and by the generic build, under ``ctx``."""
+    fmt = JsonFormatter(LogConfig(schema=schema, fields={"service": "shop"}, **options))
+    with logkit.bound(**ctx):
+        planned = fmt.build(record)
+        again = fmt.build(record)  # from the cached plan
+        generic = fmt._build_generic(record, current(), record.getMessage())
+    assert again == planned
+    return planned, generic, fmt
 
-    return _SchemaFields(LogConfig(schema="ecs"), ECS)
+
+#: context keys and ``extra`` names of odd shapes: dotted under and over the fixed
+#: fields' objects, a value then a dotted key under it, quotes, escapes, non-ASCII,
+#: names of base and reserved fields, a bound trace id.
+SHAPES = [
+    ({}, {}),
+    ({"task_id": "t-1", "task_name": "shop.charge", "retries": 0, "worker": "w@h"},
+     {"user_id": 7, "amount": 12.5}),
+    ({"a.b": 1, "a": 2, "c": 3}, {"x.y.z": 4, "x.y": 5, "x.y.w": 6}),
+    ({"log": "L", "process.name.x": "p"}, {"service": "s", "message": "m", "level": "l"}),
+    ({"it's": 1, 'quote".key': 2}, {"back\\slash.n": 3, "new\nline.x": 4,
+                                     "\u00e9t\u00e9.\U0001f600": 5}),
+    ({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+      "duration_ms": 1.5}, {"host": "h", "event": "task_started", "trace_id": "0" * 32}),
+    ({"nested": {"k": [1, 2]}}, {"long": "x" * 20_000, "obj": {"a": 1}}),
+]
 
 
-def _stamp(created: float, msecs: float) -> str:
-    return "2024-05-01T12:00:00.000Z"
-
-
-@pytest.mark.parametrize("keys", [
-    ("@timestamp", "log.level", "message", "log.logger", "process.pid", "process.thread.id"),
-    ("a.b", "a", "c"),            # a plain value after a dotted key under it: the value wins
-    ("a", "a.b", "c.d.e", "c.d"),  # a dotted key under a plain value, a leaf then a prefix
-    ("x.y.z", "x.y", "x.y.w"),
-    ("log", "process.name.x", "service"),  # under and over the fixed fields' objects
-    ("it's", 'quote".key', "back\\slash.n", "new\nline.x", "\u00e9t\u00e9.\U0001f600"),
-])
-def test_nest_plan_equals_nesting_key_by_key(keys: tuple[str, ...]) -> None:
-    """ECS's compiled plan gives what nesting the fixed fields then ``var`` key by key gives."""
-    sf = _ecs_fields()
+@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_record_plan_equals_the_generic_build(schema: str, shape: int) -> None:
+    """Each schema's compiled plan gives what the generic build gives, key order
+    included, for contexts and ``extra`` fields of every shape."""
+    ctx, extra = SHAPES[shape]
     record = _record()
-    var = {k: [i] for i, k in enumerate(keys)}  # distinct, mutable values
-    expected = sf.nest({**sf.start(record, "m", _stamp)[0], **var})
-    assert sf.finish(dict(var), record, "m", _stamp) == expected
-    assert sf.finish(dict(var), record, "m", _stamp) == expected  # from the cached plan
-    assert tuple(keys) in sf._finish_plans
+    record.__dict__.update(extra)
+    planned, generic, fmt = _plan_and_generic(schema, record, ctx, max_field_length=1000)
+    assert json.dumps(planned) == json.dumps(generic)
+    assert fmt._schema is not None and len(fmt._schema.plans) == 1
+    assert len(json.dumps(planned)) < 12_000  # the long extra was capped
 
 
-def test_nest_plan_bounds() -> None:
-    """Over-long key sequences and call sites past the cache's bound nest key by key."""
+@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
+def test_record_plan_within_a_span(schema: str) -> None:
+    """With a recording span: its ids, in the schema's format, in plan and generic alike."""
+    tracer = TracerProvider().get_tracer("t")
+    record = _record()
+    with tracer.start_as_current_span("s") as span:
+        planned, generic, _ = _plan_and_generic(schema, record, {"task_id": "t-1"})
+    assert json.dumps(planned) == json.dumps(generic)
+    span_id = span.get_span_context().span_id
+    assert f"{span_id:016x}" in json.dumps(planned) or str(span_id) in json.dumps(planned)
+
+
+def test_record_plan_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over-long key sequences and shapes past the cache's bound take the generic build."""
     from logkit import formatters
 
-    sf = _ecs_fields()
     record = _record()
-    many = {f"k{i}.v": i for i in range(formatters._PLAN_MAX_KEYS + 1)}
-    expected = sf.nest({**sf.start(record, "m", _stamp)[0], **many})
-    assert sf.finish(dict(many), record, "m", _stamp) == expected
-    assert sf._finish_plans[tuple(many)] is formatters._NO_PLAN
+    record.__dict__.update({f"k{i}.v": i for i in range(formatters._PLAN_MAX_KEYS + 1)})
+    planned, generic, fmt = _plan_and_generic("ecs", record, {})
+    assert planned == generic and planned["k0"] == {"v": 0}
+    sf = fmt._schema
+    assert sf is not None and list(sf.plans.values()) == [formatters._NO_PLAN]
     for i in range(formatters._PLAN_CACHE + 10):
-        assert sf.finish({f"site{i}.x": i}, record, "m", _stamp)[f"site{i}"] == {"x": i}
-    assert len(sf._finish_plans) == formatters._PLAN_CACHE
+        one = _record()
+        setattr(one, f"site{i}.x", i)
+        assert fmt.build(one)[f"site{i}"] == {"x": i}
+    assert len(sf.plans) == formatters._PLAN_CACHE
+    compiled = []
+    monkeypatch.setattr(sf, "_record_plan", lambda *key: compiled.append(key))
+    late = _record()
+    late.late_site = 1
+    assert fmt.build(late)["late_site"] == 1 and compiled == []  # nothing compiled per record
+
+
+def test_record_plan_of_a_context_filter_record() -> None:
+    """Names a ``logkit.ContextFilter`` put on the record are not ``extra`` fields."""
+    record = _record()
+    record.__dict__.update({"request_id": "stale", "_logkit_filled": {"request_id"}})
+    planned, generic, _ = _plan_and_generic("otel", record, {"request_id": "r-1"})
+    assert planned == generic and planned["attributes"]["request_id"] == "r-1"
+    assert planned["attributes"]["user_id"] == 7
 
 
 @pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
