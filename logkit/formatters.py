@@ -842,9 +842,10 @@ class JsonFormatter(OrjsonFormatter):
 
     def _build_schema(self, record: logging.LogRecord) -> dict[Any, Any]:
         """:meth:`build` for a backend's schema (``self._schema``): the same fields, under
-        the schema's names and in its formats. A record with no exception or stack is
-        built by its shape's compiled plan (:meth:`_SchemaFields.record_plan`); the
-        others by :meth:`_build_generic`, which the plans are made from."""
+        the schema's names and in its formats. A record with a function name and no
+        exception or stack is built by its shape's compiled plan
+        (:meth:`_SchemaFields.record_plan`); the others by :meth:`_build_generic`, which
+        the plans are made from."""
         sf = self._schema
         assert sf is not None
         rd = record.__dict__
