@@ -466,8 +466,9 @@ class _SchemaFields:
         current span's ids, and per-process fields named ``key[3]``: one literal
         (nested, for a nesting schema), in the style of attrs' generated ``__init__``.
 
-        The literal is what :meth:`JsonFormatter._build_generic` builds, by construction:
-        the same steps run here on placeholders (:class:`_Code`) instead of values. A
+        The literal is what :meth:`JsonFormatter._build_generic` builds: its steps, in its
+        order, with placeholders (:class:`_Code`) for values and the same key, conversion
+        and nesting helpers (``tests/test_schemas.py`` compares the two outputs). A
         key sequence that cannot be planned (too long, a name that is not a ``str``)
         gets :data:`_NO_PLAN`, and the generic build. Plans are cached, up to
         :data:`_PLAN_CACHE` per formatter; past that, new shapes take the generic build."""
