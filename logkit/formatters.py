@@ -871,9 +871,10 @@ class JsonFormatter(OrjsonFormatter):
             ckeys = sf.keys_of(ctx)
         names: tuple[Any, ...] = ()
         if len(rd) > _BASE_LEN:
-            filled = rd.get("_logkit_filled")
-            names = tuple(n for n in extra_names(rd) if n not in filled) if filled else tuple(
-                extra_names(rd))
+            names = tuple(extra_names(rd))
+            filled = rd.get("_logkit_filled")  # a ContextFilter's names are not extras
+            if filled:
+                names = tuple(n for n in names if n not in filled)
         ids = self._trace() if self._trace is not None else None
         process = sf.process
         if process[0] != (record.process or 0):
