@@ -1,10 +1,13 @@
 """logkit: production-grade logging for Celery workers in one call.
 
->>> import logkit
->>> logkit.install(app, format="json")  # doctest: +SKIP
+```python
+import logkit
+
+logkit.install(app, format="json")
+```
 
 Importing logkit connects nothing: :func:`install` (``logkit/install.py``, the
-composition root) does.
+composition root) does. The names below are logkit's public API (``logkit.__all__``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from .install import configure, install
 from .receivers import Installation
 
 __version__ = "0.1.0"
+"""The installed logkit's version, as in ``pyproject.toml``."""
 
 __all__ = [
     "ConfigError",

@@ -34,8 +34,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class RequestContextMiddleware:
     """Bind the request's context while ``app`` handles an HTTP request; log ``request_finished``.
 
-    Keyword options are those of :class:`logkit._request.RequestOptions` (``request_id_header``,
-    ``client_ip``, ``event_level`` ...); a bad one raises :class:`logkit.ConfigError`.
+    Lifespan and websocket scopes pass through untouched. The request id is echoed in the
+    response header (``response_header``).
+
+    Args:
+        app: The ASGI app to wrap.
+        **options: Request options (``RequestOptions``: ``request_id_header``,
+            ``client_ip``, ``event_level``...).
+
+    Raises:
+        ConfigError: An unknown or invalid option.
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "LogConfig",
 ]
 
+#: Output formats (the ``format`` option).
 FORMATS: tuple[str, ...] = ("auto", "json", "console", "plain")
 
 #: What a log call does when the ``queue=True`` queue is full (see ``queue_full``).
@@ -63,6 +64,7 @@ CONTEXT_FIELDS: tuple[str, ...] = (
 #: ``request_id`` and ``user_id`` are not among them: they travel with ``"*"``.
 REQUEST_LOCAL_FIELDS: tuple[str, ...] = ("http_method", "http_path", "client_ip")
 
+#: Keys redacted by default (the ``redact_keys`` option).
 DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
     {
         "password",
@@ -106,7 +108,11 @@ LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
-    """An invalid logkit option: the message names the option, the value and the choices."""
+    """An invalid logkit option: the message names the option, the value and the choices.
+
+    For example ``logkit: invalid value for option 'format' (keyword argument format):
+    must be one of 'auto', 'json', 'console', 'plain'; got 'jsn'``. A ``ValueError``.
+    """
 
 
 T = TypeVar("T")
@@ -303,7 +309,19 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """All of logkit's options, validated. Build with :meth:`resolve` or directly."""
+    """All of logkit's options, validated and frozen.
+
+    Build it with :meth:`resolve` (from ``app.conf``, keyword options, ``LOGKIT_*``
+    environment variables and command-line options, as a worker does) or directly,
+    e.g. ``LogConfig(format="json", fields={"service": "billing"})`` for a formatter.
+    Each value is checked and normalised when the object is made (strings such as
+    ``"true"`` or ``"k=v,k2=v2"`` are parsed). Every option is described in
+    [Configuration reference](../configuration.md).
+
+    Raises:
+        ConfigError: An option's value is invalid; the message names the option, the
+            value and the valid choices.
+    """
 
     #: Output format: ``auto`` (console on a TTY, JSON otherwise), ``json``, ``console``, ``plain``.
     format: str = "auto"
@@ -368,7 +386,11 @@ class LogConfig:
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        """Names of every option, in definition order."""
+        """Return the names of every option.
+
+        Returns:
+            The option names, in definition order (``format``, ``fields``, ...).
+        """
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
@@ -382,7 +404,22 @@ class LogConfig:
     ) -> LogConfig:
         """Merge ``app.conf``, keyword ``options``, ``LOGKIT_*`` env vars and CLI values.
 
-        Returns a validated :class:`LogConfig`; raises :class:`ConfigError` on a bad value.
+        Later sources win: command-line options over environment variables over keyword
+        options over ``app.conf.logkit_<name>`` settings over the defaults.
+
+        Args:
+            app: A Celery app whose ``conf`` holds ``logkit_<name>`` settings, or ``None``.
+            options: Keyword options, as given to ``logkit.install(app, **options)``.
+            env: Environment variables to read ``LOGKIT_<NAME>`` from (default:
+                ``os.environ``).
+            cli: Values of the ``celery worker --log-*`` options.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ConfigError: An unknown option name, or an invalid value (the message says
+                which source it came from).
         """
         env = os.environ if env is None else env
         check_options(options or {})
@@ -398,12 +435,30 @@ class LogConfig:
         return cls(**merged)
 
     def replace(self, **changes: Any) -> LogConfig:
-        """Return a copy with ``changes`` applied (validated)."""
+        """Return a copy with ``changes`` applied.
+
+        Args:
+            **changes: Options to change, e.g. ``replace(format="plain")``.
+
+        Returns:
+            A new, validated config; this one is unchanged.
+
+        Raises:
+            ConfigError: An unknown option name or an invalid value.
+        """
         check_options(changes)
         return dataclasses.replace(self, **changes)
 
     def event_level(self, event: str, default: int) -> int | None:
-        """Numeric level for ``event``, or ``None`` if the event is switched off."""
+        """Return the level a lifecycle event is logged at.
+
+        Args:
+            event: A lifecycle event name, e.g. ``"task_succeeded"``.
+            default: The event's own level, used when ``event_levels`` names none.
+
+        Returns:
+            The numeric level, or ``None`` if events are off or ``event`` is disabled.
+        """
         if not self.events or event in self.disabled_events:
             return None
         name = self.event_levels.get(event)
@@ -418,7 +473,18 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate keyword options (unknown names and bad values raise :class:`ConfigError`)."""
+    """Validate keyword options.
+
+    Args:
+        options: Option names and values, as given to ``logkit.install()``.
+
+    Returns:
+        The options with their values parsed.
+
+    Raises:
+        ConfigError: An unknown option name (the message lists the valid ones) or an
+            invalid value.
+    """
     unknown = sorted(set(options) - set(_PARSERS))
     if unknown:
         raise ConfigError(

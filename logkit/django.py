@@ -56,7 +56,19 @@ def _user_id(request: Any, force: bool) -> Any:
 
 
 class RequestContextMiddleware:
-    """Bind the request's context for the request and its tasks; log ``request_finished``."""
+    """Bind the request's context for the request and its tasks; log ``request_finished``.
+
+    A Django middleware (sync and async): list ``"logkit.django.RequestContextMiddleware"``
+    in ``MIDDLEWARE``. Options come from the ``LOGKIT_REQUEST`` setting (a dict of the
+    options below: ``RequestOptions``), read once when Django builds the middleware.
+    Each request gets ``request.request_id``, and the id in the response header.
+
+    Args:
+        get_response: The next middleware or view (Django passes it).
+
+    Raises:
+        ConfigError: ``LOGKIT_REQUEST`` has an unknown or invalid option.
+    """
 
     sync_capable = True
     async_capable = True
@@ -105,7 +117,11 @@ class RequestContextMiddleware:
             return self._finish(request, response, scope)
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
-        """After the auth middleware: bind ``user_id`` for the view (and the tasks it sends)."""
+        """Bind ``user_id`` (``request.user.pk``) for the view and the tasks it sends.
+
+        Django calls it after the authentication middleware ran; nothing is bound for an
+        anonymous user or with the ``user_id`` option off.
+        """
         if self.options.user_id:
             user_id = _user_id(request, force=True)
             if user_id is not None:

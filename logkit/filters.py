@@ -33,6 +33,13 @@ class ContextFilter(logging.Filter):
     that name (a standard attribute or an ``extra`` field wins). Each name in
     ``defaults`` (by default the task context fields and ``request_id``, all ``""``)
     is set when nothing is bound under it. Never drops a record.
+
+    Args:
+        name: Only records of this logger and its children get the context (every
+            record passes the filter, as with ``logging.Filter``); ``""``: all records.
+        defaults: Attribute names set to ``""``, or a mapping of names to default values,
+            for records with nothing bound under that name. ``None``: the task context
+            fields and ``request_id``.
     """
 
     def __init__(
@@ -47,7 +54,14 @@ class ContextFilter(logging.Filter):
             self.defaults = dict.fromkeys(defaults, "")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Add the context to ``record``; always ``True``."""
+        """Add the bound context to ``record`` as attributes.
+
+        Args:
+            record: The record to complete; its own attributes are never replaced.
+
+        Returns:
+            Always ``True``: the filter never drops a record.
+        """
         if self.name and not super().filter(record):  # only records of ``name`` and below
             return True
         try:
@@ -71,7 +85,14 @@ class ContextFilter(logging.Filter):
 
 
 def add_context_filter(handler: logging.Handler) -> bool:
-    """Give ``handler`` a :class:`ContextFilter` unless it has one; ``True`` if added."""
+    """Give ``handler`` a :class:`ContextFilter` unless it has one.
+
+    Args:
+        handler: A handler whose formatter is not logkit's.
+
+    Returns:
+        ``True`` if a filter was added, ``False`` if the handler had one already.
+    """
     if any(isinstance(f, ContextFilter) for f in handler.filters):
         return False
     handler.addFilter(ContextFilter())

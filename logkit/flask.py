@@ -34,10 +34,21 @@ CONFIG_PREFIX = "LOGKIT_REQUEST_"
 
 
 def init_app(app: Any, **options: Any) -> RequestContextMiddleware:
-    """Bind each request's context (request id, method, path...) in ``app``; return the middleware.
+    """Bind each request's context (request id, method, path...) in a Flask app.
 
-    Raises :class:`logkit.ConfigError` for an unknown or invalid option. Calling it twice
+    Wraps ``app.wsgi_app`` in ``logkit.wsgi.RequestContextMiddleware``. Calling it twice
     on one app replaces the options instead of wrapping twice.
+
+    Args:
+        app: The Flask app.
+        **options: Request options (``RequestOptions``); they win over the app's
+            ``LOGKIT_REQUEST_<OPTION>`` config keys.
+
+    Returns:
+        The middleware, also kept in ``app.extensions["logkit"]``.
+
+    Raises:
+        ConfigError: An unknown or invalid option.
     """
     from_config = {
         key[len(CONFIG_PREFIX):].lower(): value

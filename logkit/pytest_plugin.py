@@ -27,7 +27,13 @@ _REPORTED = 50
 
 @pytest.fixture
 def logkit_records(request: pytest.FixtureRequest) -> Iterator[Records]:
-    """What logkit writes during the test, as dicts (:func:`logkit.testing.capture`)."""
+    """What logkit writes during the test, as dicts: ``logkit.testing.capture()`` around it.
+
+    A failed test that used it lists the captured records in a report section.
+
+    Yields:
+        The records captured so far (``logkit.testing.Records``).
+    """
     from .testing import capture
 
     with capture() as records:

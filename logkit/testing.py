@@ -1,9 +1,12 @@
 """Helpers for your tests: capture what logkit writes, as dicts, and assert on it.
 
->>> from logkit.testing import capture
->>> with capture() as records:  # doctest: +SKIP
-...     add.delay(2, 3).get()
->>> records.assert_logged(event="task_succeeded", result="5")  # doctest: +SKIP
+```python
+from logkit.testing import capture
+
+with capture() as records:
+    add.delay(2, 3).get()
+records.assert_logged(event="task_succeeded", result="5")
+```
 
 :func:`capture` collects every record any logger of this process hands to its
 handlers (the root's, ``celery.task``'s, ``logkit.events``'... non-propagating
@@ -85,6 +88,10 @@ class Records(list[dict[str, Any]]):
     (``exception__type``), a callable is a predicate (``duration_ms=lambda v: v < 50``),
     anything else must be equal. ``level`` and ``logger`` use the field names of the
     config (``field_names`` renames), ``level`` also takes ``logging.INFO``.
+
+    Args:
+        items: The records (dicts).
+        names: logkit field name -> output key, as ``LogConfig.field_names``.
     """
 
     def __init__(self, items: Any = (), *, names: Mapping[str, str] | None = None) -> None:
@@ -112,28 +119,56 @@ class Records(list[dict[str, Any]]):
         return out
 
     def filter(self, **fields: Any) -> Records:
-        """The records whose fields match ``fields`` (``event=``, ``task_id=``, ``level=``,
-        ``logger=``, any other output field); a new :class:`Records`."""
+        """Return the records whose fields match ``fields``.
+
+        Args:
+            **fields: Output fields to match (``event=``, ``task_id=``, ``level=``,
+                ``logger=``, ...): a value to be equal to, or a predicate; ``a__b`` looks
+                into nested dicts (``exception__type="ValueError"``).
+
+        Returns:
+            The matching records, in order, as a new ``Records``.
+        """
         return self._select(self._query(fields))
 
     def events(self, *names: str) -> Records:
-        """The lifecycle-event records; only events named in ``names`` if any are given."""
+        """Return the lifecycle-event records (those with an ``event`` field).
+
+        Args:
+            *names: Event names (``"task_failed"``...); none: every event.
+
+        Returns:
+            The matching records, in order, as a new ``Records``.
+        """
         return self._select({"event": (lambda e: e in names) if names else (lambda e: True)})
 
     def messages(self) -> list[str]:
-        """The ``message`` of each record, in order."""
+        """Return the ``message`` of each record, in order."""
         key = self._key("message")
         return [str(r.get(key, "")) for r in list(self)]
 
     def text(self) -> str:
-        """All records as JSON lines (for ``assert "hunter2" not in records.text()``)."""
+        """Return all records as JSON lines.
+
+        For ``assert "hunter2" not in records.text()``.
+        """
         return "".join(
             orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE).decode() for r in list(self)
         )
 
     def assert_logged(self, **fields: Any) -> dict[str, Any]:
-        """The first record matching ``fields``; raises :class:`AssertionError` naming the
-        query and listing what was captured when there is none."""
+        """Assert that a record matching ``fields`` was captured, and return the first one.
+
+        Args:
+            **fields: As for :meth:`filter`.
+
+        Returns:
+            The first matching record.
+
+        Raises:
+            AssertionError: No record matches; the message names the query and lists what
+                was captured, with the fields that differ.
+        """
         __tracebackhide__ = True  # pytest: the failure points at the test
         found = self.filter(**fields)
         if not found:
@@ -141,7 +176,14 @@ class Records(list[dict[str, Any]]):
         return found[0]
 
     def assert_not_logged(self, **fields: Any) -> None:
-        """Raise :class:`AssertionError` (listing the offenders) if a record matches ``fields``."""
+        """Assert that no captured record matches ``fields``.
+
+        Args:
+            **fields: As for :meth:`filter`.
+
+        Raises:
+            AssertionError: Some records match; the message lists them.
+        """
         __tracebackhide__ = True  # pytest: the failure points at the test
         found = self.filter(**fields)
         if found:
@@ -151,9 +193,22 @@ class Records(list[dict[str, Any]]):
             )
 
     def wait_for(self, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-        """:meth:`assert_logged`, retried for up to ``timeout`` seconds: for records a
+        """Wait until a record matches ``fields``, and return the first one.
+
+        :meth:`assert_logged`, retried for up to ``timeout`` seconds: for records a
         worker thread logs after the test saw the result (``task_succeeded`` is logged
-        at ``task_postrun``, just after the result is stored)."""
+        at ``task_postrun``, just after the result is stored).
+
+        Args:
+            timeout: Seconds to wait at most.
+            **fields: As for :meth:`filter`.
+
+        Returns:
+            The first matching record.
+
+        Raises:
+            AssertionError: None matched within ``timeout``; as for :meth:`assert_logged`.
+        """
         __tracebackhide__ = True
         deadline = time.monotonic() + timeout
         while True:
@@ -201,7 +256,15 @@ def _describe(fields: Mapping[str, Any]) -> str:
 
 
 def summary(record: Mapping[str, Any], names: Mapping[str, str]) -> str:
-    """``INFO logkit.events task_succeeded task_id=… 'Task succeeded'``: one line per record."""
+    """Describe a captured record in one line, as failure messages list them.
+
+    Args:
+        record: A captured record.
+        names: logkit field name -> output key (``Records.names``).
+
+    Returns:
+        E.g. ``INFO logkit.events event='task_succeeded' task_id=549b196b… 'Task succeeded'``.
+    """
     level = record.get(names.get("level", "level"), "?")
     logger = record.get(names.get("logger", "logger"), "?")
     message = str(record.get(names.get("message", "message"), ""))
@@ -380,6 +443,17 @@ def capture(level: int | str = "DEBUG", *, config: LogConfig | None = None) -> I
     installed app's config, or ``LogConfig(format="json")`` when logkit is not
     installed). Records from every thread are collected, by every active capture
     (captures nest). Afterwards the logging setup is as it was.
+
+    Args:
+        level: The lowest level captured: a name (``"INFO"``) or a number.
+        config: The config whose field names, static fields and redaction the records
+            get (default: the installed app's).
+
+    Yields:
+        The records captured so far; the list grows while the block runs.
+
+    Raises:
+        ValueError: ``level`` is not a level name or a number.
     """
     if isinstance(level, str):
         numeric = logging.getLevelName(level.upper())

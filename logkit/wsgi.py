@@ -41,8 +41,16 @@ def _environ_header(environ: dict[str, Any]) -> Callable[[str], str | None]:
 class RequestContextMiddleware:
     """Bind the request's context while ``app`` handles a request; log ``request_finished``.
 
-    Keyword options are those of :class:`logkit._request.RequestOptions`; a bad one
-    raises :class:`logkit.ConfigError`.
+    The context is bound again around each chunk of the response body and its
+    ``close()``, which logs ``request_finished``.
+
+    Args:
+        app: The WSGI app to wrap.
+        **options: Request options (``RequestOptions``: ``request_id_header``,
+            ``client_ip``, ``event_level``...).
+
+    Raises:
+        ConfigError: An unknown or invalid option.
     """
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
