@@ -384,3 +384,119 @@ def test_documented_event_fields_are_emitted_by_the_code() -> None:
                 continue
             event = row.split("|")[1].strip()
             assert f'"{name}"' in source, f"{name} ({event}) not in logkit/events/"
+
+
+# ---------------------------------------------------------------------------
+# Code blocks: width, JSON examples made by the current code (#30)
+# ---------------------------------------------------------------------------
+
+#: The widest line a code block may have: wider ones scroll sideways on the site.
+MAX_CODE_WIDTH = 100
+
+_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})([^\n]*)\n(.*?)^\1\2[ \t]*$", re.M | re.S)
+
+
+def _code_blocks() -> list[tuple[str, str, str]]:
+    """``(where, language, body)`` of every fenced block in docs/ and the README."""
+    texts = {**all_docs(), ROOT / "README.md": read(ROOT / "README.md")}
+    blocks = []
+    for path, text in texts.items():
+        for match in _FENCE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            indent = match.group(1)
+            body = "\n".join(row.removeprefix(indent) for row in match.group(4).splitlines())
+            language = match.group(3).strip().split(" ")[0]
+            blocks.append((f"{path.relative_to(ROOT)}:{line}", language, body))
+    return blocks
+
+
+def test_every_code_line_fits_the_page() -> None:
+    blocks = _code_blocks()
+    fences = sum(
+        len(re.findall(r"^[ \t]*(?:`{3,}|~{3,})", text, re.M))
+        for text in (*all_docs().values(), read(ROOT / "README.md"))
+    )
+    assert len(blocks) * 2 == fences  # every block was found, each opened and closed
+    too_wide = [
+        f"{where}: {len(row)} chars: {row[:60]}..."
+        for where, _, body in blocks
+        for row in body.splitlines()
+        if len(row) > MAX_CODE_WIDTH
+    ]
+    assert not too_wide, "\n".join(too_wide)
+
+
+def test_every_json_example_is_valid_json() -> None:
+    blocks = [(where, body) for where, language, body in _code_blocks() if language == "json"]
+    assert len(blocks) >= 15
+    for where, body in blocks:
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            pytest.fail(f"{where}: not JSON ({exc})")
+
+
+def _examples_module() -> Any:
+    spec = importlib.util.spec_from_file_location("docs_examples", DOCS / "examples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_json_examples_are_what_the_formatter_writes() -> None:
+    """Each marked example is the current ``JsonFormatter`` output (``python docs/examples.py``
+    rewrites them)."""
+    examples = _examples_module()
+    used: set[str] = set()
+    for page in examples.PAGES:
+        text = read(ROOT / page)
+        used.update(name for name, _ in examples.MARKER.findall(text))
+        assert examples.rewrite(text) == text, (
+            f"{page}: a JSON example is not what the code writes now: run python docs/examples.py"
+        )
+    assert used == set(examples.EXAMPLES), set(examples.EXAMPLES) ^ used
+    for path, text in all_docs().items():
+        if "<!-- example:" in text:
+            assert path.relative_to(ROOT).as_posix() in examples.PAGES, path
+
+
+@pytest.fixture(scope="module")
+def demo_records() -> list[dict[str, Any]]:
+    """The JSON lines of a real demo worker (``python -m logkit demo --format json``)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "logkit", "demo", "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert any(r.get("event") == "worker_shutdown" for r in records), proc.stdout[-3000:]
+    return records
+
+
+def _real(records: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    found = [r for r in records if all(r.get(k, None) == v for k, v in fields.items())]
+    assert found, f"the demo wrote no record with {fields}"
+    return found[0]
+
+
+def test_json_examples_have_the_fields_a_real_worker_writes(
+    demo_records: list[dict[str, Any]],
+) -> None:
+    """The examples' keys, in order, are those of the demo worker's records of the same kind
+    (less the example's own static and ``extra`` fields)."""
+    examples = _examples_module().EXAMPLES
+    for event in ("task_succeeded", "worker_ready"):
+        real = _real(demo_records, event=event, parent_id=None)
+        assert list(examples[event]()) == list(real), event
+    app = _real(demo_records, logger="logkit.demo_app", message="greeting ada")
+    app_keys = [k for k in app if k != "user"]  # the demo's extra field
+    for name, own in (
+        ("task-record", {"service", "amount"}),
+        ("task-record-readme", {"amount"}),
+        ("task-error", {"service", "exception"}),
+    ):
+        assert [k for k in examples[name]() if k not in own] == app_keys, name
+    failed = _real(demo_records, event="task_failed")
+    for name in ("task-error", "exception-record"):
+        assert list(examples[name]()["exception"]) == list(failed["exception"]), name
