@@ -500,3 +500,115 @@ def test_json_examples_have_the_fields_a_real_worker_writes(
     failed = _real(demo_records, event="task_failed")
     for name in ("task-error", "exception-record"):
         assert list(examples[name]()["exception"]) == list(failed["exception"]), name
+
+
+# ---------------------------------------------------------------------------
+# Pictures: made from real output by docs/pictures.py, still showing what the code writes
+# ---------------------------------------------------------------------------
+
+IMAGES = DOCS / "images"
+_RECORD_START = re.compile(r"^(?:worker\d\.log\s+)?\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} ")
+_FIELD = re.compile(r"(?<![\w.'\"])([a-z][a-z0-9_]*)=")
+
+
+def _svg_records(path: Path) -> list[str]:
+    """The text of a rich SVG terminal, one string per log record (wrapped lines joined)."""
+    import html
+
+    svg = read(path)
+    assert "Generated with Rich" in svg, f"{path.name} was not made by rich (docs/pictures.py)"
+    pieces = [
+        (int(number), float(x), float(length), html.unescape(text).replace("\xa0", " "))
+        for x, length, number, text in re.findall(
+            r'<text [^>]*x="([\d.]+)" [^>]*textLength="([\d.]+)" '
+            r'clip-path="url\(#[\w-]+-line-(\d+)\)"[^>]*>([^<]*)</text>',
+            svg,
+        )
+    ]
+    assert pieces, f"no terminal text in {path.name}"
+    cell = pieces[0][2] / len(pieces[0][3])  # one character's width
+    lines: dict[int, str] = {}
+    for number, x, _, text in pieces:  # whitespace between pieces is not drawn: pad to x
+        line = lines.get(number, "")
+        lines[number] = line.ljust(round(x / cell)) + text.rstrip("\n")
+    return _records_of([line.rstrip() for _, line in sorted(lines.items())])
+
+
+def _records_of(lines: list[str]) -> list[str]:
+    """Console lines, one string per record: wrapped lines joined, traceback lines apart."""
+    records: list[str] = []
+    for line in lines:
+        if _RECORD_START.match(line) or line.startswith(" ") or not records:
+            records.append(line)  # a record, or a line of its traceback
+        else:  # the rest of a wrapped line
+            records[-1] += " " + line
+    return records
+
+
+def _fields_by_event(lines: list[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for line in lines:
+        match = re.search(r"\bevent=(\w+)", line)
+        if match:
+            out.setdefault(match.group(1), set()).update(_FIELD.findall(line))
+    return out
+
+
+def test_pictures_are_on_the_pages() -> None:
+    for page, picture in (
+        ("index.md", "demo-console.svg"),
+        ("quickstart.md", "demo-console.svg"),
+        ("cli.md", "view-workers.svg"),
+        ("cli.md", "demo-console.svg"),
+    ):
+        assert f"images/{picture}" in read(DOCS / page), (page, picture)
+        assert (IMAGES / picture).is_file(), picture
+
+
+def _stale(picture: str, event: str, shown: set[str] | None, now: set[str]) -> str:
+    return (
+        f"{picture} shows {event} with {sorted(shown or ())}, the code now writes "
+        f"{sorted(now)}: run python docs/pictures.py"
+    )
+
+
+def test_console_picture_shows_the_events_and_fields_the_demo_writes() -> None:
+    """Each event of the demo is in the picture with the fields the console shows for it
+    now (from a real demo run, colour off), and no other."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "logkit", "demo", "--format", "console"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env={k: v for k, v in os.environ.items() if k != "FORCE_COLOR"} | {"NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\x1b[" not in proc.stdout
+    now = _fields_by_event(_records_of(proc.stdout.splitlines()))
+    assert {"worker_ready", "task_received", "task_succeeded", "task_failed",
+            "task_retried", "worker_shutdown"} <= set(now)
+    console = _svg_records(IMAGES / "demo-console.svg")
+    pictured = _fields_by_event(console)
+    for event, fields in now.items():
+        assert pictured.get(event) == fields, _stale("demo-console.svg", event,
+                                                     pictured.get(event), fields)
+    assert set(pictured) == set(now)
+    assert any("Traceback (most recent call last)" in line for line in console)
+
+
+def test_view_picture_merges_two_workers_with_the_fields_the_code_writes(
+    demo_records: list[dict[str, Any]],
+) -> None:
+    """``logkit view`` of the two workers' files shows, for each event, the fields
+    ``logkit view`` shows now for the demo's JSON records of that event."""
+    from logkit.cli import render
+
+    now = _fields_by_event([render(r) for r in demo_records])
+    view = _svg_records(IMAGES / "view-workers.svg")
+    assert view[0].startswith("$ logkit view --color worker1.log worker2.log")
+    labels = {line.split()[0] for line in view[1:] if not line.startswith(" ")}
+    assert labels == {"worker1.log", "worker2.log"}  # not traceback lines: every record
+    pictured = _fields_by_event(view)
+    assert {"worker_ready", "task_received", "task_succeeded", "task_failed",
+            "worker_shutdown"} <= set(pictured)
+    for event, fields in pictured.items():
+        assert event in now, f"view-workers.svg shows {event}, which the demo no longer writes"
+        assert fields == now[event], _stale("view-workers.svg", event, fields, now[event])
