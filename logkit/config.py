@@ -110,8 +110,8 @@ LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class ConfigError(ValueError):
     """An invalid logkit option: the message names the option, the value and the choices.
 
-    For example ``logkit: invalid value for option 'format' (keyword argument format):
-    must be one of 'auto', 'json', 'console', 'plain'; got 'jsn'``. A ``ValueError``.
+    For example ``logkit: invalid value for option 'format' (keyword argument): must be
+    one of 'auto', 'json', 'console', 'plain'; got 'jsn'``. A ``ValueError``.
     """
 
 

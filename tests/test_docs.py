@@ -324,6 +324,32 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+    _check_api_pages(tmp_path / "site" / "api")
+
+
+def _check_api_pages(api: Path) -> None:
+    """Every public name has an entry with its signature; the middlewares and
+    ``logkit.testing`` have theirs."""
+    import logkit
+
+    page = read(api / "index.html")
+    ids = set(re.findall(r'<h2 id="(logkit[\w.]*)"', page))
+    for name in logkit.__all__:
+        assert {f"logkit.{name}", f"logkit.{name}.{name}"} & ids, f"logkit.{name} not in the API"
+    assert 'class="doc-signature' in page  # signatures, with their types
+    pages = {
+        "middlewares": ["logkit.django.RequestContextMiddleware", "logkit.flask.init_app",
+                        "logkit.asgi.RequestContextMiddleware",
+                        "logkit.wsgi.RequestContextMiddleware"],
+        "testing": ["logkit.testing.capture", "logkit.testing.Records.assert_logged",
+                    "logkit.pytest_plugin.logkit_records"],
+    }
+    for name, entries in pages.items():
+        html = read(api / name / "index.html")
+        for entry in entries:
+            assert f'id="{entry}"' in html, (name, entry)
+    for html in (page, *(read(api / name / "index.html") for name in pages)):
+        assert not re.search(r":(?:func|class|meth|mod):`", html)  # roles made into code
 
 
 def test_benchmark_flags_are_real() -> None:
