@@ -1,9 +1,10 @@
-"""A Griffe extension for the API reference: Sphinx roles in docstrings become code.
+"""A Griffe extension for the API reference: Sphinx markup in docstrings made Markdown.
 
 logkit's docstrings name other objects the Sphinx way (``:func:`install```,
-``:class:`ConfigError```); mkdocstrings renders Markdown, where those would show up
-literally. This turns each role into inline code (``install()``, ``ConfigError``)
-once the package is loaded. Loaded by ``mkdocs.yml`` (``extensions:``).
+``:class:`ConfigError```) and introduce an indented example with ``::``; mkdocstrings
+renders Markdown, where those would show up literally. This turns each role into inline
+code (``install()``, ``ConfigError``) and ``e.g.::`` into ``e.g.:`` (a ``::`` alone on its
+line goes) once the package is loaded. Loaded by ``mkdocs.yml`` (``extensions:``).
 """
 
 from __future__ import annotations
@@ -13,20 +14,28 @@ from typing import Any
 
 import griffe
 
-_ROLE = re.compile(r":(?:py:)?(func|meth|class|mod|attr|data|exc|obj|const):`~?([^`]+)`")
+_ROLE = re.compile(r":(?:py:)?(func|meth|class|mod|attr|data|exc|obj|const):`(~?)([^`]+)`")
 
 
 def _code(match: re.Match[str]) -> str:
-    role, target = match.groups()
-    # `Text <target>` keeps the text; a leading ~ (already dropped) or a long path keeps it
-    text = re.sub(r"\s*<[^>]*>$", "", target)
+    role, short, target = match.groups()
+    text = re.sub(r"\s*<[^>]*>$", "", target)  # `Text <target>`: the text
+    if short:  # `~a.b.C`: only the last name, as Sphinx shows it
+        text = text.rsplit(".", 1)[-1]
     if role in ("func", "meth") and not text.endswith(")"):
         text += "()"
     return f"`{text}`"
 
 
+_LITERAL_ALONE = re.compile(r"^[ \t]*::[ \t]*\n(?:[ \t]*\n)?", re.M)
+_LITERAL_END = re.compile(r"(\S)::[ \t]*$", re.M)
+
+
 def sphinx_roles_to_code(text: str) -> str:
-    """``text`` with every Sphinx role (``:func:`x```) turned into inline code (`` `x()` ``)."""
+    """``text`` with every Sphinx role (``:func:`x```) turned into inline code (`` `x()` ``)
+    and every literal-block ``::`` made a colon."""
+    text = _LITERAL_ALONE.sub("", text)
+    text = _LITERAL_END.sub(r"\1:", text)
     return _ROLE.sub(_code, text)
 
 
