@@ -314,17 +314,24 @@ def test_readme_links_into_docs_exist() -> None:
         assert (ROOT / link).is_file(), link
 
 
-def test_mkdocs_build_strict(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built by ``mkdocs build --strict``."""
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         pytest.skip("mkdocs / mkdocs-material not installed")
+    out = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (tmp_path / "site" / "configuration" / "index.html").is_file()
-    _check_api_pages(tmp_path / "site" / "api")
+    return out
+
+
+def test_mkdocs_build_strict(site: Path) -> None:
+    assert (site / "configuration" / "index.html").is_file()
+    _check_api_pages(site / "api")
 
 
 def _check_api_pages(api: Path) -> None:
@@ -638,3 +645,87 @@ def test_view_picture_merges_two_workers_with_the_fields_the_code_writes(
     for event, fields in pictured.items():
         assert event in now, f"view-workers.svg shows {event}, which the demo no longer writes"
         assert fields == now[event], _stale("view-workers.svg", event, fields, now[event])
+
+
+#: In a window this wide, no code block of any page may scroll sideways.
+BROWSER_WIDTH = 1280
+_BROWSER = ("chromium", "chromium-browser", "google-chrome")
+
+
+def test_no_code_block_scrolls_sideways_in_a_browser(site: Path, tmp_path: Path) -> None:
+    """Every page of the built site, laid out by headless Chromium at 1280 pixels: no code
+    block, table or picture is wider than its box, and the page itself is not."""
+    import functools
+    import shutil
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    browser = next((b for b in map(shutil.which, _BROWSER) if b), None)
+    if browser is None:
+        pytest.skip("no Chromium to lay the pages out")
+    pages = sorted(
+        p.parent.relative_to(site).as_posix() + "/" for p in site.rglob("index.html")
+    )
+    pages = [p.removeprefix("./") for p in pages]
+    assert len(pages) == len(all_docs())
+    (site / "_width.html").write_text(_WIDTH_CHECK % (json.dumps(pages), BROWSER_WIDTH))
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
+             "--virtual-time-budget=120000", "--dump-dom",
+             f"http://127.0.0.1:{server.server_address[1]}/_width.html"],
+            capture_output=True, text=True, timeout=280,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    match = re.search(r'<pre id="out">DONE\n(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"the check page did not finish: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    import html
+
+    lines = html.unescape(match.group(1)).splitlines()
+    results = dict(line.split(": ", 1) for line in lines)
+    assert set(results) == set(pages)
+    wide = {page: result for page, result in results.items() if result != "ok"}
+    assert not wide, "\n".join(f"{page}: {result}" for page, result in wide.items())
+
+
+#: Loads each page in a same-origin iframe as wide as a window and lists what overflows.
+_WIDTH_CHECK = """<!doctype html><html><body><pre id="out">running</pre><script>
+const pages = %s, width = %d, out = [];
+function check(page, frame) {
+  const doc = frame.contentDocument, wide = [];
+  doc.querySelectorAll("pre > code, .md-typeset__scrollwrap, .md-typeset table, img")
+    .forEach(el => {
+      if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) {
+        const what = (el.textContent || el.getAttribute("src") || "").slice(0, 60);
+        wide.push(el.tagName + " " + el.scrollWidth + ">" + el.clientWidth + " "
+                  + what.replace(/\\n/g, " | "));
+      }
+    });
+  const root = doc.documentElement;
+  if (root.scrollWidth > root.clientWidth + 1) wide.push("page " + root.scrollWidth);
+  out.push(page + ": " + (wide.length ? wide.join(" ;; ") : "ok"));
+}
+function next(i) {
+  if (i >= pages.length) {
+    document.getElementById("out").textContent = "DONE\\n" + out.join("\\n");
+    return;
+  }
+  const frame = document.createElement("iframe");
+  frame.width = width; frame.height = 900; frame.src = "/" + pages[i];
+  frame.onload = () => setTimeout(() => { check(pages[i], frame); frame.remove(); next(i + 1); },
+                                  200);
+  document.body.appendChild(frame);
+}
+next(0);
+</script></body></html>
+"""
