@@ -121,6 +121,12 @@ class RequestContextMiddleware:
 
         Django calls it after the authentication middleware ran; nothing is bound for an
         anonymous user or with the ``user_id`` option off.
+
+        Args:
+            request: The request (its ``user`` is read).
+            view_func: The view Django is about to call (unused).
+            view_args: Its positional arguments (unused).
+            view_kwargs: Its keyword arguments (unused).
         """
         if self.options.user_id:
             user_id = _user_id(request, force=True)
