@@ -708,6 +708,57 @@ def test_task_context_selected_and_renamed_fields_and_inherited_header() -> None
     }
 
 
+@pytest.mark.parametrize("same_task", [False, True], ids=["other-task", "same-task"])
+def test_an_applied_subtask_without_lineage_takes_it_from_its_caller(same_task: bool) -> None:
+    """Celery < 5.6: ``apply()`` inside a task leaves parent_id/root_id out of the request.
+
+    Built as Celery 5.3's tracer builds it (each task on Celery's task stack, a fresh
+    request on the task's request stack), so it runs on every Celery; the real worker's
+    check is ``nested-inner`` in the workflow above.
+    """
+    from celery._state import pop_current_task, push_current_task
+    from celery.app.task import Context
+
+    app = Celery("lineage", set_as_current=False)
+
+    @app.task(name="outer", shared=False)
+    def outer() -> None: ...
+
+    @app.task(name="inner", shared=False)
+    def inner() -> None: ...
+
+    if same_task:
+        inner = outer
+    tc = TaskContext(LogConfig())
+    pushed = []
+    try:
+        for task, request in ((outer, {"id": "caller", "root_id": "root"}),
+                              (inner, {"id": "sub", "is_eager": True})):
+            push_current_task(task)
+            task.request_stack.push(Context(**request))
+            pushed.append(task)
+        values = tc.for_task(inner)
+        assert (values["parent_id"], values["root_id"]) == ("caller", "root")
+        assert inner.request.parent_id is None  # Celery's own request is left as it is
+    finally:
+        for task in reversed(pushed):
+            task.pop_request()
+            pop_current_task()
+    # top level: its own root, no parent (as Celery 5.6+ says)
+    inner.request_stack.push(Context(id="top", is_eager=True))
+    push_current_task(inner)
+    try:
+        values = tc.for_task(inner)
+        assert values["root_id"] == "top" and "parent_id" not in values
+    finally:
+        pop_current_task()
+        inner.pop_request()
+    # a worker's request is taken as it is, even without them
+    plain = _Task()
+    plain.request = Context(id="w")
+    assert not {"parent_id", "root_id"} & set(tc.for_task(plain))
+
+
 def test_task_context_args_off_by_default_on_with_redaction_and_cap() -> None:
     assert "args" not in TaskContext(LogConfig()).for_task(_Task(), ["a"], {"password": "p"})
     tc = TaskContext(LogConfig(log_args=True, args_max_length=60))
