@@ -4,22 +4,28 @@
   README's two commands do on a fresh machine).
 - ``lowest``: every direct runtime dependency at the lower bound ``pyproject.toml``
   declares (pinned through a constraints file generated from it), the whole suite.
-- ``celery-5.6``, ``celery-5.7``: one Celery minor each (with the kombu it resolves),
-  the real-worker contract tests (``-m contract``): the ``setup_logging`` contract and
-  override, ``after_setup_*`` kwargs, context in prefork and threads, lifecycle events.
+- ``celery-3.11(5.3)`` ... ``celery-3.13(5.7)``: one Celery minor (with the kombu it
+  resolves) on one Python version each, every pair: the real-worker contract tests
+  (``-m contract``): the ``setup_logging`` contract and override, ``after_setup_*``
+  kwargs, context in prefork and threads, lifecycle events. (The whole suite runs on
+  Python 3.11, in ``tests`` and ``lowest``.)
 - ``package``: sdist and wheel build, ``twine check``, the wheel installed alone (no
   checkout on the path) runs ``python -m logkit demo --format json`` and ``logkit view``.
 
 Sessions use uv to build their virtual environments when it is installed (fast), pip
-otherwise.
+otherwise. Python 3.12 and 3.13 are found as ``python3.12``/``python3.13`` on ``PATH``
+(with pyenv: ``PYENV_VERSION=3.11.7:3.12.1:3.13.0``, as ``.ci/run`` sets it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 import shutil
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -27,7 +33,10 @@ import nox
 ROOT = Path(__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Celery minors logkit supports: each gets a session (keep in step with the README's table).
-CELERY_MINORS = ["5.6", "5.7"]
+CELERY_MINORS = ["5.3", "5.4", "5.5", "5.6", "5.7"]
+#: The Python versions logkit supports, the whole suite's first (keep in step with the
+#: classifiers in pyproject.toml and the README's table).
+PYTHONS = ["3.11", "3.12", "3.13"]
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = False
@@ -45,47 +54,67 @@ def lower_bounds(requirements: list[str]) -> list[str]:
     return pins
 
 
+@contextlib.contextmanager
+def _checkout(session: nox.Session) -> Iterator[None]:
+    """Install the checkout one session at a time (``.ci/run`` runs two at once).
+
+    An editable install builds the checkout, which writes its ``.egg-info`` folder in
+    place: two at once could read each other's half-written metadata.
+    """
+    lock = Path(session.create_tmp()).resolve().parent.parent / "install.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
 def _pytest(session: nox.Session, *args: str) -> None:
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHONS[0])
 def tests(session: nox.Session) -> None:
     """Newest releases of everything, the whole suite."""
-    session.install("-e", ".[dev]")
+    with _checkout(session):
+        session.install("-e", ".[dev]")
     _versions(session)
     _pytest(session)
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHONS[0])
 def lowest(session: nox.Session) -> None:
     """Every runtime dependency at its declared lower bound, the whole suite."""
     constraints = Path(session.create_tmp()).resolve() / "lowest-constraints.txt"
     pins = lower_bounds(PYPROJECT["project"]["dependencies"])
     constraints.write_text("\n".join(pins) + "\n")
     session.log("pinned: " + ", ".join(pins))
-    session.install("-e", ".[dev]", "-c", str(constraints))
+    with _checkout(session):
+        session.install("-e", ".[dev]", "-c", str(constraints))
     _versions(session)
     _pytest(session)
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHONS)
 @nox.parametrize("celery", CELERY_MINORS, ids=CELERY_MINORS)
 def celery(session: nox.Session, celery: str) -> None:
     """One Celery minor (and the kombu it resolves): the real-worker contract tests."""
-    session.install("-e", ".[dev]", f"celery=={celery}.*")
+    with _checkout(session):
+        session.install("-e", ".[dev]", f"celery=={celery}.*")
     _versions(session)
     _pytest(session, "-m", "contract")
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHONS[0])
 def package(session: nox.Session) -> None:
     """Build, check and run the wheel with no checkout on the path."""
     dist = Path(session.create_tmp()).resolve() / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.install("build", "twine")
-    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    with _checkout(session):
+        session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
     files = sorted(str(p) for p in dist.iterdir())
+    name = re.sub(r"[-_.]+", "_", PYPROJECT["project"]["name"]).lower()  # as in file names
+    if sorted(Path(f).name.split("-")[0] for f in files) != [name, name]:
+        session.error(f"the sdist and the wheel are not named {name}: {files}")
     session.run("python", "-m", "twine", "check", "--strict", *files)
     wheel = next(f for f in files if f.endswith(".whl"))
     session.install(wheel)

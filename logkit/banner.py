@@ -15,6 +15,9 @@ How the text is suppressed, with no Celery class patched globally:
   receiver sets that worker's ``quiet``. The plain "worker: Warm shutdown
   (MainProcess)" line is dropped too (that worker's shutdown handlers are
   installed with ``verbose=False``; the ``worker_shutting_down`` event says it).
+  Celery 5.3 and 5.4 have no ``verbose``: logkit installs the same handlers without
+  the line, and on 5.3, which prints it on stderr, does so in JSON mode whatever
+  the ``banner`` option says.
 * beat: ``Beat.run`` prints its banner before configuring logging and no signal
   fires in between, so logkit gives the app a ``Beat`` subclass (this app only,
   set by the ``user_preload_options`` receiver of ``celery beat``) whose
@@ -155,11 +158,49 @@ def _quiet_shutdown_lines(worker: Any) -> None:
         original(target)
         from celery.apps import worker as program
 
-        with contextlib.suppress(Exception):
-            program.install_worker_term_handler(target, verbose=False)
-            program.install_worker_term_hard_handler(target, verbose=False)
+        for install in (program.install_worker_term_handler,
+                        program.install_worker_term_hard_handler):
+            with contextlib.suppress(Exception):
+                try:
+                    install(target, verbose=False)
+                except TypeError:  # Celery < 5.5: no ``verbose``
+                    _install_quiet_shutdown_handler(target, **install.keywords)
 
     worker.install_platform_tweaks = install_platform_tweaks
+
+
+def _install_quiet_shutdown_handler(
+    worker: Any, sig: str, how: str, exitcode: int = 0, callback: Any = None
+) -> None:
+    """Celery 5.3/5.4's shutdown handler for ``sig``, without its plain text line.
+
+    What ``celery.apps.worker._shutdown_handler`` installs there, less the
+    ``safe_say``: the ``worker_shutting_down`` signal (logkit's event of that name
+    says it as a record) and the worker state's stop flag. Celery 5.5+ does this
+    itself with ``verbose=False``.
+    """
+    from billiard.process import current_process
+    from celery import platforms
+    from celery.utils.log import in_sighandler
+
+    def _handle_request(*_: Any) -> None:
+        with in_sighandler():
+            from celery.worker import state
+
+            if current_process()._name == "MainProcess":
+                if callback:
+                    callback(worker)
+                signals.worker_shutting_down.send(
+                    sender=worker.hostname, sig=sig, how=how, exitcode=exitcode
+                )
+            setattr(state, {"Warm": "should_stop", "Cold": "should_terminate"}[how], exitcode)
+
+    _handle_request.__name__ = f"worker_{how}"
+    platforms.signals[sig] = _handle_request
+
+
+#: Celery 5.3 prints its shutdown notice on stderr, where JSON output goes (5.4+: stdout).
+_NOTICE_ON_STDERR = tuple(celery.VERSION[:2]) < (5, 4)
 
 
 def _hold_if_logkit_configures() -> None:
@@ -182,8 +223,12 @@ def on_celeryd_after_setup(sender: Any = None, instance: Any = None, **_: Any) -
     decided = _configured()
     if inst is None or decided is None or getattr(instance, "app", None) is not inst.app:
         return
-    if replaces_text(*decided) and hasattr(instance, "quiet"):
+    if not hasattr(instance, "quiet"):
+        return
+    if replaces_text(*decided):
         instance.quiet = True
+        _quiet_shutdown_lines(instance)
+    elif decided[1] == "json" and _NOTICE_ON_STDERR:  # keep stderr all JSON
         _quiet_shutdown_lines(instance)
 
 

@@ -48,11 +48,14 @@ def workdir() -> Path:
 
 class _DemoChannel(filesystem.Channel):
     """kombu writes a message file in place: a consumer polling at that moment can read
-    half a message (and the worker dies on a JSONDecodeError). Write, then rename."""
+    half a message (and the worker dies on a JSONDecodeError). Write, then rename.
+    The temporary name holds no ``.<queue>.msg``: kombu before 5.6 (Celery 5.5's) takes
+    every file whose name contains it, a half-written one too.
+    """
 
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        tmp = os.path.join(self.data_folder_out, f"tmp-{name}.part")
+        tmp = os.path.join(self.data_folder_out, f"part-{uuid.uuid4()}")
         with open(tmp, "wb") as fh:
             fh.write(dumps(payload).encode())  # type: ignore[no-untyped-call]
         os.replace(tmp, os.path.join(self.data_folder_out, name))

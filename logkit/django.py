@@ -28,7 +28,7 @@ try:
     from django.conf import settings
     from django.utils.functional import empty
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("logkit.django needs Django: pip install 'logkit[django]'") from exc
+    raise ImportError("logkit.django needs Django: pip install 'celery-logkit[django]'") from exc
 
 from . import context
 from ._request import RequestOptions, RequestScope

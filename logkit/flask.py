@@ -21,7 +21,7 @@ try:
     import flask  # noqa: F401  (only to fail early with a clear message)
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "logkit.flask needs Flask: pip install 'logkit[flask]'"
+        "logkit.flask needs Flask: pip install 'celery-logkit[flask]'"
     ) from exc
 
 from ._request import RequestOptions

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
+from celery._state import _task_stack
 from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
@@ -58,6 +59,22 @@ def _header_of(request: Any) -> Any:
     if type(request) is Context:  # its fields live in the instance __dict__
         return request.__dict__.get(HEADER)
     return getattr(request, HEADER, None)
+
+
+def _eager_lineage(request: Any) -> tuple[Any, Any]:
+    """``(parent_id, root_id)`` of a task run by ``apply()``, as Celery 5.6+ gives them.
+
+    Before 5.6, ``apply()`` inside a task leaves both out of the subtask's request: they
+    come from the calling task's request (the entry below this task on Celery's task
+    stack), and a top-level ``apply()`` is its own root.
+    """
+    tasks = _task_stack.stack
+    if len(tasks) < 2:
+        return None, request.id
+    caller = tasks[-2]
+    requests = caller.request_stack.stack  # the caller's request is below this one's when
+    calling = requests[-2] if caller is tasks[-1] and len(requests) > 1 else requests[-1]
+    return calling.id, getattr(calling, "root_id", None) or calling.id
 
 
 #: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
@@ -105,6 +122,9 @@ class TaskContext:
         self.config = config
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
         self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
+        #: ``(output name, field)`` of parent_id/root_id, if chosen (see :meth:`_fill_lineage`).
+        self.lineage_keys = [(names.get(n, n), n) for n in ("parent_id", "root_id")
+                             if n in config.context_fields]
         self._log_args = config.log_args
         #: Output names of the trace ids bound for a task (from its span when it starts).
         self.trace_keys = (names.get("trace_id", "trace_id"), names.get("span_id", "span_id"))
@@ -132,6 +152,9 @@ class TaskContext:
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
+        if (getattr(request, "is_eager", False) and getattr(request, "parent_id", 1) is None
+                and getattr(request, "root_id", 1) is None):
+            self._fill_lineage(request, values)  # Celery < 5.6 (fill() found neither)
         if self.trace is not None:  # the task's span: its events carry it whatever the
             ids = self.trace()  # order of OpenTelemetry's task_postrun receiver and ours
             if ids is not None:
@@ -142,6 +165,15 @@ class TaskContext:
             values[self.args_key] = cap(safe_repr(redact(positional, keys)), limit)
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
+
+    def _fill_lineage(self, request: Any, values: dict[str, Any]) -> None:
+        """The parent and root ids of an eagerly applied task, from its calling task."""
+        if not self.lineage_keys:
+            return
+        ids = dict(zip(("parent_id", "root_id"), _eager_lineage(request), strict=True))
+        for out, name in self.lineage_keys:
+            if ids[name] is not None:
+                values[out] = ids[name]
 
     def trace_fields(self, ids: Ids) -> dict[str, Any]:
         """``{trace_id: ..., span_id: ...}`` under their output names."""

@@ -17,11 +17,14 @@ from kombu.utils.json import dumps
 class AtomicChannel(filesystem.Channel):
     """kombu writes a message file in place, so a consumer polling at that moment can
     read half a message (``Unrecoverable error: JSONDecodeError`` kills the worker).
-    Write to a temporary name, then rename: the consumer sees all of it or nothing."""
+    Write to a temporary name, then rename: the consumer sees all of it or nothing.
+    The temporary name holds no ``.<queue>.msg``: kombu before 5.6 (Celery 5.5's) takes
+    every file whose name contains it, a half-written one too.
+    """
 
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        tmp = os.path.join(self.data_folder_out, f"tmp-{name}.part")
+        tmp = os.path.join(self.data_folder_out, f"part-{uuid.uuid4()}")
         with open(tmp, "wb") as fh:
             fh.write(dumps(payload).encode())
         os.replace(tmp, os.path.join(self.data_folder_out, name))

@@ -51,7 +51,7 @@ def tick():
 #: What ``celery multi`` may print itself, before the nodes detach: its banner and
 #: progress lines. Anything else (a log record, a traceback) is a leak to the terminal.
 MULTI_OUTPUT = re.compile(
-    r"celery multi v[\d.]+ \(\w+\)"  # the banner
+    r"celery multi v[\d.]+ \([\w-]+\)"  # the banner (5.3: "emerald-rush")
     r"|> (Starting|Stopping|Restarting|Killing) [\w ]*\.\.\."  # progress
     r"|> Waiting for \d+ nodes? -> [\w, ]+\.+"
     r"|\t?> [\w.@-]+: (OK|DOWN|TERM -> \d+)"  # one node's outcome

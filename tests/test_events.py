@@ -31,7 +31,7 @@ from logkit.config import EVENT_NAMES
 from logkit.events import prose
 from logkit.events import task as task_events
 
-#: Run against every supported Celery minor by ``nox -s celery``.
+#: Run on every supported Celery minor and Python version by ``nox -s celery``.
 pytestmark = pytest.mark.contract
 
 SLEEP = 0.3

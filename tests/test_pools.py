@@ -22,7 +22,7 @@ from workerutil import Worker, make_app, start_worker, wait_for
 
 import logkit
 
-#: Run against every supported Celery minor by ``nox -s celery``.
+#: Run on every supported Celery minor and Python version by ``nox -s celery``.
 pytestmark = pytest.mark.contract
 
 BODY = r"""

@@ -25,7 +25,7 @@ from logkit.config import ConfigError, LogConfig
 from logkit.handlers import flush_queues
 from logkit.setup import configure_process, decide_color, resolve_format
 
-#: Run against every supported Celery minor by ``nox -s celery``.
+#: Run on every supported Celery minor and Python version by ``nox -s celery``.
 pytestmark = pytest.mark.contract
 
 LOGGER_NAMES = ("", "celery", "celery.task", "celery.redirected", "multiprocessing")

@@ -469,4 +469,5 @@ def test_missing_framework_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert "pip install 'logkit[flask]'" in out and "pip install 'logkit[django]'" in out
+    assert "pip install 'celery-logkit[flask]'" in out
+    assert "pip install 'celery-logkit[django]'" in out

@@ -38,7 +38,7 @@ from workerutil import (
     wait_for,
 )
 
-#: Run against every supported Celery minor by ``nox -s celery``.
+#: Run on every supported Celery minor and Python version by ``nox -s celery``.
 pytestmark = pytest.mark.contract
 
 ISO_UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
