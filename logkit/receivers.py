@@ -66,11 +66,11 @@ def _eager_lineage(request: Any) -> tuple[Any, Any]:
 
     Before 5.6, ``apply()`` inside a task leaves both out of the subtask's request: they
     come from the calling task's request (the entry below this task on Celery's task
-    stack), and a top-level ``apply()`` is its own root.
+    stack). A top-level ``apply()`` (no calling task) keeps what its Celery gives.
     """
     tasks = _task_stack.stack
     if len(tasks) < 2:
-        return None, request.id
+        return None, None
     caller = tasks[-2]
     requests = caller.request_stack.stack  # the caller's request is below this one's when
     calling = requests[-2] if caller is tasks[-1] and len(requests) > 1 else requests[-1]
