@@ -3,8 +3,8 @@
 >>> import logkit
 >>> logkit.install(app, format="json")  # doctest: +SKIP
 
-Importing logkit connects nothing: :func:`install` (``logkit/install.py``, the
-composition root) does.
+Importing logkit changes nothing in the process: :func:`install` (``logkit/install.py``,
+the composition root) does, and :func:`uninstall` puts back everything it changed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
 from .filters import ContextFilter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
-from .install import configure, install
+from .install import configure, install, uninstall
 from .receivers import Installation
 
 __version__ = "0.1.0"
@@ -34,4 +34,5 @@ __all__ = [
     "get_context",
     "install",
     "unbind",
+    "uninstall",
 ]
