@@ -235,7 +235,7 @@ def _has_logkit_wrapper(make_record: Any) -> bool:
     return False
 
 
-def tolerate_clashing_extra(changes: Changes) -> None:
+def tolerate_clashing_extra(changes: Changes | None = None) -> None:
     """Make every stdlib logger accept ``extra`` keys like ``msg`` or ``name`` (renamed).
 
     Composes with whatever ``logging.Logger.makeRecord`` is now (ddtrace wraps it to add
@@ -257,7 +257,8 @@ def tolerate_clashing_extra(changes: Changes) -> None:
         if vars(logging.Logger).get("makeRecord") is ours:
             logging.Logger.makeRecord = current  # type: ignore[method-assign]
 
-    changes.add("logging.Logger.makeRecord wrapped", undo, key="makeRecord")
+    if changes is not None:
+        changes.add("logging.Logger.makeRecord wrapped", undo, key="makeRecord")
 
 
 def _is_logkit(handler: logging.Handler) -> bool:
