@@ -401,8 +401,9 @@ def configure_process(
     celery_logger = logging.getLogger("celery")
     redirected = logging.getLogger("celery.redirected")
     mp_logger = get_multiprocessing_logger()
+    # py.warnings: logging's captureWarnings gives it a NullHandler at the first warning
     for target in (root, task_logger, celery_logger, redirected, mp_logger,
-                   *(logging.getLogger(name) for name in OWN_LOGGERS)):
+                   *(logging.getLogger(name) for name in (*OWN_LOGGERS, "py.warnings"))):
         save_logger(changes, target)
     for target in (root, task_logger, celery_logger, redirected, mp_logger):
         if target is not None:

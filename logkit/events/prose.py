@@ -11,14 +11,14 @@ re-emitted (:func:`_reemit_ignored`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from traceback import format_exception as _format_exception
 from types import MappingProxyType
 from typing import Any
 
 from .._changes import Changes
 from ..formatters import safe_repr
-from ..receivers import installation
+from ..receivers import Installation, installation
 from .base import _I, DEFAULT_LEVELS
 
 __all__ = [
@@ -145,7 +145,7 @@ def quiet_celery_loggers(config: Any, app: Any) -> None:
             if target.level == logging.NOTSET:
                 target.setLevel(logging.WARNING)
                 inst.quieted.add(name)
-                inst.changes.add(f"logger {name!r} at WARNING", unquiet_celery_loggers,
+                inst.changes.add(f"logger {name!r} at WARNING", _unquieter(inst),
                                  key=("quieted", name))
         elif name in inst.quieted:
             if target.level == logging.WARNING:
@@ -153,9 +153,14 @@ def quiet_celery_loggers(config: Any, app: Any) -> None:
             inst.quieted.discard(name)
 
 
-def unquiet_celery_loggers() -> None:
-    """Give the loggers :func:`quiet_celery_loggers` set to WARNING their level back."""
-    inst = installation()
+def _unquieter(inst: Installation) -> Callable[[], None]:
+    return lambda: unquiet_celery_loggers(inst)
+
+
+def unquiet_celery_loggers(inst: Installation | None = None) -> None:
+    """Give the loggers :func:`quiet_celery_loggers` set to WARNING (for ``inst``, else the
+    current installation) their level back."""
+    inst = inst if inst is not None else installation()
     if inst is None:
         return
     for name in list(inst.quieted):
