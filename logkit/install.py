@@ -51,10 +51,15 @@ def install(app: Any, **options: Any) -> Installation:
 
     Options are validated now (a bad one raises :class:`ConfigError`); ``app.conf``,
     ``LOGKIT_*`` env vars and command-line options are merged in when the worker
-    configures logging. Calling it again first uninstalls the previous installation
+    configures logging. Calling it again with the same app and options returns the
+    current installation (an app module imported twice installs once); with another
+    app or other options it first uninstalls the previous installation
     (:func:`uninstall`: everything it changed is put back), then installs anew.
     """
-    check_options(options)  # a bad option raises before anything is undone
+    checked = check_options(options)  # a bad option raises before anything is undone
+    current = receivers.installation()
+    if current is not None and current.app is app and current.options == checked:
+        return current
     uninstall()
     inst = _new_installation(app, options)
     receivers.activate(inst)

@@ -354,3 +354,23 @@ def test_unwritten_records_are_counted_at_exit_when_stderr_can_take_it(
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - start < 60
     assert "log record(s) not written at exit" in proc.stderr, proc.stderr
+
+
+def test_install_again_same_app_and_options_keeps_the_installation(tmp_path: Path) -> None:
+    """An app module imported twice (the double-import trap) installs once: the second
+    call keeps what the worker's setup_logging configured; other options replace it."""
+    import logging
+
+    from celery import Celery
+
+    app = Celery("twice", set_as_current=False)
+    first = logkit.install(app, format="json")
+    logkit.configure(loglevel="INFO", logfile=str(tmp_path / "w.log"))
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_logkit", False)]
+    assert ours
+    assert logkit.install(app, format="json") is first
+    assert [h for h in logging.getLogger().handlers if getattr(h, "_logkit", False)] == ours
+    second = logkit.install(app, format="plain")
+    assert second is not first
+    # the first installation's handlers are gone with it (until the next configuration)
+    assert not [h for h in logging.getLogger().handlers if getattr(h, "_logkit", False)]
