@@ -83,7 +83,8 @@ class WarningHold:
             return
         self.original = warnings.showwarning
         warnings.showwarning = self._hold
-        if changes.add("warnings.showwarning holds warnings", self.release, key="hold"):
+        # undone by showing what is still held (the ordinary way): none is lost
+        if changes.add("warnings.showwarning holds warnings", self.show_held, key="hold"):
             atexit.register(self._show_at_exit)
             changes.add("atexit: show held warnings",
                         lambda: atexit.unregister(self._show_at_exit))
