@@ -54,15 +54,15 @@ def install(app: Any, **options: Any) -> Installation:
     configures logging. Calling it again with the same app and options returns the
     current installation (an app module imported twice installs once); with another
     app or other options it first uninstalls the previous installation
-    (:func:`uninstall`: everything it changed is put back), then installs anew.
+    (:func:`uninstall`: everything it changed is put back), then installs anew. After
+    :func:`configure` without an app (a web process importing its Celery app), the new
+    installation takes over what that configuration set up instead.
     """
     checked = check_options(options)  # a bad option raises before anything is undone
     current = receivers.installation()
     if current is not None and current.app is app and current.options == checked:
         return current
-    uninstall()
-    inst = _new_installation(app, options)
-    receivers.activate(inst)
+    inst = _replace(app, options)
     # 4. Per-process setup (configure() has none: it runs from the user's own receiver).
     inst.connect(signals.setup_logging, receivers.on_setup_logging, "logkit.setup")
     _connect(inst)
@@ -96,7 +96,22 @@ def uninstall() -> bool:
     return True
 
 
-def _new_installation(app: Any, options: Any) -> Installation:
+def _replace(app: Any, options: Any) -> Installation:
+    """A new current installation for ``app``: the previous one uninstalled first, or, if
+    it was made by :func:`configure` for no app, what it set up taken over."""
+    current = receivers.installation()
+    if current is not None and current.app is None and app is not None:
+        inst = _new_installation(app, options, take_over=current)
+    else:
+        uninstall()
+        inst = _new_installation(app, options)
+    receivers.activate(inst)
+    return inst
+
+
+def _new_installation(
+    app: Any, options: Any, take_over: Installation | None = None
+) -> Installation:
     """An :class:`Installation` for ``app`` with the lifecycle events plugged in, and the
     process-wide hooks it owns (``atexit``; the at-fork dispatcher) registered.
 
@@ -110,8 +125,12 @@ def _new_installation(app: Any, options: Any) -> Installation:
         task_finished=task.task_finished,  # before task_postrun restores it
         configured=prose.quiet_celery_loggers,  # once a process's logging is set up
     )
-    atexit.register(_at_exit)
-    inst.changes.add("atexit: write out the queue", lambda: atexit.unregister(_at_exit))
+    if take_over is not None:  # its changes, what it set up, its state: now inst's
+        inst.changes, inst.active = take_over.changes, take_over.active
+        inst.quieted, inst.warnings = take_over.quieted, take_over.warnings
+    if inst.changes.add("atexit: write out the queue", lambda: atexit.unregister(_at_exit),
+                        key="atexit"):
+        atexit.register(_at_exit)
     _register_at_fork()
     return inst
 
@@ -214,8 +233,8 @@ def configure(
     with that string. Fires ``after_setup_logger`` and ``after_setup_task_logger``.
     Returns what was set up; raises :class:`ConfigError` for a bad option or an
     unwritable log file. Without :func:`install` (or for another app than the installed
-    one) it installs first, replacing the previous installation; :func:`uninstall`
-    undoes it.
+    one) it installs first, replacing the previous installation (see :func:`install`);
+    :func:`uninstall` undoes it.
     """
     plain_format = None
     if format is not None and "%(" in format:
@@ -227,9 +246,7 @@ def configure(
     if app is None and inst is not None:
         app = inst.app
     if inst is None or inst.app is not app:
-        uninstall()
-        inst = _new_installation(app, options)
-        receivers.activate(inst)
+        inst = _replace(app, options)
     config = LogConfig.resolve(app, {**inst.options, **checked}, cli=inst.cli)
     inst.use(config)
     _connect(inst)

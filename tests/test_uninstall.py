@@ -374,3 +374,25 @@ def test_install_again_same_app_and_options_keeps_the_installation(tmp_path: Pat
     assert second is not first
     # the first installation's handlers are gone with it (until the next configuration)
     assert not [h for h in logging.getLogger().handlers if getattr(h, "_logkit", False)]
+
+
+def test_install_after_configure_without_app_takes_it_over(tmp_path: Path) -> None:
+    """A web process: configure() for its own logging, then its Celery app module calls
+    install(app): the configured logging stays, and uninstall() undoes both."""
+    import logging
+
+    from celery import Celery
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    logkit.configure(format="json", logfile=str(tmp_path / "web.log"), loglevel="INFO")
+    ours = [h for h in root.handlers if getattr(h, "_logkit", False)]
+    assert ours
+    app = Celery("web_app", set_as_current=False)
+    inst = logkit.install(app)
+    assert inst.app is app and inst.active is not None
+    assert [h for h in root.handlers if getattr(h, "_logkit", False)] == ours
+    logging.getLogger("webapp").info("still written")
+    assert "still written" in (tmp_path / "web.log").read_text()
+    assert logkit.uninstall() is True
+    assert (list(root.handlers), root.level) == before
