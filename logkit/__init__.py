@@ -6,8 +6,9 @@ import logkit
 logkit.install(app, format="json")
 ```
 
-Importing logkit connects nothing: :func:`install` (``logkit/install.py``, the
-composition root) does. The names below are logkit's public API (``logkit.__all__``).
+Importing logkit changes nothing in the process: :func:`install` (``logkit/install.py``,
+the composition root) does, and :func:`uninstall` puts back everything it changed. The
+names below are logkit's public API (``logkit.__all__``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
 from .filters import ContextFilter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
-from .install import configure, install
+from .install import configure, install, uninstall
 from .receivers import Installation
 
 __version__ = "0.1.0"
@@ -38,4 +39,5 @@ __all__ = [
     "get_context",
     "install",
     "unbind",
+    "uninstall",
 ]

@@ -3,6 +3,10 @@
 structlog's event dict becomes a stdlib call: the event is the message, positional
 args stay args, every other key becomes an ``extra`` field. So structlog and stdlib
 records go through the same filters, context, formatter and sink.
+
+An app that configured structlog itself keeps its processors: logkit only changes the
+final step (or, when the app's own handlers write, adds its task context before it);
+see :func:`configure_structlog`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from ._changes import Changes
+from .context import current
 from .formatters import RESERVED
 
 _PASS_THROUGH = ("exc_info", "stack_info", "stacklevel")
@@ -101,18 +107,82 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             return True
 
 
-def configure_structlog() -> None:
-    """Configure structlog so that ``structlog.get_logger()`` writes through stdlib logging."""
-    structlog.configure(
-        processors=[
+#: Final processors that already hand the event dict to a stdlib logger as logkit wants it.
+_STDLIB_CALLS = (to_stdlib_call, structlog.stdlib.render_to_log_kwargs)
+
+
+def merge_task_context(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """Processor: logkit's context (the task's fields, bound request fields) into the
+    event dict, under keys the event does not have already."""
+    ctx = current()
+    if ctx:
+        for key, value in ctx.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _logkit_config() -> dict[str, Any]:
+    return {
+        "processors": [
             structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             to_stdlib_call,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=LevelCheckedLogger,
-        cache_logger_on_first_use=True,
-    )
+        "logger_factory": structlog.stdlib.LoggerFactory(),
+        "wrapper_class": LevelCheckedLogger,
+        "cache_logger_on_first_use": True,
+    }
+
+
+def _app_config(app: dict[str, Any], own_output: bool) -> dict[str, Any]:
+    """The app's structlog configuration with only what logkit needs added.
+
+    ``own_output`` (logkit's handlers write the records): the final step (a renderer, or
+    ``ProcessorFormatter.wrap_for_formatter``) becomes :func:`to_stdlib_call`, so
+    logkit's formatter renders the event dict (``event`` as the message, the other keys
+    as fields, one line per call) on a stdlib logger. Otherwise (the app's own handlers
+    write): :func:`merge_task_context` before the final step, which stays.
+    """
+    processors = list(app["processors"])
+    if not processors:
+        processors = [to_stdlib_call]
+    elif own_output:
+        if processors[-1] not in _STDLIB_CALLS:
+            processors[-1] = to_stdlib_call
+    else:
+        processors.insert(len(processors) - 1, merge_task_context)
+        return {"processors": processors}
+    config: dict[str, Any] = {"processors": processors}
+    if not isinstance(app["logger_factory"], structlog.stdlib.LoggerFactory):
+        config["logger_factory"] = structlog.stdlib.LoggerFactory()
+        wrapper = app["wrapper_class"]
+        if not (isinstance(wrapper, type) and issubclass(wrapper, structlog.stdlib.BoundLogger)):
+            config["wrapper_class"] = LevelCheckedLogger
+    return config
+
+
+def configure_structlog(changes: Changes, *, own_output: bool = True) -> None:
+    """Make ``structlog.get_logger()`` write through stdlib logging, and logkit's output.
+
+    Nobody configured structlog: logkit's configuration (its own pipeline). The app did
+    (``structlog.is_configured()`` before logkit): the app's processors stay, with only
+    what logkit needs (see :func:`_app_config`). Recorded in ``changes``: the undo puts
+    back the configuration from before logkit (or structlog's defaults).
+    """
+    if "structlog" not in changes:
+        was_configured = structlog.is_configured()
+        before = structlog.get_config()
+
+        def undo() -> None:
+            if was_configured:
+                structlog.configure(**before)
+            else:
+                structlog.reset_defaults()
+
+        changes.add("structlog.configure()", undo, key="structlog",
+                    data=before if was_configured else None)
+    app = changes.data("structlog")
+    structlog.configure(**(_logkit_config() if app is None else _app_config(app, own_output)))
 
 
 _REGISTRY: dict[str, Any] | None

@@ -39,9 +39,8 @@ import celery
 from celery import signals
 
 from .config import ConfigError
-from .early import hold_warnings, intended_format, show_held_warnings
+from .early import intended_format
 from .receivers import Installation, _other_setup_logging_receivers, installation
-from .setup import active
 
 __all__ = ["beat_fields", "connect", "replaces_text", "worker_fields"]
 
@@ -65,10 +64,10 @@ def _mode(inst: Installation) -> str:
 
 def _configured() -> tuple[str, str] | None:
     """``(banner mode, output format)`` where logkit configured logging, else ``None``."""
-    inst, act = installation(), active()
-    if inst is None or act is None:
+    inst = installation()
+    if inst is None or inst.active is None:
         return None
-    return _mode(inst), act.format
+    return _mode(inst), inst.active.format
 
 
 # ---------------------------------------------------------------------------
@@ -203,22 +202,28 @@ def _install_quiet_shutdown_handler(
 _NOTICE_ON_STDERR = tuple(celery.VERSION[:2]) < (5, 4)
 
 
-def _hold_if_logkit_configures() -> None:
+def _hold_if_logkit_configures(inst: Installation) -> None:
     """Hold warnings, unless the user's own ``setup_logging`` receiver decides about them."""
     if not _other_setup_logging_receivers():
-        hold_warnings()
+        inst.warnings.hold(inst.changes)
+
+
+def _show_held_warnings() -> None:
+    inst = installation()
+    if inst is not None:
+        inst.warnings.show_held()
 
 
 def on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """``celeryd_init`` (before Celery's ``check_privileges`` warns): hold warnings."""
     inst = installation()
     if inst is not None and getattr(instance, "app", inst.app) is inst.app:
-        _hold_if_logkit_configures()
+        _hold_if_logkit_configures(inst)
 
 
 def on_celeryd_after_setup(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """``celeryd_after_setup`` (logging configured, banner not yet printed): decide on it."""
-    show_held_warnings()  # when logkit did not configure logging; otherwise already done
+    _show_held_warnings()  # when logkit did not configure logging; otherwise already done
     inst = installation()
     decided = _configured()
     if inst is None or decided is None or getattr(instance, "app", None) is not inst.app:
@@ -275,15 +280,22 @@ def on_user_preload_options(app: Any = None, **_: Any) -> None:
     inst = installation()
     if inst is None or app is None or app is not inst.app:
         return
-    _hold_if_logkit_configures()
+    _hold_if_logkit_configures(inst)
     with contextlib.suppress(Exception):
         if not getattr(app.Beat, "_logkit_banner", False):
-            app.Beat = _quiet_beat_class(app.Beat)
+            original = app.Beat
+            app.Beat = quiet = _quiet_beat_class(original)
+
+            def undo() -> None:
+                if app.__dict__.get("Beat") is quiet:
+                    app.Beat = original
+
+            inst.changes.add("app.Beat: quiet banner", undo)
 
 
 def on_beat_init(**_: Any) -> None:
     """``beat_init``: show the warnings still held (when logkit did not configure logging)."""
-    show_held_warnings()
+    _show_held_warnings()
 
 
 # ---------------------------------------------------------------------------
@@ -291,13 +303,10 @@ def on_beat_init(**_: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
-def connect() -> None:
-    """Connect the receivers above (idempotent); called by :func:`logkit.install`."""
-    signals.user_preload_options.connect(
-        on_user_preload_options, weak=False, dispatch_uid="logkit.banner.preload"
-    )
-    signals.celeryd_init.connect(on_celeryd_init, weak=False, dispatch_uid="logkit.banner.init")
-    signals.celeryd_after_setup.connect(
-        on_celeryd_after_setup, weak=False, dispatch_uid="logkit.banner.after_setup"
-    )
-    signals.beat_init.connect(on_beat_init, weak=False, dispatch_uid="logkit.banner.beat_init")
+def connect(inst: Installation) -> None:
+    """Connect the receivers above for ``inst`` (idempotent); called by :func:`logkit.install`."""
+    inst.connect(signals.user_preload_options, on_user_preload_options, "logkit.banner.preload")
+    inst.connect(signals.celeryd_init, on_celeryd_init, "logkit.banner.init")
+    inst.connect(signals.celeryd_after_setup, on_celeryd_after_setup,
+                 "logkit.banner.after_setup")
+    inst.connect(signals.beat_init, on_beat_init, "logkit.banner.beat_init")

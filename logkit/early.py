@@ -4,10 +4,12 @@ Celery warns before the ``setup_logging`` signal (the ``SecurityWarning`` of a
 worker running as root, from ``check_privileges``; deprecation warnings), and
 Python writes those warnings to stderr as several lines of text. From the
 moment logkit knows a worker or beat is starting (``user_preload_options``,
-``celeryd_init``) :func:`hold_warnings` keeps them in a bounded list instead;
-:func:`capture_warnings`, run where logkit configures logging, puts
-``warnings.showwarning`` back, turns on ``logging.captureWarnings`` and replays
-them as records of the ``py.warnings`` logger, in the configured format.
+``celeryd_init``) :meth:`WarningHold.hold` keeps them in a bounded list instead (the hold
+belongs to the installation);
+where logkit configures logging, :meth:`WarningHold.capture` puts
+``warnings.showwarning`` back, and with ``logging.captureWarnings`` on
+(:func:`capture_warnings`) replays them as records of the ``py.warnings`` logger,
+in the configured format.
 Anything still held when the process exits is shown the ordinary way.
 
 A crash before logging is configured (a bad option, an unwritable log file) is
@@ -26,15 +28,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._changes import Changes
 from .config import FORMATS, LogConfig
 from .formatters import JsonFormatter
 
 __all__ = [
     "MAX_HELD",
+    "WarningHold",
     "capture_warnings",
-    "hold_warnings",
     "intended_format",
-    "release_warnings",
     "report_failure",
 ]
 
@@ -44,73 +46,97 @@ MAX_HELD = 100
 #: ``(message, category, filename, lineno, file, line)``: ``warnings.showwarning``'s arguments.
 Held = tuple[Any, Any, str, int, Any, Any]
 
-_held: list[Held] = []
-_dropped = [0]
-#: ``warnings.showwarning`` as it was before :func:`hold_warnings` (``None``: not holding).
-_original: list[Callable[..., Any] | None] = [None]
-_exit_hook: list[bool] = [False]
+class WarningHold:
+    """Python warnings held until logging is configured (one per installation).
+
+    :meth:`hold` replaces ``warnings.showwarning`` and registers an ``atexit`` callback
+    showing what is still held; both are recorded in the installation's
+    :class:`~logkit._changes.Changes` with their undo.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[Held] = []
+        self.dropped = 0
+        #: ``warnings.showwarning`` as it was before :meth:`hold` (``None``: not holding).
+        self.original: Callable[..., Any] | None = None
+
+    def _hold(self, message: Any, category: Any, filename: str, lineno: int,
+              file: Any = None, line: Any = None) -> None:
+        original = self.original
+        if original is None or file is not None:  # released, or shown to an explicit file
+            (original or warnings._showwarning_orig)(  # type: ignore[attr-defined]
+                message, category, filename, lineno, file, line
+            )
+            return
+        if len(self.held) < MAX_HELD:
+            self.held.append((message, category, filename, lineno, file, line))
+        else:
+            self.dropped += 1
+
+    def holding(self) -> bool:
+        """Whether warnings are held now."""
+        return self.original is not None
+
+    def hold(self, changes: Changes) -> None:
+        """Hold Python warnings until :meth:`capture` (idempotent)."""
+        if self.original is not None:
+            return
+        self.original = warnings.showwarning
+        warnings.showwarning = self._hold
+        # undone by showing what is still held (the ordinary way): none is lost
+        if changes.add("warnings.showwarning holds warnings", self.show_held, key="hold"):
+            atexit.register(self._show_at_exit)
+            changes.add("atexit: show held warnings",
+                        lambda: atexit.unregister(self._show_at_exit))
+
+    def release(self) -> list[Held]:
+        """Stop holding: put ``warnings.showwarning`` back; return the held warnings."""
+        original, self.original = self.original, None
+        if original is not None and warnings.showwarning == self._hold:
+            warnings.showwarning = original
+        held = list(self.held)
+        self.held.clear()
+        return held
+
+    def replay(self, held: list[Held]) -> None:
+        for message, category, filename, lineno, file, line in held:
+            warnings.showwarning(message, category, filename, lineno, file, line)
+        dropped, self.dropped = self.dropped, 0
+        if dropped:
+            logging.getLogger("py.warnings").warning(
+                "logkit: %d more warning(s) before logging was configured were dropped", dropped
+            )
+
+    def capture(self, changes: Changes) -> None:
+        """Stop holding, turn on ``logging.captureWarnings`` (:func:`capture_warnings`),
+        then replay the held warnings as ``py.warnings`` records."""
+        held = self.release()
+        capture_warnings(changes)
+        self.replay(held)
+
+    def show_held(self) -> None:
+        """Stop holding and show the held warnings however ``warnings`` shows them now."""
+        self.replay(self.release())
+
+    def _show_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.show_held()
 
 
-def _hold(message: Any, category: Any, filename: str, lineno: int,
-          file: Any = None, line: Any = None) -> None:
-    original = _original[0]
-    if original is None or file is not None:  # released, or shown to an explicit file
-        (original or warnings._showwarning_orig)(  # type: ignore[attr-defined]
-            message, category, filename, lineno, file, line
-        )
-        return
-    if len(_held) < MAX_HELD:
-        _held.append((message, category, filename, lineno, file, line))
-    else:
-        _dropped[0] += 1
-
-
-def hold_warnings() -> None:
-    """Hold Python warnings until :func:`capture_warnings` (idempotent)."""
-    if _original[0] is not None:
-        return
-    _original[0] = warnings.showwarning
-    warnings.showwarning = _hold
-    if not _exit_hook[0]:
-        _exit_hook[0] = True
-        atexit.register(_show_at_exit)
-
-
-def release_warnings() -> list[Held]:
-    """Stop holding: put ``warnings.showwarning`` back; return the held warnings (emptied)."""
-    original, _original[0] = _original[0], None
-    if original is not None and warnings.showwarning is _hold:
-        warnings.showwarning = original
-    held = list(_held)
-    _held.clear()
-    return held
-
-
-def _replay(held: list[Held]) -> None:
-    for message, category, filename, lineno, file, line in held:
-        warnings.showwarning(message, category, filename, lineno, file, line)
-    dropped, _dropped[0] = _dropped[0], 0
-    if dropped:
-        logging.getLogger("py.warnings").warning(
-            "logkit: %d more warning(s) before logging was configured were dropped", dropped
-        )
-
-
-def capture_warnings() -> None:
-    """``logging.captureWarnings(True)``, then the held warnings as ``py.warnings`` records."""
-    held = release_warnings()
+def capture_warnings(changes: Changes) -> None:
+    """``logging.captureWarnings(True)``, recorded with its undo (only when logkit turned
+    it on, and only while ``warnings.showwarning`` is still logging's: a hook another
+    library put over it afterwards is left alone)."""
+    if logging._warnings_showwarning is not None:  # type: ignore[attr-defined]
+        return  # on already (by logkit before, or by the app): nothing to undo
     logging.captureWarnings(True)
-    _replay(held)
+    showwarning = warnings.showwarning
 
+    def undo() -> None:
+        if warnings.showwarning is showwarning:
+            logging.captureWarnings(False)
 
-def show_held_warnings() -> None:
-    """Stop holding and show the held warnings however ``warnings`` shows them now."""
-    _replay(release_warnings())
-
-
-def _show_at_exit() -> None:
-    with contextlib.suppress(Exception):
-        show_held_warnings()
+    changes.add("logging.captureWarnings(True)", undo, key="captureWarnings")
 
 
 # ---------------------------------------------------------------------------
@@ -166,21 +192,22 @@ def json_line(logger: str, level: int, message: str, **extra: Any) -> str:
     return JsonFormatter(LogConfig(format="json")).format(record)
 
 
-def report_failure(message: str, fmt: str) -> None:
+def report_failure(message: str, fmt: str, hold: WarningHold | None = None) -> None:
     """Write a fatal ``message`` to the real stderr: one JSON line when ``fmt`` means JSON.
 
     Held warnings go first, as JSON lines too (or as text), so none is lost.
     """
     as_json = stderr_is_json(fmt)
     lines: list[str] = []
-    held = release_warnings()
+    held = hold.release() if hold is not None else []
     if as_json:
         for msg, category, filename, lineno, _file, line in held:
             text = warnings.formatwarning(msg, category, filename, lineno, line)
             lines.append(json_line("py.warnings", logging.WARNING, text))
         lines.append(json_line("logkit", logging.CRITICAL, message))
     else:
-        _replay(held)
+        if hold is not None:
+            hold.replay(held)
         lines.append(message)
     data = "".join(f"{line}\n" for line in lines).encode("utf-8", "backslashreplace")
     with contextlib.suppress(OSError):

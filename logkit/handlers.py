@@ -15,16 +15,19 @@
 * No record is lost silently: every record a sink could not take (write error, full
   queue) is counted, and one ``log_records_dropped`` record reports the count and the
   time span as soon as the sink takes writes again (or at :func:`flush_queues`).
+
+Importing this module registers nothing (no ``atexit``, no at-fork hook): the
+installation does (:mod:`logkit.install`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import logging
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -42,7 +45,10 @@ __all__ = [
     "QueueSinkHandler",
     "Sink",
     "SinkHandler",
+    "flush_at_exit",
     "flush_queues",
+    "reset_after_fork",
+    "unwritten",
 ]
 
 #: The ``event`` of the record that reports records a sink could not take.
@@ -401,7 +407,8 @@ def dropped_record(
 
 
 class _Writer:
-    """One background thread per process draining ``(handler, record)`` pairs.
+    """One background thread draining ``(handler, record)`` pairs, started at the first
+    record and stopped by :meth:`stop` (the installation's undo).
 
     ``_pending`` counts the records put and not yet written (or dropped by the
     sink): the queue's size, checked against the handler's ``maxsize`` in
@@ -409,6 +416,10 @@ class _Writer:
     """
 
     def __init__(self) -> None:
+        self._reset()
+        _WRITERS.add(self)
+
+    def _reset(self) -> None:
         self.queue: queue.SimpleQueue[tuple[logging.Handler, logging.LogRecord] | None] = (
             queue.SimpleQueue()
         )
@@ -419,7 +430,6 @@ class _Writer:
         self._not_full = threading.Condition(self._lock)  # notified when a record is done
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
-        self._pid = os.getpid()
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -428,6 +438,8 @@ class _Writer:
             self._ident = self._thread.ident
 
     def put(self, handler: QueueSinkHandler, record: logging.LogRecord) -> None:
+        if self._thread is None:  # the first record (in this process: see _after_fork)
+            self.start()
         with self._lock:
             if self._pending >= handler.maxsize and not self._wait_for_room(handler):
                 handler.sink.note_dropped(QUEUE_FULL)  # reported by the writer later
@@ -455,7 +467,13 @@ class _Writer:
                 return
             handler, record = item
             with contextlib.suppress(Exception):  # never let the writer thread die
-                handler.handle(record)  # SinkHandler.emit reports earlier drops when it writes
+                # Not handler.handle(): it holds the handler's lock around the write, and a
+                # write blocked on a sink nobody reads would then block logging.shutdown()
+                # (which takes every handler's lock) at exit. This thread is the only
+                # one writing through the target handler.
+                rv = handler.filter(record)
+                if rv:
+                    handler.emit(record if isinstance(rv, bool) else rv)
             self._done(getattr(handler, "sink", None))
 
     def _done(self, sink: Sink | None) -> None:
@@ -486,42 +504,101 @@ class _Writer:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending <= 0, timeout)
 
+    @property
+    def unwritten(self) -> int:
+        """Records queued and not written yet."""
+        return max(self._pending, 0)
 
-_writer: _Writer | None = None
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Write out the queue (waiting at most ``timeout`` seconds), then end the thread.
+
+        ``False`` if records were still waiting (a stalled sink): the thread, blocked in a
+        write, ends after it (it is a daemon thread: it never keeps the process alive).
+        """
+        flushed = self.flush(timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.queue.put(None)
+            if flushed:
+                thread.join(timeout)
+        self._thread = None
+        _WRITERS.discard(self)
+        return flushed
+
+    def _after_fork(self) -> None:
+        """In a forked child: the thread did not survive; start afresh at the next record."""
+        self._reset()
 
 
-def _get_writer() -> _Writer:
-    global _writer
-    if _writer is None:
-        _writer = _Writer()
-        _writer.start()
-    return _writer
+#: Every live queue writer (for :func:`flush_queues` and the at-fork reset).
+_WRITERS: weakref.WeakSet[_Writer] = weakref.WeakSet()
 
 
 def flush_queues(timeout: float = 10.0) -> bool:
-    """Write out every record waiting in the non-blocking queue of this process.
+    """Write out every record waiting in the non-blocking queues of this process.
 
-    Waits at most ``timeout`` seconds; ``False`` if records are still waiting then (a
-    stalled sink). Records counted as dropped and not yet reported are reported now.
+    Waits at most ``timeout`` seconds in all; ``False`` if records are still waiting
+    then (a stalled sink). Records counted as dropped and not yet reported are
+    reported now.
     """
-    done = _writer.flush(timeout) if _writer is not None else True
-    if done:  # else the writer is stuck in a write to a sink: do not get stuck too
+    deadline = time.monotonic() + timeout
+    done = True
+    for writer in list(_WRITERS):
+        done = writer.flush(max(0.0, deadline - time.monotonic())) and done
+    if done:  # else a writer is stuck in a write to a sink: do not get stuck too
         for sink in list(_SINKS):
             with contextlib.suppress(Exception):
                 sink.report_dropped()
     return done
 
 
-def _reset_after_fork() -> None:
-    global _writer
+def unwritten() -> int:
+    """Records waiting in this process's non-blocking queues."""
+    return sum(writer.unwritten for writer in list(_WRITERS))
+
+
+def flush_at_exit(timeout: float = 10.0) -> int:
+    """:func:`flush_queues` at interpreter exit; return the records left unwritten.
+
+    Those are reported in one line on the real stderr if it can take it without
+    blocking (it may be the stalled sink itself); otherwise they are lost unreported.
+    """
+    if flush_queues(timeout):
+        return 0
+    lost = unwritten()
+    if lost:
+        report_if_writable(
+            f"{lost} log record(s) not written at exit: the sink took no write for "
+            f"{timeout:g} s (process {os.getpid()})"
+        )
+    return lost
+
+
+def report_if_writable(message: str) -> bool:
+    """:func:`report` ``message``, unless stderr would block (a full pipe); ``True`` if written."""
+    stream = sys.__stderr__
+    if stream is None:
+        return False
+    try:
+        fd = stream.fileno()
+        if not select.select([], [fd], [], 0)[1]:
+            return False
+    except (OSError, ValueError):
+        return False
+    report(message)
+    return True
+
+
+def reset_after_fork() -> None:
+    """In a forked child: fresh locks for every sink, fresh (not started) queue writers.
+
+    Run by the at-fork hook :func:`logkit.install` registers (importing this module
+    registers nothing).
+    """
     for sink in list(_SINKS):
         sink._after_fork()
-    if _writer is not None:
-        _writer = None  # the thread did not survive the fork; start a fresh one on next use
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-atexit.register(flush_queues)
+    for writer in list(_WRITERS):
+        writer._after_fork()
 
 
 class QueueSinkHandler(logging.Handler):
@@ -534,10 +611,17 @@ class QueueSinkHandler(logging.Handler):
     """
 
     def __init__(
-        self, target: logging.Handler, maxsize: int = 10000, block: bool = False
+        self,
+        target: logging.Handler,
+        maxsize: int = 10000,
+        block: bool = False,
+        writer: _Writer | None = None,
     ) -> None:
         super().__init__(target.level)
         self.target = target
+        #: The background thread writing this handler's records (shared by the handlers
+        #: one configuration makes).
+        self.writer = writer if writer is not None else _Writer()
         #: Most records waiting in this process's queue (``queue_size``).
         self.maxsize = maxsize
         #: When the queue is full: wait for room (``True``) or drop the record.
@@ -577,4 +661,4 @@ class QueueSinkHandler(logging.Handler):
         except Exception:
             pass  # the formatter reports it
         record.__dict__["_logkit_ctx"] = current()
-        _get_writer().put(self, record)
+        self.writer.put(self, record)

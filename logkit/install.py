@@ -11,13 +11,22 @@ written line is connected here, in :func:`_connect`, and nowhere else:
    :func:`_new_installation`), and the filters on Celery's own lines;
 4. per-process setup: ``setup_logging`` runs :func:`logkit.setup.configure_process`
    with the installation's ``configured`` step (quieting Celery's task loggers);
-5. flushing the non-blocking queue when a process shuts down;
+5. flushing the non-blocking queue when a process shuts down (and at interpreter exit);
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`).
+
+Every change is recorded in the installation's ``changes`` with its undo;
+:func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
+installation registers its ``atexit`` callback (removed by :func:`uninstall`) and, once
+per process, an at-fork dispatcher (at-fork hooks cannot be unregistered; it does
+nothing while no installation is current).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 from typing import Any
 
 from celery import signals
@@ -25,11 +34,16 @@ from celery import signals
 from . import banner, celery_options, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
-from .handlers import flush_queues
+from .handlers import flush_at_exit, flush_queues, reset_after_fork
 from .receivers import Installation
-from .setup import Active, configure_process
+from .setup import Active
 
-__all__ = ["configure", "install"]
+__all__ = ["configure", "install", "uninstall"]
+
+logger = logging.getLogger("logkit")
+
+#: Seconds :func:`uninstall` and the exit hook wait for a ``queue=True`` queue to drain.
+QUEUE_WAIT = 10.0
 
 
 def install(app: Any, **options: Any) -> Installation:
@@ -37,31 +51,115 @@ def install(app: Any, **options: Any) -> Installation:
 
     Options are validated now (a bad one raises :class:`ConfigError`); ``app.conf``,
     ``LOGKIT_*`` env vars and command-line options are merged in when the worker
-    configures logging. Calling it again replaces the previous installation.
+    configures logging. Calling it again with the same app and options returns the
+    current installation (an app module imported twice installs once); with another
+    app or other options it first uninstalls the previous installation
+    (:func:`uninstall`: everything it changed is put back), then installs anew. After
+    :func:`configure` without an app (a web process importing its Celery app), the new
+    installation takes over what that configuration set up instead.
     """
-    inst = _new_installation(app, options)
-    receivers.activate(inst)
+    checked = check_options(options)  # a bad option raises before anything is undone
+    current = receivers.installation()
+    if current is not None and current.app is app and current.options == checked:
+        return current
+    inst = _replace(app, options)
     # 4. Per-process setup (configure() has none: it runs from the user's own receiver).
-    signals.setup_logging.connect(
-        receivers.on_setup_logging, weak=False, dispatch_uid="logkit.setup"
-    )
+    inst.connect(signals.setup_logging, receivers.on_setup_logging, "logkit.setup")
     _connect(inst)
     return inst
 
 
-def _new_installation(app: Any, options: Any) -> Installation:
-    """An :class:`Installation` for ``app`` with the lifecycle events plugged in.
+def uninstall() -> bool:
+    """Undo :func:`install` and :func:`configure`: put back what they changed in the process.
+
+    Waits (at most 10 seconds) for the ``queue=True`` queue to be written, then undoes
+    every recorded change, the last one first: receivers disconnected, loggers' handlers,
+    filters, levels and ``propagate`` as they were, the log file closed, queue writer
+    threads stopped, ``sys.stdout``/``sys.stderr``, ``Logger.makeRecord``,
+    ``warnings.showwarning`` (``logging.captureWarnings``) and structlog's configuration
+    put back, the ``atexit`` callback removed. A hook another library put over one of
+    logkit's after it (its own ``makeRecord`` wrapper, ``warnings.showwarning``, streams)
+    is left in place. ``install()`` works again afterwards.
+
+    Returns ``False`` if logkit was not installed (then nothing changes).
+    """
+    inst = receivers.installation()
+    if inst is None:
+        return False
+    receivers.activate(None)
+    if not flush_queues(QUEUE_WAIT):
+        logger.debug("logkit: uninstall: the queue was not written out within %ss", QUEUE_WAIT)
+    for what, exc in inst.changes.undo():
+        logger.warning("logkit: uninstall: could not undo %s: %r", what, exc)
+    inst.active = None
+    inst.quieted.clear()
+    return True
+
+
+def _replace(app: Any, options: Any) -> Installation:
+    """A new current installation for ``app``: the previous one uninstalled first, or, if
+    it was made by :func:`configure` for no app, what it set up taken over."""
+    current = receivers.installation()
+    if current is not None and current.app is None and app is not None:
+        inst = _new_installation(app, options, take_over=current)
+    else:
+        uninstall()
+        inst = _new_installation(app, options)
+    receivers.activate(inst)
+    return inst
+
+
+def _new_installation(
+    app: Any, options: Any, take_over: Installation | None = None
+) -> Installation:
+    """An :class:`Installation` for ``app`` with the lifecycle events plugged in, and the
+    process-wide hooks it owns (``atexit``; the at-fork dispatcher) registered.
 
     ``task_started`` / ``task_finished`` ride on the context receivers of
     ``task_prerun`` / ``task_postrun`` (one dispatch per signal, not two).
     """
-    return Installation(
+    inst = Installation(
         app,
         options,
         task_started=task.task_started,  # after task_prerun bound the task's context
         task_finished=task.task_finished,  # before task_postrun restores it
         configured=prose.quiet_celery_loggers,  # once a process's logging is set up
     )
+    if take_over is not None:  # its changes, what it set up, its state: now inst's
+        inst.changes, inst.active = take_over.changes, take_over.active
+        inst.quieted, inst.warnings = take_over.quieted, take_over.warnings
+    if inst.changes.add("atexit: write out the queue", lambda: atexit.unregister(_at_exit),
+                        key="atexit"):
+        atexit.register(_at_exit)
+    _register_at_fork()
+    return inst
+
+
+def _at_exit() -> None:
+    """At interpreter exit: write out the queue, waiting at most 10 seconds (a stalled
+    sink: the records left are counted and reported on stderr if it can take a line)."""
+    flush_at_exit(QUEUE_WAIT)
+
+
+_at_fork: list[bool] = []
+
+
+def _register_at_fork() -> None:
+    """Register :func:`_after_fork_in_child` once per process, at the first installation.
+
+    An at-fork hook cannot be unregistered (``os.register_at_fork`` has no undo): this
+    one dispatcher stays after :func:`uninstall` and does nothing while no installation
+    is current.
+    """
+    if not _at_fork:
+        _at_fork.append(True)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
+    if receivers.installation() is not None:
+        reset_after_fork()
 
 
 def _flush(**_: Any) -> None:
@@ -72,27 +170,21 @@ def _flush(**_: Any) -> None:
 def _connect(inst: Installation) -> None:
     """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5-6 above).
 
-    Idempotent: each receiver has a ``dispatch_uid``.
+    Idempotent: each receiver has a ``dispatch_uid``; each is recorded in ``inst.changes``.
     """
+    connect = inst.connect
     # 1. Task context.
-    signals.task_prerun.connect(receivers.on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
-    signals.task_postrun.connect(
-        receivers.on_task_postrun, weak=False, dispatch_uid="logkit.postrun"
-    )
-    signals.before_task_publish.connect(
-        receivers.on_before_task_publish, weak=False, dispatch_uid="logkit.publish"
-    )
+    connect(signals.task_prerun, receivers.on_task_prerun, "logkit.prerun")
+    connect(signals.task_postrun, receivers.on_task_postrun, "logkit.postrun")
+    connect(signals.before_task_publish, receivers.on_before_task_publish, "logkit.publish")
     # The task's OpenTelemetry span is current when logkit binds the task's context,
     # whichever was connected first (see receivers.order_after_tracing).
-    signals.worker_init.connect(receivers.on_worker_init, weak=False, dispatch_uid="logkit.wi")
-    signals.worker_ready.connect(
-        receivers.order_after_tracing, weak=False, dispatch_uid="logkit.trace_order.ready"
-    )
+    connect(signals.worker_init, receivers.on_worker_init, "logkit.wi")
+    connect(signals.worker_ready, receivers.order_after_tracing, "logkit.trace_order.ready")
     # 2. `celery ... --log-format/--log-field/--log-events`.
     if celery_options.add_preload_options(inst.app):
-        signals.user_preload_options.connect(
-            celery_options.on_user_preload_options, weak=False, dispatch_uid="logkit.preload"
-        )
+        connect(signals.user_preload_options, celery_options.on_user_preload_options,
+                "logkit.preload")
     # 3. Lifecycle events; whether each is emitted is decided per record from the
     # installation's config (events, disabled_events, event_levels).
     event_receivers: tuple[tuple[Any, Any, str], ...] = (
@@ -115,17 +207,14 @@ def _connect(inst: Installation) -> None:
         (signals.beat_init, beat.on_beat_init, "logkit.events.beat_init"),
     )
     for sig, receiver, uid in event_receivers:
-        sig.connect(receiver, weak=False, dispatch_uid=uid)
-    # A new installation's events may differ: Celery's loggers get their level back
-    # until the next configuration decides again (so no line is lost meanwhile).
-    prose.unquiet_celery_loggers()
-    prose.install_filters()
+        connect(sig, receiver, uid)
+    prose.install_filters(inst.changes)
     # 5. Connected last, so records logged by other receivers of these signals are written
     # too. Prefork children leave with os._exit (no atexit): flush on worker_process_shutdown.
-    signals.worker_process_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush.child")
-    signals.worker_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush")
+    connect(signals.worker_process_shutdown, _flush, "logkit.flush.child")
+    connect(signals.worker_shutdown, _flush, "logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
-    banner.connect()
+    banner.connect(inst)
 
 
 def configure(
@@ -143,23 +232,25 @@ def configure(
     ``%``-style format string (Celery's ``format`` argument), which means ``plain``
     with that string. Fires ``after_setup_logger`` and ``after_setup_task_logger``.
     Returns what was set up; raises :class:`ConfigError` for a bad option or an
-    unwritable log file.
+    unwritable log file. Without :func:`install` (or for another app than the installed
+    one) it installs first, replacing the previous installation (see :func:`install`);
+    :func:`uninstall` undoes it.
     """
     plain_format = None
     if format is not None and "%(" in format:
         plain_format, format = format, "plain"
     if format is not None:
         options["format"] = format
+    checked = check_options(options)
     inst = receivers.installation()
     if app is None and inst is not None:
         app = inst.app
     if inst is None or inst.app is not app:
-        inst = _new_installation(app, options)
-        receivers.activate(inst)
-    config = LogConfig.resolve(app, {**inst.options, **check_options(options)}, cli=inst.cli)
+        inst = _replace(app, options)
+    config = LogConfig.resolve(app, {**inst.options, **checked}, cli=inst.cli)
     inst.use(config)
     _connect(inst)
-    return configure_process(
+    return inst.configure_process(
         config,
         loglevel=loglevel,
         logfile=logfile,

@@ -25,12 +25,13 @@ from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
 from . import context
+from ._changes import Changes
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
-from .early import intended_format, report_failure
+from .early import WarningHold, intended_format, report_failure
 from .formatters import cap, safe_repr
 from .redaction import has_sensitive_key, redact, redact_positional
-from .setup import configure_process
+from .setup import Active, configure_process
 from .trace import Ids, span_lookup
 
 __all__ = [
@@ -212,10 +213,17 @@ Configured = Callable[[LogConfig, Any], None]
 
 
 class Installation:
-    """logkit installed on one Celery app: its options and, once resolved, its config.
+    """logkit installed on one Celery app: its options, its config once resolved, and the
+    per-process state it owns.
 
     ``task_started``, ``task_finished`` (they must not raise) and ``configured`` are
     the steps :func:`logkit.install.install` plugs in (the lifecycle events).
+
+    :attr:`changes` records every change made to the process on this installation's
+    behalf (receivers connected, loggers' handlers and levels, ``Logger.makeRecord``,
+    ``warnings.showwarning``, the redirected streams, structlog's configuration, queue
+    writer threads, ``atexit`` callbacks), each with its undo: :func:`logkit.uninstall`
+    runs them in reverse order.
     """
 
     def __init__(
@@ -238,6 +246,14 @@ class Installation:
         self.scope = context.TaskScope()
         #: structlog.contextvars as they were when a task started, by (task id, thread).
         self.structlog_snapshots: dict[tuple[str, int], dict[str, Any]] = {}
+        #: What this installation changed in the process, each with its undo.
+        self.changes = Changes()
+        #: What the last configuration of this process's logging set up (``None``: none yet).
+        self.active: Active | None = None
+        #: Celery's loggers set to WARNING while events replace their INFO lines.
+        self.quieted: set[str] = set()
+        #: Python warnings held until logging is configured.
+        self.warnings = WarningHold()
 
     @property
     def config(self) -> LogConfig:
@@ -258,6 +274,23 @@ class Installation:
         assert self._task_context is not None
         return self._task_context
 
+    def connect(self, signal: Any, receiver: Callable[..., Any], uid: str) -> None:
+        """Connect ``receiver`` to ``signal`` (strongly, as ``uid``), recorded with its undo."""
+        signal.connect(receiver, weak=False, dispatch_uid=uid)
+        self.changes.add(
+            f"receiver {uid}", lambda: signal.disconnect(receiver, dispatch_uid=uid),
+            key=("receiver", uid),
+        )
+
+    def configure_process(self, config: LogConfig, **options: Any) -> Active:
+        """:func:`logkit.setup.configure_process` on this installation's behalf: its
+        changes recorded here, its result kept as :attr:`active`."""
+        self.active = configure_process(
+            config, changes=self.changes, previous=self.active, warnings_hold=self.warnings,
+            **options,
+        )
+        return self.active
+
 
 _installation: Installation | None = None
 
@@ -267,8 +300,8 @@ def installation() -> Installation | None:
     return _installation
 
 
-def activate(inst: Installation) -> None:
-    """Make ``inst`` the installation the receivers serve (replacing the previous one)."""
+def activate(inst: Installation | None) -> None:
+    """Make ``inst`` the installation the receivers serve (``None``: no installation)."""
     global _installation
     _installation = inst
 
@@ -306,14 +339,16 @@ def on_setup_logging(
     if inst is None:
         return
     try:
-        configure_process(
+        inst.configure_process(
             inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
             configured=inst.configured,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.
         # One JSON line when the format is JSON: the process's streams are JSON from the start.
-        report_failure(str(exc), intended_format(inst.app, inst.options, inst.cli))
+        report_failure(
+            str(exc), intended_format(inst.app, inst.options, inst.cli), inst.warnings
+        )
         raise SystemExit(1) from exc
 
 
@@ -380,9 +415,9 @@ def order_after_tracing(**_: Any) -> None:
 def on_worker_init(**_: Any) -> None:
     """``worker_init`` (after the app's modules connected their receivers): connect
     :func:`order_after_tracing` to ``worker_process_init`` after them."""
-    signals.worker_process_init.connect(
-        order_after_tracing, weak=False, dispatch_uid="logkit.trace_order"
-    )
+    inst = _installation
+    if inst is not None:
+        inst.connect(signals.worker_process_init, order_after_tracing, "logkit.trace_order")
 
 
 def on_before_task_publish(headers: Any = None, body: Any = None, **_: Any) -> None:

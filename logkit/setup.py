@@ -22,17 +22,17 @@ from typing import Any
 from celery import signals
 from celery.utils.log import LoggingProxy, get_multiprocessing_logger, mlevel
 
+from ._changes import Changes
 from ._structlog import configure_structlog
 from .config import ConfigError, LogConfig
-from .early import capture_warnings
+from .early import WarningHold
 from .filters import add_context_filter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter, _TextFormatter
-from .handlers import LogFileError, QueueSinkHandler, Sink, SinkHandler
+from .handlers import LogFileError, QueueSinkHandler, Sink, SinkHandler, _Writer
 from .redaction import RedactFilter
 
 __all__ = [
     "Active",
-    "active",
     "configure_process",
     "decide_color",
     "resolve_format",
@@ -61,14 +61,8 @@ class Active:
     handlers: list[logging.Handler] = field(default_factory=list)
     #: Who writes the root logger's records: ``logkit``, ``user`` or ``both`` (:func:`root_owner`).
     root_owner: str = "logkit"
-
-
-_active: Active | None = None
-
-
-def active() -> Active | None:
-    """The logging set up in this process by logkit, or ``None``."""
-    return _active
+    #: The background writer of ``queue=True`` (``None`` without the queue).
+    writer: _Writer | None = None
 
 
 def resolve_format(config: LogConfig, sink: Sink) -> str:
@@ -241,19 +235,30 @@ def _has_logkit_wrapper(make_record: Any) -> bool:
     return False
 
 
-def tolerate_clashing_extra() -> None:
+def tolerate_clashing_extra(changes: Changes | None = None) -> None:
     """Make every stdlib logger accept ``extra`` keys like ``msg`` or ``name`` (renamed).
 
     Composes with whatever ``logging.Logger.makeRecord`` is now (ddtrace wraps it to add
     ``dd.trace_id``...): logkit's wrapper calls it, it is never dropped. If logkit's
     wrapper is already installed, or wrapped by another library's (found through
     ``__wrapped__``), nothing changes, so configuring again never stacks wrappers nor
-    undoes a later library's wrapper.
+    undoes a later library's wrapper. The undo (in ``changes``) puts the previous
+    ``makeRecord`` back while logkit's wrapper is the outermost one.
     """
     current = vars(logging.Logger)["makeRecord"]
     if _has_logkit_wrapper(current):
         return
-    logging.Logger.makeRecord = _wrap_make_record(current)  # type: ignore[method-assign]
+    ours = _wrap_make_record(current)
+    logging.Logger.makeRecord = ours  # type: ignore[method-assign]
+
+    def undo() -> None:
+        # Only when logkit's wrapper is still the outermost: a wrapper another library put
+        # over it afterwards keeps working (logkit's stays under it, renaming clashing keys).
+        if vars(logging.Logger).get("makeRecord") is ours:
+            logging.Logger.makeRecord = current  # type: ignore[method-assign]
+
+    if changes is not None:
+        changes.add("logging.Logger.makeRecord wrapped", undo, key="makeRecord")
 
 
 def _is_logkit(handler: logging.Handler) -> bool:
@@ -278,11 +283,18 @@ def root_owner(root_handlers: str, hijack: bool, root: logging.Logger) -> str:
     return "logkit" if hijack else "user"
 
 
-def _give_context() -> None:
+def _give_context(changes: Changes) -> None:
     """Put logkit's context on the records the user's handlers write (for their formats)."""
     for handler in _user_handlers():
-        if not isinstance(handler.formatter, (JsonFormatter, _TextFormatter)):
-            add_context_filter(handler)
+        if not isinstance(
+            handler.formatter, (JsonFormatter, _TextFormatter)
+        ) and add_context_filter(handler):
+            changes.add(f"context filter on {handler!r}",
+                        _remover(handler, handler.filters[-1]))
+
+
+def _remover(handler: logging.Handler, flt: Any) -> Callable[[], None]:
+    return lambda: handler.removeFilter(flt)
 
 
 def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any) -> None:
@@ -312,6 +324,27 @@ def _user_handlers() -> list[logging.Handler]:
 OWN_LOGGERS: tuple[str, ...] = ("logkit", "logkit.events")
 
 
+def save_logger(changes: Changes, target: Any) -> None:
+    """Record ``target``'s handlers, filters, level, ``propagate`` and ``disabled`` as they
+    are before logkit first changes them (once per logger), with their undo."""
+    if target is None:
+        return
+    state = (list(target.handlers), list(target.filters), target.level, target.propagate,
+             target.disabled)
+
+    def undo() -> None:
+        handlers, filters, level, propagate, disabled = state
+        target.handlers[:] = handlers
+        target.filters[:] = filters
+        target.setLevel(level)
+        target.propagate = propagate
+        target.disabled = disabled
+
+    name = target.name if target is not logging.getLogger() else ""
+    changes.add(f"logger {name or 'root'!r}: handlers, level, propagate", undo,
+                key=("logger", id(target)))
+
+
 def _remove_handlers(target: logging.Logger, only_logkit: bool) -> None:
     for handler in list(target.handlers):
         if not only_logkit or getattr(handler, "_logkit", False):
@@ -321,6 +354,7 @@ def _remove_handlers(target: logging.Logger, only_logkit: bool) -> None:
 def configure_process(
     config: LogConfig,
     *,
+    changes: Changes,
     loglevel: int | str | None = None,
     logfile: str | None = None,
     colorize: bool | None = None,
@@ -329,16 +363,21 @@ def configure_process(
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
     configured: Callable[[LogConfig, Any], None] | None = None,
+    previous: Active | None = None,
+    warnings_hold: WarningHold | None = None,
 ) -> Active:
     """Set up this process's loggers; return what was set up.
 
-    ``configured(config, app)`` runs once they are (the installation's last step:
-    :mod:`logkit.events.prose` decides about Celery's own task lines there).
+    Every change to the process is recorded in ``changes`` with its undo (the
+    installation's record: :func:`logkit.uninstall` runs them). ``previous`` is what
+    the last call set up (its sink is closed if replaced, its queue writer reused);
+    ``warnings_hold`` holds the warnings given before now (replayed as records).
+    ``configured(config, app)`` runs once the loggers are set up (the installation's last
+    step: :mod:`logkit.events.prose` decides about Celery's own task lines there).
 
     Raises :class:`ConfigError` if the log file cannot be opened (the message names
     the path and the reason).
     """
-    global _active
     conf = app.conf if app is not None else None
     level = mlevel(loglevel or logging.WARNING)
     log_format = plain_format or (conf.worker_log_format if conf else DEFAULT_LOG_FORMAT)
@@ -355,17 +394,22 @@ def configure_process(
         sink = Sink(logfile, watch=config.watch_file)
     except LogFileError as exc:
         raise ConfigError(f"logkit: {exc.strerror}") from exc
+    changes.add(f"sink {sink.name} opened", sink.close)
 
     root = logging.getLogger()
     task_logger = logging.getLogger("celery.task")
     celery_logger = logging.getLogger("celery")
     redirected = logging.getLogger("celery.redirected")
     mp_logger = get_multiprocessing_logger()
+    # py.warnings: logging's captureWarnings gives it a NullHandler at the first warning
+    for target in (root, task_logger, celery_logger, redirected, mp_logger,
+                   *(logging.getLogger(name) for name in (*OWN_LOGGERS, "py.warnings"))):
+        save_logger(changes, target)
     for target in (root, task_logger, celery_logger, redirected, mp_logger):
         if target is not None:
             _remove_handlers(target, only_logkit=not replace_all or target is mp_logger)
-    if _active is not None and _active.sink is not sink:
-        _active.sink.close()
+    if previous is not None and previous.sink is not sink:
+        previous.sink.close()
 
     fmt = resolve_format(config, sink)
     color = fmt == "console" and decide_color(colorize, sink)
@@ -373,12 +417,18 @@ def configure_process(
         fmt, config, color, log_format, task_log_format, datefmt
     )
     handlers: list[logging.Handler] = []
+    writer: _Writer | None = None
+    if config.queue:
+        writer = previous.writer if previous is not None else None
+        if writer is None:
+            writer = _Writer()  # its thread starts at the first record
+            changes.add("queue writer thread", writer.stop)
 
     def make_handler(formatter: logging.Formatter) -> logging.Handler:
         handler: logging.Handler = SinkHandler(sink, formatter)
         if config.queue:
             handler = QueueSinkHandler(
-                handler, config.queue_size, block=config.queue_full == "block"
+                handler, config.queue_size, block=config.queue_full == "block", writer=writer
             )
         if config.redact_keys:  # secrets in Celery's own lines (args/kwargs reprs, exceptions)
             handler.addFilter(RedactFilter(config.redact_keys))
@@ -389,7 +439,7 @@ def configure_process(
     for name in OWN_LOGGERS:
         logging.getLogger(name).disabled = False
     if owner != "logkit":
-        _give_context()
+        _give_context(changes)
     if owner == "user":
         _defer_to(root, task_logger, mp_logger)
     else:
@@ -428,21 +478,18 @@ def configure_process(
         )
 
     if config.structlog:
-        configure_structlog()
-    capture_warnings()  # logging.captureWarnings(True), and the warnings held until now
-    tolerate_clashing_extra()
+        configure_structlog(changes, own_output=owner != "user")
+    # logging.captureWarnings(True), and the warnings held until now as records
+    (warnings_hold or WarningHold()).capture(changes)
+    tolerate_clashing_extra(changes)
 
     if redirect_stdouts is None:
         redirect_stdouts = bool(conf and conf.worker_redirect_stdouts)
     if redirect_stdouts and not isinstance(sys.stdout, LoggingProxy):
         redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
-        if app is not None:
-            app.log.redirect_stdouts(redirect_level)
-        else:
-            proxy = LoggingProxy(redirected, redirect_level)
-            sys.stdout = sys.stderr = proxy
+        _redirect(changes, app, redirected, redirect_level)
 
-    _active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner)
+    active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer)
     if configured is not None:
         configured(config, app)
     logger.debug(
@@ -451,4 +498,34 @@ def configure_process(
         logging.getLevelName(level),
         logfile,
     )
-    return _active
+    return active
+
+
+#: Environment variables Celery's ``redirect_stdouts`` sets (for its child processes).
+_REDIRECT_ENV = ("CELERY_LOG_REDIRECT", "CELERY_LOG_REDIRECT_LEVEL")
+
+
+def _redirect(changes: Changes, app: Any, redirected: logging.Logger, level: Any) -> None:
+    """Redirect ``sys.stdout``/``sys.stderr`` to the ``celery.redirected`` logger, as
+    Celery does; recorded with its undo (streams put back while they are still the
+    proxies, the environment variables Celery sets restored)."""
+    streams = (sys.stdout, sys.stderr)
+    env = {name: os.environ.get(name) for name in _REDIRECT_ENV}
+    if app is not None:
+        app.log.redirect_stdouts(level)
+    else:
+        sys.stdout = sys.stderr = LoggingProxy(redirected, level)
+    proxies = (sys.stdout, sys.stderr)
+
+    def undo() -> None:
+        if sys.stdout is proxies[0]:
+            sys.stdout = streams[0]
+        if sys.stderr is proxies[1]:
+            sys.stderr = streams[1]
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    changes.add("sys.stdout/sys.stderr redirected", undo)

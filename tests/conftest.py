@@ -103,22 +103,23 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _celery_logger_levels() -> Iterator[None]:
-    """Each test starts with Celery's task loggers at their default level (NOTSET) and
-    logkit holding none of them at WARNING; what a test's configure() set is undone."""
+def _uninstalled() -> Iterator[None]:
+    """What a test's install()/configure() changed is undone through the public
+    ``logkit.uninstall()``; each test starts with Celery's task loggers at their default
+    level (NOTSET), as a fresh process has them."""
     import logging
 
+    import logkit
     from logkit.events import prose
 
     names = tuple(prose.QUIETED_LOGGERS)
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.NOTSET)
-    prose._quieted.clear()
     try:
         yield
     finally:
-        prose._quieted.clear()
+        logkit.uninstall()
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from workerutil import AppModule, Worker, make_app, parse_json_lines, start_worker
 
+from logkit._changes import Changes
 from logkit.config import LogConfig
 from logkit.formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from logkit.handlers import Sink, SinkHandler
@@ -276,11 +277,13 @@ class Captured:
 
 @pytest.fixture
 def captured(tmp_path: Path) -> Iterator[Captured]:
-    tolerate_clashing_extra()  # what logkit's setup does in every process it configures
+    changes = Changes()
+    tolerate_clashing_extra(changes)  # what logkit's setup does in every process it configures
     cap = Captured(tmp_path / "calls.log")
     yield cap
     logging.getLogger("bad.calls").handlers.clear()
     cap.sink.close()
+    assert changes.undo() == []
 
 
 @pytest.mark.parametrize(
@@ -309,13 +312,18 @@ def test_structlog_calls_with_bad_values(captured: Captured) -> None:
 
     from logkit._structlog import configure_structlog
 
-    configure_structlog()
+    changes = Changes()
+    configure_structlog(changes)
     captured.logger()
     path = captured.path
     slog = structlog.get_logger("bad.calls")
-    slog.info("event", msg="m", args=BadRepr(), cyc=_cyclic_dict(), levelname="x", created="y")
-    slog.warning(BadRepr(), data=b"\xff\x00")
-    slog.error("with %s", "args", extra={"nested": BadStr()})
+    try:
+        slog.info("event", msg="m", args=BadRepr(), cyc=_cyclic_dict(), levelname="x",
+                  created="y")
+        slog.warning(BadRepr(), data=b"\xff\x00")
+        slog.error("with %s", "args", extra={"nested": BadStr()})
+    finally:
+        changes.undo()
     lines = parse_json_lines(path.read_text())
     assert [line["level"] for line in lines] == ["INFO", "WARNING", "ERROR"]
     assert lines[0]["msg_"] == "m" and lines[0]["cyc"]

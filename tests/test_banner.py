@@ -26,6 +26,7 @@ import pytest
 from workerutil import REPO_ROOT, AppModule, make_app, parse_json_lines, wait_for
 
 from logkit import early
+from logkit._changes import Changes
 from logkit.banner import adds_fields, replaces_text
 from logkit.config import ConfigError, LogConfig
 
@@ -285,19 +286,15 @@ def test_banner_modes(mode: str, fmt: str, replaced: bool, fields: bool) -> None
     assert adds_fields(mode, fmt) is fields
 
 
-@pytest.fixture
-def holding() -> Iterator[None]:
-    before = warnings.showwarning
-    yield
-    early.release_warnings()
-    warnings.showwarning = before
-
-
 def test_held_warnings_are_replayed_as_py_warnings_records(
-    holding: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(early, "MAX_HELD", 3)
-    early.hold_warnings()
+    before = warnings.showwarning
+    changes = Changes()
+    hold = early.WarningHold()
+    hold.hold(changes)
+    assert warnings.showwarning != before
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for i in range(5):
@@ -305,16 +302,17 @@ def test_held_warnings_are_replayed_as_py_warnings_records(
     assert caplog.records == []
     with caplog.at_level(logging.WARNING, logger="py.warnings"):
         try:
-            early.capture_warnings()
+            hold.capture(changes)
         finally:
-            logging.captureWarnings(False)
+            failures = changes.undo()  # captureWarnings off, the atexit hook removed
+    assert failures == []
     messages = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
     assert [m for m in messages if "DeprecationWarning: early" in m] == [
         m for m in messages[:3]
     ]
     assert len(messages) == 4
     assert "2 more warning(s)" in messages[3]
-    assert warnings.showwarning is not early._hold
+    assert warnings.showwarning is before
 
 
 def test_intended_format_skips_invalid_values() -> None:

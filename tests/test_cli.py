@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from workerutil import REPO_ROOT, AppModule, Worker, make_app, start_worker, stop_all, wait_for
 
 import logkit
-from logkit import celery_options, cli, receivers
+from logkit import celery_options, cli
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -304,10 +304,9 @@ def test_bad_values_are_usage_errors(tmp_path: Path, args: list[str], expected: 
 
 @pytest.fixture
 def fresh_app() -> Iterator[Celery]:
-    previous = receivers.installation()
     app = Celery("cli_unit", set_as_current=False)
     yield app
-    receivers._installation = previous
+    logkit.uninstall()
 
 
 def test_preload_values_reach_a_config_resolved_earlier(

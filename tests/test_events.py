@@ -26,7 +26,7 @@ from workerutil import (
 )
 
 import logkit
-from logkit import events, receivers
+from logkit import events
 from logkit.config import EVENT_NAMES
 from logkit.events import prose
 from logkit.events import task as task_events
@@ -343,7 +343,6 @@ def test_disabled_events_and_levels(tmp_path: Path) -> None:
 
 @pytest.fixture
 def eager_app() -> Iterator[Celery]:
-    previous = receivers.installation()
     # what the tests read is the events logger's own decision: no level or disabled flag
     # left on it by an earlier test of the same process (dictConfig, a worker's setup...)
     events_logger = logging.getLogger(events.EVENTS_LOGGER)
@@ -355,7 +354,7 @@ def eager_app() -> Iterator[Celery]:
     try:
         yield app
     finally:
-        receivers._installation = previous
+        logkit.uninstall()
         app.close()
         events_logger.setLevel(saved[0])
         events_logger.disabled = saved[1]
@@ -473,7 +472,7 @@ def test_prose_filter_matches_only_celery_constants(
     eager_app: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     logkit.install(eager_app, disabled_events=["task_retried"])
-    prose.install_filters()
+    # install() put the filters on Celery's loggers
     flt = next(f for f in logging.getLogger("celery.app.trace").filters
                if isinstance(f, prose.ProseFilter))
 

@@ -228,6 +228,7 @@ def test_plain_datefmt_and_multiline() -> None:
 
 @pytest.fixture
 def json_capture() -> Iterator[tuple[io.StringIO, logging.Logger]]:
+    from logkit._changes import Changes
     from logkit._structlog import configure_structlog
 
     stream = io.StringIO()
@@ -237,13 +238,13 @@ def json_capture() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    old = structlog.get_config()
-    configure_structlog()
+    changes = Changes()
+    configure_structlog(changes)  # nobody configured structlog: logkit's own configuration
     try:
         yield stream, logger
     finally:
         logger.removeHandler(handler)
-        structlog.configure(**old)
+        assert changes.undo() == []
 
 
 def test_structlog_writes_through_the_same_formatter(

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,9 +36,7 @@ from workerutil import Worker, make_app, parse_json_lines, start_worker, wait_fo
 
 import logkit
 from logkit import context, events, handlers, receivers
-from logkit import setup as setup_mod
 from logkit.events import fast as events_fast
-from logkit.events import prose
 from logkit.formatters import JsonFormatter
 from logkit.handlers import WATCH_INTERVAL, Sink, flush_queues
 
@@ -62,57 +59,22 @@ def _is_pytest(handler: logging.Handler) -> bool:
 
 def _trace_quieted() -> bool:
     """Does logkit hold celery.app.trace at WARNING (by its own decision)?"""
-    return TRACE in prose._quieted
-
-
-def _set_quieted(value: set[str]) -> None:
-    prose._quieted.clear()
-    prose._quieted.update(value)
+    inst = receivers.installation()
+    return inst is not None and TRACE in inst.quieted
 
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    """Put back every logger, stream and global that configure()/install() touch."""
-    saved = {}
-    for name in LOGGER_NAMES:
-        lg = logging.getLogger(name)
-        saved[name] = (lg, list(lg.handlers), list(lg.filters), lg.level, lg.propagate,
-                       lg.disabled)
-    streams = (sys.stdout, sys.stderr)
-    make_record = logging.Logger.makeRecord
+    """The contexts a test bound are cleared, and a record factory it set is put back
+    (logkit's own changes are undone by ``logkit.uninstall()``, in conftest)."""
     factory = logging.getLogRecordFactory()
-    structlog_config = structlog.get_config()
-    active = setup_mod._active
-    installation = receivers._installation
-    quieted = set(prose._quieted)
-    # other test files may have left Celery's loggers quieted: start from Celery's defaults
-    for name in (TRACE, "celery.worker.strategy"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
-    _set_quieted(set())
     try:
         yield
     finally:
-        flush_queues()
+        logkit.uninstall()
         context.clear()
         structlog.contextvars.clear_contextvars()
-        sys.stdout, sys.stderr = streams
-        logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
         logging.setLogRecordFactory(factory)
-        logging.captureWarnings(False)
-        structlog.configure(**structlog_config)
-        for lg, hs, filters, level, propagate, disabled in saved.values():
-            live_pytest = [h for h in lg.handlers if _is_pytest(h)]
-            lg.handlers[:] = [h for h in hs if not _is_pytest(h)] + live_pytest
-            lg.filters[:] = filters
-            lg.setLevel(level)
-            lg.propagate = propagate
-            lg.disabled = disabled
-        current = setup_mod._active
-        if current is not None and current is not active:
-            current.sink.close()
-        setup_mod._active = active
-        receivers._installation = installation
-        _set_quieted(quieted)
 
 
 def _app(**conf: Any) -> Celery:
@@ -774,8 +736,8 @@ def secret():
 
 @app.task
 def trace_state():
-    quieted = prose._quieted
-    on = "celery.app.trace" in quieted if isinstance(quieted, set) else bool(quieted[0])
+    inst = logkit.receivers.installation()
+    on = "celery.app.trace" in inst.quieted
     return [logging.getLogger("celery.app.trace").level, on]
 """
 

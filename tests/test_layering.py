@@ -21,7 +21,7 @@ PACKAGE = ROOT / "logkit"
 
 #: Lowest first. A module imports only modules listed in an earlier layer.
 LAYERS: list[set[str]] = [
-    {"logkit.config", "logkit.context"},
+    {"logkit.config", "logkit.context", "logkit._changes"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
     {"logkit.formatters", "logkit.filters", "logkit._request"},
     {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early",

@@ -13,22 +13,32 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from test_setup import restore_logging  # noqa: F401  (autouse: logging state put back)
+from test_setup import configure_process, restore_env  # noqa: F401  (autouse: env put back)
 
 import logkit
 from logkit.config import ConfigError, LogConfig
-from logkit.setup import configure_process, root_owner
+from logkit.setup import root_owner
 
 
 @pytest.fixture(autouse=True)
 def _enabled_loggers() -> Iterator[None]:
-    """``disable_existing_loggers`` in a test's dictConfig must not outlive the test."""
+    """A test's own dictConfig (handlers, levels, ``disable_existing_loggers``) must not
+    outlive the test: logkit's changes are undone first (``logkit.uninstall()``), then the
+    loggers are put back as they were before the test's dictConfig."""
     loggers = [lg for lg in logging.Logger.manager.loggerDict.values()
                if isinstance(lg, logging.Logger)]
     saved = [(lg, lg.disabled) for lg in loggers]
+    states = [(lg, list(lg.handlers), list(lg.filters), lg.level, lg.propagate)
+              for lg in [logging.getLogger(), *loggers]]
     try:
         yield
     finally:
+        logkit.uninstall()
+        for lg, handlers, filters, level, propagate in states:
+            lg.handlers[:] = handlers
+            lg.filters[:] = filters
+            lg.setLevel(level)
+            lg.propagate = propagate
         for lg, disabled in saved:
             lg.disabled = disabled
         for lg in logging.Logger.manager.loggerDict.values():

@@ -20,10 +20,10 @@ from celery import Celery, signals
 from celery.utils.log import LoggingProxy, get_multiprocessing_logger
 
 import logkit
-from logkit import setup as setup_mod
+from logkit import receivers
 from logkit.config import ConfigError, LogConfig
-from logkit.handlers import flush_queues
-from logkit.setup import configure_process, decide_color, resolve_format
+from logkit.receivers import Installation
+from logkit.setup import decide_color, resolve_format
 
 #: Run on every supported Celery minor and Python version by ``nox -s celery``.
 pytestmark = pytest.mark.contract
@@ -32,16 +32,9 @@ LOGGER_NAMES = ("", "celery", "celery.task", "celery.redirected", "multiprocessi
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Put back every logger, stream, env var and global that configure_process touches."""
-    saved = {}
-    for name in LOGGER_NAMES:
-        lg = logging.getLogger(name) if name else logging.getLogger()
-        saved[name] = (lg, list(lg.handlers), lg.level, lg.propagate)
-    streams = (sys.stdout, sys.stderr)
-    make_record = logging.Logger.makeRecord
-    structlog_config = structlog.get_config()
-    active = setup_mod._active
+def restore_env() -> Iterator[None]:
+    """Put back the env vars configure_process touches (logging itself is put back by
+    ``logkit.uninstall()``, in conftest)."""
     env_vars = ("CELERY_LOG_REDIRECT", "CELERY_LOG_REDIRECT_LEVEL", "MP_LOG", "NO_COLOR")
     env = {var: os.environ.pop(var, None) for var in env_vars}
     try:
@@ -52,19 +45,16 @@ def restore_logging() -> Iterator[None]:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-        flush_queues()
-        sys.stdout, sys.stderr = streams
-        logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
-        logging.captureWarnings(False)
-        structlog.configure(**structlog_config)
-        for lg, handlers, level, propagate in saved.values():
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate = propagate
-        current = setup_mod._active
-        if current is not None and current is not active:
-            current.sink.close()
-        setup_mod._active = active
+
+
+def configure_process(config: LogConfig, **options: Any) -> Any:
+    """:func:`logkit.setup.configure_process` on behalf of the current installation (one
+    made for no app if there is none), so ``logkit.uninstall()`` undoes it."""
+    inst = receivers.installation()
+    if inst is None:
+        inst = Installation(None, {})
+        receivers.activate(inst)
+    return inst.configure_process(config, **options)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,8 @@ from celery import Celery
 
 import logkit
 from logkit import context, receivers
-from logkit import setup as setup_mod
 from logkit.config import LogConfig
 from logkit.events import fast as events_fast
-from logkit.events import prose
 from logkit.testing import Records, capture
 
 STD_CALL_HANDLERS = logging.Logger.callHandlers
@@ -28,33 +25,12 @@ NAMES = ("", "celery", "celery.task", "celery.app.trace", "celery.worker.strateg
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    """Put back the loggers, streams and globals that install()/configure() touch."""
-    saved = {}
-    for name in NAMES:
-        lg = logging.getLogger(name)
-        saved[name] = (lg, list(lg.handlers), list(lg.filters), lg.level, lg.propagate)
-    streams = (sys.stdout, sys.stderr)
-    make_record = logging.Logger.makeRecord
-    active, installation = setup_mod._active, receivers._installation
-    quieted = set(prose._quieted)
+    """The context a test bound is cleared (logging is put back by ``logkit.uninstall()``,
+    in conftest)."""
     try:
         yield
     finally:
         context.clear()
-        sys.stdout, sys.stderr = streams
-        logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
-        logging.captureWarnings(False)
-        for lg, handlers, filters, level, propagate in saved.values():
-            lg.handlers[:] = handlers
-            lg.filters[:] = filters
-            lg.setLevel(level)
-            lg.propagate = propagate
-        current = setup_mod._active
-        if current is not None and current is not active:
-            current.sink.close()
-        setup_mod._active, receivers._installation = active, installation
-        prose._quieted.clear()
-        prose._quieted.update(quieted)
 
 
 def _state() -> tuple[Any, ...]:
@@ -209,7 +185,8 @@ def test_context_redaction_and_config_of_the_installation() -> None:
 
 
 def test_default_config_without_installation() -> None:
-    receivers._installation = None
+    logkit.uninstall()
+    assert receivers.installation() is None
     with capture() as records, logkit.bound(k="v"):
         logging.getLogger("tests.testing").info("plain")
     assert records.assert_logged(message="plain", k="v")["level"] == "INFO"
@@ -255,7 +232,7 @@ def test_fast_path_events_reach_the_capture_and_the_sink(tmp_path: Path) -> None
     with capture() as records:
         assert events_fast._route() is None  # ...and steps aside during one
         result = add.delay(2, 3)
-    setup_mod._active.sink.close()  # type: ignore[union-attr]
+    logkit.uninstall()  # the sink is closed: every line is in the file
     written = [json.loads(line) for line in log.read_text().splitlines()]
     succeeded = [r for r in written if r.get("event") == "task_succeeded"]
     captured = records.assert_logged(event="task_succeeded", task_id=result.id)

@@ -11,13 +11,14 @@ re-emitted (:func:`_reemit_ignored`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from traceback import format_exception as _format_exception
 from types import MappingProxyType
 from typing import Any
 
+from .._changes import Changes
 from ..formatters import safe_repr
-from ..receivers import installation
+from ..receivers import Installation, installation
 from .base import _I, DEFAULT_LEVELS
 
 __all__ = [
@@ -123,12 +124,17 @@ QUIETED_LOGGERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     TRACE_LOGGER: ("task_succeeded", "task_retried", "task_failed"),
     "celery.worker.strategy": ("task_received",),
 })
-#: The loggers logkit set to WARNING (and may set back to NOTSET).
-_quieted: set[str] = set()
 
 
 def quiet_celery_loggers(config: Any, app: Any) -> None:
-    """Set Celery's task loggers to WARNING while events replace their INFO lines (or undo)."""
+    """Set Celery's task loggers to WARNING while events replace their INFO lines (or undo).
+
+    The loggers quieted are the current installation's (``quieted``), each recorded in its
+    changes with the undo (back to NOTSET, if still at the WARNING logkit set).
+    """
+    inst = installation()
+    if inst is None:
+        return
     # worker_deduplicate_successful_tasks logs another INFO line no event replaces
     dedupe = bool(app is not None and getattr(app.conf, "worker_deduplicate_successful_tasks",
                                               False))
@@ -138,20 +144,30 @@ def quiet_celery_loggers(config: Any, app: Any) -> None:
         if replaced and not (dedupe and name == TRACE_LOGGER):
             if target.level == logging.NOTSET:
                 target.setLevel(logging.WARNING)
-                _quieted.add(name)
-        elif name in _quieted:
+                inst.quieted.add(name)
+                inst.changes.add(f"logger {name!r} at WARNING", _unquieter(inst),
+                                 key=("quieted", name))
+        elif name in inst.quieted:
             if target.level == logging.WARNING:
                 target.setLevel(logging.NOTSET)
-            _quieted.discard(name)
+            inst.quieted.discard(name)
 
 
-def unquiet_celery_loggers() -> None:
-    """Give the loggers :func:`quiet_celery_loggers` set to WARNING their level back."""
-    for name in list(_quieted):
+def _unquieter(inst: Installation) -> Callable[[], None]:
+    return lambda: unquiet_celery_loggers(inst)
+
+
+def unquiet_celery_loggers(inst: Installation | None = None) -> None:
+    """Give the loggers :func:`quiet_celery_loggers` set to WARNING (for ``inst``, else the
+    current installation) their level back."""
+    inst = inst if inst is not None else installation()
+    if inst is None:
+        return
+    for name in list(inst.quieted):
         target = logging.getLogger(name)
         if target.level == logging.WARNING:
             target.setLevel(logging.NOTSET)
-        _quieted.discard(name)
+        inst.quieted.discard(name)
 
 
 def _traceback_of(exc: Any) -> str:
@@ -191,19 +207,24 @@ def _reemit_ignored(task: Any, retval: Any) -> None:
     trace_logger.handle(record)
 
 
-_filters: dict[str, ProseFilter] = {}
-
-
-def install_filters() -> None:
-    """Put a :class:`ProseFilter` on each Celery logger with a line an event replaces."""
-    if not _filters:
-        try:
-            prose = _prose()
-        except Exception:  # pragma: no cover - a Celery without these constants
-            prose = {}
-        for name, messages in prose.items():
-            _filters[name] = ProseFilter(name, messages, _PREFIXES.get(name, ()))
-    for name, flt in _filters.items():
+def install_filters(changes: Changes) -> None:
+    """Put a :class:`ProseFilter` on each Celery logger with a line an event replaces
+    (once per installation; recorded in ``changes`` with their removal)."""
+    if "prose filters" in changes:
+        return
+    try:
+        prose = _prose()
+    except Exception:  # pragma: no cover - a Celery without these constants
+        prose = {}
+    added: list[tuple[logging.Logger, ProseFilter]] = []
+    for name, messages in prose.items():
+        flt = ProseFilter(name, messages, _PREFIXES.get(name, ()))
         target = logging.getLogger(name)
-        if flt not in target.filters:
-            target.addFilter(flt)
+        target.addFilter(flt)
+        added.append((target, flt))
+
+    def undo() -> None:
+        for target, flt in added:
+            target.removeFilter(flt)
+
+    changes.add("filters on Celery's loggers", undo, key="prose filters")

@@ -33,7 +33,7 @@ from .base import (
     task_identity,
 )
 from .fast import emit_fast
-from .prose import TRACE_LOGGER, _quieted, _reemit_ignored
+from .prose import TRACE_LOGGER, _reemit_ignored
 
 __all__ = [
     "on_task_failure",
@@ -208,7 +208,7 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
             return
         start = _starts.pop(task_id, None) if task_id is not None else None
         if state != _SUCCESS or task is None:
-            if state == _IGNORED and task is not None and TRACE_LOGGER in _quieted:
+            if state == _IGNORED and task is not None and TRACE_LOGGER in inst.quieted:
                 _reemit_ignored(task, retval)
             elif state == _REJECTED and task is not None:
                 _task_rejected(inst, task_id, task, retval, start)

@@ -16,7 +16,9 @@ def celery_config():
 
 @pytest.fixture
 def celery_app(celery_app):
-    """celery.contrib.pytest's test app, with logkit installed like the project's app."""
+    """celery.contrib.pytest's test app, with logkit installed like the project's app;
+    what logkit changed is put back after the test."""
     logkit.install(celery_app)
     celery_app.set_current()  # shared tasks resolve to it (the fixture restores the old one)
-    return celery_app
+    yield celery_app
+    logkit.uninstall()
