@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .formatters import RESERVED, extra_names
+from ._fields import RESERVED, extra_names
 
 __all__ = [
     "REDACTED",

@@ -23,8 +23,8 @@ from typing import Any
 from celery.app.task import Context
 
 from .. import context
+from .._safe import safe_str
 from ..config import EVENT_NAMES
-from ..formatters import safe_str
 from ..receivers import HEADER, Installation, installation
 
 __all__ = ["DEFAULT_LEVELS", "EVENTS_LOGGER", "MESSAGES", "emit", "level_of", "task_identity"]

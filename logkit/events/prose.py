@@ -16,7 +16,7 @@ from traceback import format_exception as _format_exception
 from types import MappingProxyType
 from typing import Any
 
-from ..formatters import safe_repr
+from .._safe import safe_repr
 from ..receivers import installation
 from .base import _I, DEFAULT_LEVELS
 
