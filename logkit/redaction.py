@@ -249,6 +249,12 @@ class RedactFilter(logging.Filter):
                 rd[key] = REDACTED
                 continue
             kind = type(value)
+            if kind is str:
+                if "=" in value or ":" in value:  # else redact_text's own shortcut: no pair
+                    redacted = redact_text(value, self.pattern)
+                    if redacted is not value:
+                        rd[key] = redacted
+                continue
             if kind in _SCALARS or (kind is dict and self._clean_flat(value)):
                 continue  # Celery's ``data`` dicts: nothing in them can be redacted
             if isinstance(value, (str, Mapping, list, tuple)):
