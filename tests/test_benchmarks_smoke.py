@@ -77,8 +77,10 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
                             "apply_async, no logkit, a no-op before_task_publish receiver"}
     assert "% of celery logging" in out
     assert "### Targets (ratios from this run)" in out
-    # every target, judged: 10, one per schema (#15) and the trace lookup
-    assert out.count(" | yes |") + out.count(" | **no** |") == 15
+    # every target, judged: 10, one per schema (#15), the trace lookup and ecs-logging's
+    # formatter next to schema="ecs" (#27)
+    assert "ecs-logging StdlibFormatter" in _rows(out, "format() of a prebuilt record")
+    assert out.count(" | yes |") + out.count(" | **no** |") == 16
 
 
 def _python_json(code: str, *args: str) -> Any:
