@@ -78,7 +78,10 @@ class SchemaFields:
         #: ``(pid, per-process fields)``, for the last pid seen
         self._process: tuple[int, Mapping[str, Any]] = (-1, {})
         self._trace = span_lookup()
-        self.start: _Start = _fixed_fields_function(s, self.head, self.static)
+        #: the fixed fields built nested (a nesting schema with no attributes object)
+        self._prenested = s.nest and s.attributes is None
+        self.start: _Start = _fixed_fields_function(s, self.head, self.static,
+                                                    self if self._prenested else None)
 
     # -- the record -------------------------------------------------------------------
 
@@ -91,6 +94,8 @@ class SchemaFields:
         if ctx is None:
             ctx = current()
         out, fields = self.start(record, self.fields.message_of(record), self._stamp)
+        # a nesting schema's fixed fields come nested: the rest is nested into them
+        tail = fields if self._prenested else out
         top: dict[str, Any] = self.static_top
         if ctx:
             ctx_fields, ctx_top = self.context(ctx)
@@ -113,14 +118,16 @@ class SchemaFields:
             out[s.attributes] = fields
         ids = self._trace() if self._trace is not None else None
         if ids is not None:
-            out[s.trace_id] = s.trace_format(ids[0], self.private)
-            out[s.span_id] = s.span_format(ids[1])
+            tail[s.trace_id] = s.trace_format(ids[0], self.private)
+            tail[s.span_id] = s.span_format(ids[1])
             if s.trace_sampled is not None:
-                out[s.trace_sampled] = s.sampled_format(ids[2])
+                tail[s.trace_sampled] = s.sampled_format(ids[2])
         elif top:
-            out.update(top)
+            tail.update(top)
         if s.per_process is not None:
-            out.update(self.per_process(record.process or 0))
+            tail.update(self.per_process(record.process or 0))
+        if self._prenested:
+            return self.nest_into(out, tail.items())
         return self.nest(out) if s.nest else out
 
     # -- names and values ---------------------------------------------------------------
@@ -222,11 +229,14 @@ class SchemaFields:
         as ecs-logging writes them; the schema's ``keep_dotted`` keys stay as they are. A
         dotted key under a name that holds a value replaces the value (even a dict: a
         record's own object is never merged into)."""
-        out: dict[str, Any] = {}
+        return self.nest_into({}, flat.items())
+
+    def nest_into(self, out: dict[str, Any], items: Any) -> dict[str, Any]:
+        """:meth:`nest` of ``items`` continued into ``out``, an already nested dict (the
+        objects made by nesting are :class:`_Nested`, so a later key merges into them)."""
         paths = self._paths
         keep = self.schema.keep_dotted
-        made: set[int] = set()  # the objects made here (a record's own dict is a value)
-        for key, value in flat.items():
+        for key, value in items:
             if "." not in key or key in keep:
                 out[key] = value
                 continue
@@ -238,12 +248,18 @@ class SchemaFields:
             node = out
             for part in parts[:-1]:
                 child = node.get(part)
-                if child is None or id(child) not in made:  # a value (even a dict) is replaced
-                    child = node[part] = {}
-                    made.add(id(child))
+                if type(child) is not _Nested:  # a value (even a dict) is replaced
+                    child = node[part] = _Nested()
                 node = child
             node[parts[-1]] = value
         return out
+
+
+class _Nested(dict):  # type: ignore[type-arg]
+    """An object made by nesting dotted keys (serialised as any dict); a record's own
+    dict value is never one, so it is never merged into."""
+
+    __slots__ = ()
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +332,12 @@ def _literal(items: Any) -> str:
     :class:`_Code` or a list of pairs (a nested literal)."""
     out = []
     for key, value in items:
-        code = value.code if type(value) is _Code else _literal(value)
+        if type(value) is _Code:
+            code = value.code
+        elif type(value) is _Nested:
+            code = f"nested({_literal(value.items())})"
+        else:
+            code = _literal(value)
         out.append(f"{key!r}: {code}")
     return "{" + ", ".join(out) + "}"
 
@@ -341,23 +362,33 @@ def compile_function(name: str, params: str, body: str, names: dict[str, Any],
     return names[name]
 
 
-def _fixed_fields_function(s: Schema, head: Mapping[str, Any],
-                           static: Mapping[str, Any]) -> _Start:
+def _fixed_fields_function(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
+                           nester: SchemaFields | None = None) -> _Start:
     """The part of a schema's record every record has -- time, level, message, the
     constant and static fields, logger, process, thread, source location -- as one
     function building ``(out, fields)`` from dict literals: ``fields`` is the object
     the record's own fields go in (``out`` itself, or ``out[schema.attributes]`` once the
     caller puts it there). The keys are the schema's, known when the formatter is built;
     what ``if schema.x is not None`` decided per record is decided here, once."""
-    names: dict[str, Any] = {}
+    names: dict[str, Any] = {"nested": _Nested}
     top, own = _fixed_fields(s, head, static, names)
     drop_function = ""
     if s.source is not None:
         where = "fields" if s.source_key is None else f"fields[{s.source_key!r}]"
+        key = s.source[2]
+        if nester is not None and "." in key and key not in s.keep_dotted:
+            *parents, key = key.split(".")  # its place in the nested fixed fields
+            where = "out" + "".join(f"[{p!r}]" for p in parents)
         # no function (a record made by hand): no key, unless a static field has it
-        function = f"{where}[{s.source[2]!r}]"
+        function = f"{where}[{key!r}]"
         drop_function = (f"    if record.funcName is None and {function} is None:\n"
                          f"        del {function}\n")
+    if nester is not None:  # nested once here, not per record
+        nested = nester.nest_into({}, top + own)
+        body = f"    out = {_literal(nested.items())}\n"
+        return compile_function("start", "record, msg, stamp",  # type: ignore[no-any-return]
+                                f"{body}{drop_function}    return out, {{}}\n", names,
+                                f"schema {s.name}")
     if s.attributes is None:
         body = f"    out = fields = {_literal(top + own)}\n"
     else:
