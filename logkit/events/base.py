@@ -42,7 +42,7 @@ EVENTS_LOGGER = "logkit.events"
 logger = logging.getLogger(EVENTS_LOGGER)
 _internal = logging.getLogger("logkit")
 
-#: ``pathname`` of every event record (the ordinary and the fast path give the same).
+#: ``pathname`` of every event record (made by ``makeRecord`` or from a template alike).
 SOURCE = __file__
 
 _D, _I, _W, _E = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
