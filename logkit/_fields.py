@@ -210,7 +210,10 @@ class JsonFields:
         if ctx is None:
             ctx = current()
         ts, level, name, message = self._keys
-        msg = self._message_of(record)
+        msg = record.msg
+        if (type(msg) is not str or record.args or type(record) is not logging.LogRecord
+                or len(msg) > self.fields.limit):
+            msg = self._message_of(record)  # else: getMessage() is msg itself
         out: dict[Any, Any] = {
             ts: self._stamp(record.created, record.msecs),
             level: record.levelname,

@@ -226,6 +226,10 @@ class RedactFilter(logging.Filter):
         return True
 
     def _redact_message(self, record: logging.LogRecord) -> None:
+        msg = record.msg
+        if (not record.args and type(msg) is str and type(record) is logging.LogRecord
+                and "=" not in msg and ":" not in msg):  # redact_text's own shortcut
+            return
         try:
             message = record.getMessage()
         except Exception:
