@@ -27,8 +27,9 @@ from typing import IO, Any
 import click
 import orjson
 
+from ._safe import clean, safe_str
 from .config import LEVEL_NAMES, LogConfig
-from .formatters import ConsoleFormatter, clean, safe_str
+from .formatters import ConsoleFormatter
 
 __all__ = ["main", "render", "view_lines"]
 

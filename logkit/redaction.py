@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .formatters import RESERVED, extra_names
+from ._fields import RESERVED, extra_names
 
 __all__ = [
     "REDACTED",
@@ -226,6 +226,10 @@ class RedactFilter(logging.Filter):
         return True
 
     def _redact_message(self, record: logging.LogRecord) -> None:
+        msg = record.msg
+        if (not record.args and type(msg) is str and type(record) is logging.LogRecord
+                and "=" not in msg and ":" not in msg):  # redact_text's own shortcut
+            return
         try:
             message = record.getMessage()
         except Exception:
@@ -249,6 +253,12 @@ class RedactFilter(logging.Filter):
                 rd[key] = REDACTED
                 continue
             kind = type(value)
+            if kind is str:
+                if "=" in value or ":" in value:  # else redact_text's own shortcut: no pair
+                    redacted = redact_text(value, self.pattern)
+                    if redacted is not value:
+                        rd[key] = redacted
+                continue
             if kind in _SCALARS or (kind is dict and self._clean_flat(value)):
                 continue  # Celery's ``data`` dicts: nothing in them can be redacted
             if isinstance(value, (str, Mapping, list, tuple)):

@@ -16,8 +16,8 @@ installation's config (field names, static fields, redaction), the bound context
 and the lifecycle events. Nothing is written anywhere and no handler is added.
 
 How: while a capture is active, ``logging.Logger.callHandlers`` is wrapped (the
-real handlers still run first), which also makes the events' fast path step aside
-(it only runs when ``callHandlers`` is the standard one). The root logger and
+real handlers still run first); lifecycle events are ordinary records, so it sees
+them too. The root logger and
 ``celery.task`` (the two loggers a worker's ``--loglevel`` sets) are lowered to the
 capture's level while it is active -- also when a worker configures logging during
 it -- and given their level back at the end. A logger with its own level keeps it,

@@ -155,6 +155,96 @@ def test_json_long_values_are_capped() -> None:
 
 
 # ---------------------------------------------------------------------------
+# python-json-logger's hooks, overridden by a subclass
+# ---------------------------------------------------------------------------
+
+
+class PjlStyle(JsonFormatter):
+    """What a python-json-logger user writes: ``add_fields`` adds fields after the
+    formatter's own, ``process_log_record`` renames one before serialisation."""
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["app"] = "shop"
+        log_data["logger_name"] = record.name
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["severity"] = log_data.pop("level")
+        return super().process_log_record(log_data)
+
+
+class OnlyProcess(JsonFormatter):
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {k.upper(): v for k, v in log_data.items()}
+
+
+class BrokenHook(JsonFormatter):
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in the hook")
+
+
+def test_python_json_logger_subclass_hooks_are_called() -> None:
+    from pythonjsonlogger.orjson import OrjsonFormatter
+
+    formatter = PjlStyle(fields={"svc": "x"})
+    assert isinstance(formatter, OrjsonFormatter)  # it is a python-json-logger formatter
+    with logkit.bound(task_id="t-1"):
+        data = json.loads(formatter.format(make_record(user_id=7)))
+    assert data["app"] == "shop" and data["logger_name"] == "app.module"
+    assert data["severity"] == "INFO" and "level" not in data
+    # logkit's own fields are all there, in logkit's order, before the hook's
+    assert list(data)[:3] == ["timestamp", "logger", "message"]
+    assert (data["svc"], data["task_id"], data["user_id"]) == ("x", "t-1", 7)
+    assert list(data)[-3:] == ["app", "logger_name", "severity"]
+    only = json.loads(OnlyProcess().format(make_record()))
+    assert only["MESSAGE"] == "hello world" and only["LEVEL"] == "INFO"
+
+
+def test_python_json_logger_hooks_through_handlers_and_dict_config(tmp_path: Any) -> None:
+    """The subclass named in ``dictConfig`` (``"()"``), on a stdlib handler and on
+    logkit's own sink handler (which writes ``format()``'s line for a subclass)."""
+    import logging.config
+
+    from logkit.handlers import Sink, SinkHandler
+
+    path = tmp_path / "pjl.log"
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"pjl": {"()": f"{__name__}.PjlStyle", "fields": {"svc": "y"}}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path),
+                              "formatter": "pjl"}},
+        "loggers": {"pjl.app": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    })
+    log = logging.getLogger("pjl.app")
+    sink = Sink(str(tmp_path / "sink.log"))
+    sink_handler = SinkHandler(sink, PjlStyle())
+    log.addHandler(sink_handler)
+    try:
+        log.info("paid %s", "A-1", extra={"amount": 3})
+    finally:
+        log.removeHandler(sink_handler)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            handler.close()
+        sink.close()
+    via_config = json.loads(path.read_text())
+    via_sink = json.loads((tmp_path / "sink.log").read_text())
+    for data in (via_config, via_sink):
+        assert data["message"] == "paid A-1" and data["amount"] == 3
+        assert data["app"] == "shop" and data["severity"] == "INFO"
+    assert via_config["svc"] == "y"
+
+
+def test_a_failing_hook_loses_no_record() -> None:
+    data = json.loads(BrokenHook().format(make_record(user_id=1)))
+    assert data["message"] == "hello world" and data["user_id"] == 1
+
+
+
+
+# ---------------------------------------------------------------------------
 # console
 # ---------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""The per-task hot path (commit b45d50b): emit_fast, the quieted trace logger, the sink's
+"""The per-task hot path: one road for event records, the quieted trace logger, the sink's
 fstat/look-up split, structlog.contextvars around tasks.
 
-* unit: ``events.fast.emit_fast`` writes the same bytes as ``events.emit`` (timestamp aside) for
-  every format and the configs that change the line; it falls back to ``emit`` whenever a
-  user handler, filter, queue or record factory is on the way;
+* unit: an event record (``events.emit``) is written exactly as an ordinary record with the
+  same ``extra`` fields on ``logkit.events`` (timestamp aside), for every format and the
+  configs that change the line: one road, call -> ``LogRecord`` -> field builder -> sink;
+  every user handler, filter, queue, record factory or ``makeRecord`` wrapper sees it;
 * unit: ``quiet_trace_logger`` sets/unsets ``celery.app.trace`` to WARNING as documented;
 * eager tasks: one task_started (set to INFO here: DEBUG by default) + one task_succeeded per
   task, Celery's "ignored" line once;
@@ -36,8 +37,6 @@ from workerutil import Worker, make_app, parse_json_lines, start_worker, wait_fo
 
 import logkit
 from logkit import context, events, handlers, receivers
-from logkit.events import fast as events_fast
-from logkit.formatters import JsonFormatter
 from logkit.handlers import WATCH_INTERVAL, Sink, flush_queues
 
 INFO = logging.INFO
@@ -115,41 +114,24 @@ def _no_timestamp(line: bytes) -> bytes:
 
 @dataclass
 class Pair:
-    slow: bytes  # events.emit
-    fast: bytes  # events.fast.emit_fast
-    fell_back: bool  # emit_fast called emit (the generic path)
-    json_lines: int  # lines JsonFormatter.event_line built without a LogRecord
+    slow: bytes  # an ordinary record on logkit.events with the event's extra fields
+    fast: bytes  # events.emit
 
 
 def _emit_both(path: Path, event: str, fields: dict[str, Any],
                monkeypatch: pytest.MonkeyPatch) -> Pair:
-    real_emit = events.emit
-    calls: list[str] = []
+    """The event's line, and the line of a record made and handled by ``logkit.events``
+    as any other (its source location: the event module's, as events have)."""
+    events_logger = logging.getLogger(events.EVENTS_LOGGER)
 
-    def spy_emit(*args: Any, **kwargs: Any) -> None:
-        calls.append("emit")
-        real_emit(*args, **kwargs)
+    def ordinary() -> None:
+        events_logger.handle(events_logger.makeRecord(
+            events_logger.name, INFO, events.base.SOURCE, 0, events.MESSAGES[event], (), None,
+            extra={"event": event, **fields}))
 
-    built: list[bytes] = []
-    json_handlers = [h for h in logging.getLogger().handlers
-                     if type(getattr(h, "formatter", None)) is JsonFormatter]
-    originals = [h.formatter.event_line for h in json_handlers]  # type: ignore[union-attr]
-
-    def counting(original: Callable[..., bytes | None]) -> Callable[..., bytes | None]:
-        def event_line(*args: Any) -> bytes | None:
-            line = original(*args)
-            if line is not None:
-                built.append(line)
-            return line
-        return event_line
-
-    slow = _written(path, lambda: real_emit(event, INFO, fields))
-    with monkeypatch.context() as mp:
-        mp.setattr(events_fast, "emit", spy_emit)
-        for handler, original in zip(json_handlers, originals, strict=True):
-            mp.setattr(handler.formatter, "event_line", counting(original))
-        fast = _written(path, lambda: events_fast.emit_fast(event, INFO, fields))
-    return Pair(slow, fast, bool(calls), len(built))
+    slow = _written(path, ordinary)
+    fast = _written(path, lambda: events.emit(event, INFO, fields))
+    return Pair(slow, fast)
 
 
 def _assert_same(pair: Pair, fmt: str) -> None:
@@ -213,13 +195,13 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 
 
 # --------------------------------------------------------------------------
-# emit_fast == emit
+# an event's line == an ordinary record's line (one road)
 # --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["json", "console", "plain"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_emit_fast_equals_emit(
+def test_event_line_equals_an_ordinary_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, case: str
 ) -> None:
     options, ctx, fields = CASES[case]
@@ -227,7 +209,6 @@ def test_emit_fast_equals_emit(
     event = "task_succeeded" if fields else "task_started"
     with context.bound(**ctx):
         pair = _emit_both(logfile, event, dict(fields), monkeypatch)
-    assert not pair.fell_back  # only logkit's SinkHandler + RedactFilter: the fast route
     _assert_same(pair, fmt)
     text = pair.fast.decode()
     assert "hunter" not in text
@@ -244,9 +225,9 @@ def test_emit_fast_equals_emit(
         if case != "tiny_max_length":  # there message and event are capped, in both lines
             assert line[names.get("message", "message")] == events.MESSAGES[event]
             assert line["event"] == event
-        if case in ("task_context", "static_fields", "no_context", "started_no_fields",
-                    "secret_in_result", "field_names"):
-            assert pair.json_lines == 1  # really the no-LogRecord line, not a fallback
+        if case not in ("ctx_process_thread", "renamed_process_in_ctx"):  # bound: kept in place
+            assert list(line)[-2:] == [names.get("process", "process"),
+                                       names.get("thread", "thread")]
         if case == "static_fields":
             assert (line["service"], line["env"]) == ("billing", "prod")
         if case == "ctx_level_message":  # base fields win over bound keys
@@ -280,11 +261,10 @@ def _contexts() -> st.SearchStrategy[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("fmt", ["json", "console", "plain"])
-def test_emit_fast_equals_emit_random_contexts(
+def test_event_line_equals_an_ordinary_records_random_contexts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
     _, logfile = _setup(tmp_path, fmt, fields={"service": "svc"}, max_field_length=40)
-    seen = {"fast_lines": 0}
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
@@ -293,17 +273,16 @@ def test_emit_fast_equals_emit_random_contexts(
         with context.bound(**ctx):
             pair = _emit_both(logfile, "task_succeeded",
                               {"duration_ms": 1.25, "result": result}, monkeypatch)
-        assert not pair.fell_back
         _assert_same(pair, fmt)
-        seen["fast_lines"] += pair.json_lines
+        if fmt == "json":
+            line = json.loads(pair.fast)
+            assert (line["level"], line["message"]) == ("INFO", "Task succeeded")
 
     check()
-    if fmt == "json":  # the examples did exercise the no-LogRecord line
-        assert seen["fast_lines"] > 0
 
 
 @pytest.mark.parametrize("fmt", ["json", "plain"])
-def test_emit_fast_redacts_by_key_like_emit(
+def test_event_redacted_by_key_like_an_ordinary_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
     _, logfile = _setup(tmp_path, fmt, redact_keys=["password", "result"])
@@ -314,7 +293,7 @@ def test_emit_fast_redacts_by_key_like_emit(
     _assert_same(pair, fmt)
 
 
-def test_emit_fast_sees_a_mutated_context_value(
+def test_event_sees_a_mutated_context_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, logfile = _setup(tmp_path, "json")
@@ -361,7 +340,7 @@ def test_eager_task_succeeded_shows_the_current_context_values(tmp_path: Path) -
 
 
 # --------------------------------------------------------------------------
-# fallback to emit(): anything but logkit's own handlers on the way
+# every event is a LogRecord on logkit.events: whatever is on the way sees it
 # --------------------------------------------------------------------------
 
 
@@ -446,7 +425,6 @@ def test_fallback_keeps_every_event_once(
             return record
 
         monkeypatch.setattr(logging.Logger, "makeRecord", wrapped)
-    assert events_fast._route() is None  # detected: the generic stdlib path is taken
 
     @app.task(name="hot.add")
     def add(x: int, y: int) -> int:

@@ -21,8 +21,11 @@ PACKAGE = ROOT / "logkit"
 
 #: Lowest first. A module imports only modules listed in an earlier layer.
 LAYERS: list[set[str]] = [
-    {"logkit.config", "logkit.context", "logkit._changes"},
+    # never-raising conversions, the clock; config and context; the record of changes
+    {"logkit._safe", "logkit._clock", "logkit.config", "logkit.context", "logkit._changes"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
+    {"logkit._fields"},  # a record's fields: the field pipeline, logkit's own JSON builder
+    {"logkit._schema_fields"},  # a schema applied to a record: its field builder
     {"logkit.formatters", "logkit.filters", "logkit._request"},
     {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early",
      # the web request middlewares (optional extras): context and _request only
@@ -31,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"logkit.receivers"},
     {"logkit.banner"},
     {"logkit.events.base"},
-    {"logkit.events.fast", "logkit.events.prose"},
+    {"logkit.events.prose"},
     {"logkit.events.task", "logkit.events.worker", "logkit.events.beat"},
     {"logkit.events"},
     {"logkit.celery_options"},
@@ -149,7 +152,7 @@ handle, call_handlers = logging.Logger.handle, logging.Logger.callHandlers
 from celery import signals
 import logkit
 import logkit.cli, logkit.celery_options, logkit.events, logkit.redaction  # every layer
-from logkit.events import base, beat, fast, prose, task, worker
+from logkit.events import base, beat, prose, task, worker
 connected = {
     name: len(getattr(signals, name).receivers)
     for name in signals.__all__

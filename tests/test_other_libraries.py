@@ -23,7 +23,7 @@ import wrapt
 from workerutil import make_app, parse_json_lines, start_worker
 
 import logkit.setup as setup_mod
-from logkit.events import fast as events_fast
+from logkit import events
 from logkit.setup import STOCK_MAKE_RECORD, tolerate_clashing_extra
 
 # ---------------------------------------------------------------------------
@@ -134,19 +134,29 @@ def test_record_factory_untouched_and_its_attributes_renamed(stock_logging: None
     assert record.msg_ == 2 and record.__dict__["dd.trace_id"] == "123"  # type: ignore[attr-defined]
 
 
-def test_fast_path_steps_aside_for_a_foreign_make_record(stock_logging: None) -> None:
+def test_events_go_through_a_foreign_make_record(stock_logging: None) -> None:
+    """An event record is made by ``Logger.makeRecord``, so a wrapper (ddtrace's, here
+    by wrapt) adds its fields to events as to every other record."""
     tolerate_clashing_extra()
-    assert logging.Logger.makeRecord is events_fast._LOGKIT_MAKE_RECORD
+    assert logging.Logger.makeRecord is setup_mod._make_record
     wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", _dd_like)
-    # a wrapt proxy compares equal to what it wraps: the check must be by identity
-    assert logging.Logger.makeRecord == events_fast._LOGKIT_MAKE_RECORD
-    assert events_fast._route() is None
+    events_logger = logging.getLogger(events.EVENTS_LOGGER)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    events_logger.addHandler(handler)
+    try:
+        events.emit("worker_ready", logging.INFO, {"hostname": "w@h"})
+    finally:
+        events_logger.removeHandler(handler)
+    (record,) = seen
+    assert record.__dict__["dd.trace_id"] == "123" and record.event == "worker_ready"  # type: ignore[attr-defined]
 
 
 def test_stock_methods_found_under_a_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     """logkit imported after Sentry patched callHandlers still knows it is patched."""
     stock = logging.Logger.callHandlers
-    assert setup_mod.stock_logger_method("callHandlers") is stock is events_fast._STD_CALL_HANDLERS
+    assert setup_mod.stock_logger_method("callHandlers") is stock
     wrapt.wrap_function_wrapper(logging.Logger, "callHandlers", lambda w, i, a, k: w(*a, **k))
     assert setup_mod.stock_logger_method("callHandlers") is stock  # found via __wrapped__
 

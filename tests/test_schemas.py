@@ -3,7 +3,9 @@
 * unit: each schema's line compared field by field with the backend's own library
   (``ecs_logging.StdlibFormatter``, Google Cloud's ``StructuredLogHandler``, the
   OpenTelemetry SDK's ``LoggingHandler``), ECS lines checked against ecs-logging's spec;
-* the fast path writes the same bytes as ``emit`` for every schema;
+* an event's line equals an ordinary record's for every schema; every record shape's line
+  is byte for byte what it was (``schema_shapes.json``); code is generated once per
+  formatter, shows in tracebacks and fails loudly;
 * the ids of the current OpenTelemetry span on every record, in each schema's format;
 * a real prefork worker with ``CeleryInstrumentor`` (in ``worker_process_init``): every
   record of every task carries the ids of the task's span, as exported.
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import io
 import json
+import linecache
 import logging
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,6 @@ from workerutil import make_app, parse_json_lines, start_worker
 import logkit
 from logkit import context
 from logkit.config import SCHEMAS, ConfigError, LogConfig
-from logkit.context import current
 from logkit.events import base as events
 from logkit.formatters import JsonFormatter
 from logkit.receivers import order_after_tracing
@@ -276,12 +279,12 @@ def test_logkit_schema_trace_ids_are_hex() -> None:
     assert list(line)[-2:] == ["process", "thread"]
 
 
-# -- the fast path ------------------------------------------------------------------
+# -- events ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("schema", SCHEMAS)
-def test_emit_fast_equals_emit_per_schema(
+def test_event_line_equals_an_ordinary_records_per_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str, traced: bool
 ) -> None:
     _, logfile = _setup(tmp_path, "json", schema=schema, fields={"service": "shop"})
@@ -298,7 +301,6 @@ def test_emit_fast_equals_emit_per_schema(
         assert line["event"] == {"action": "task_succeeded", "duration": 1_500_000}
         assert line["celery"]["task"]["id"] == "t-1"
         _check_ecs(line)
-    assert (schema == "logkit") == (pair.json_lines == 1)  # other schemas: a record
     assert ("trace" in pair.fast.decode() or "trace_id" in pair.fast.decode()) == traced
 
 
@@ -508,20 +510,7 @@ def test_celery_log_schema_flag() -> None:
     assert preload_values({"log_schema": "ecs"}) == {"schema": "ecs"}
 
 
-# -- the compiled parts of a schema's build (record plans, the fixed fields) --------
-
-
-def _plan_and_generic(schema: str, record: logging.LogRecord, ctx: dict[str, Any],
-                      **options: Any) -> tuple[dict[str, Any], dict[str, Any], JsonFormatter]:
-    """The record built by its compiled plan and by the generic build, under ``ctx``."""
-    fmt = JsonFormatter(LogConfig(schema=schema, fields={"service": "shop"}, **options))
-    with logkit.bound(**ctx):
-        planned = fmt.build(record)
-        again = fmt.build(record)  # from the cached plan
-        generic = fmt._build_generic(record, current(), record.getMessage())
-    assert again == planned
-    return planned, generic, fmt
-
+# -- a schema's build: every record shape; the fields compiled once per formatter ------
 
 #: context keys and ``extra`` names of odd shapes: dotted under and over the fixed
 #: fields' objects, a value then a dotted key under it, quotes, escapes, non-ASCII,
@@ -539,62 +528,110 @@ SHAPES = [
     ({"nested": {"k": [1, 2]}}, {"long": "x" * 20_000, "obj": {"a": 1}}),
 ]
 
+#: Each schema's line for each of :data:`SHAPES`, as logkit 0.1's per-shape record plans
+#: wrote them (made by that code; the build that replaced them must write the same bytes).
+GOLDEN = json.loads((Path(__file__).parent / "schema_shapes.json").read_text("utf-8"))
 
-@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
-@pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_record_plan_equals_the_generic_build(schema: str, shape: int) -> None:
-    """Each schema's compiled plan gives what the generic build gives, key order
-    included, for contexts and ``extra`` fields of every shape."""
-    ctx, extra = SHAPES[shape]
-    record = _record()
+
+def _shape_record(extra: dict[str, Any]) -> logging.LogRecord:
+    """:func:`_record` with fixed time, process, thread and path, and ``extra``."""
+    record = logging.LogRecord("shop.tasks", logging.WARNING, "/src/shop/tasks.py", 42,
+                               MESSAGE, ARGS, None, func="charge")
+    record.created, record.msecs = 1714564800.123, 123.0
+    record.process, record.processName, record.thread = 4242, "MainProcess", 77
+    record.threadName = "MainThread"
+    record.user_id = 7  # type: ignore[attr-defined]
     record.__dict__.update(extra)
-    planned, generic, fmt = _plan_and_generic(schema, record, ctx, max_field_length=1000)
-    assert json.dumps(planned) == json.dumps(generic)
-    assert fmt._schema is not None and len(fmt._schema.plans) == 1
-    assert len(json.dumps(planned)) < 12_000  # the long extra was capped
+    return record
+
+
+def _shape_formatter(schema: str) -> JsonFormatter:
+    return JsonFormatter(LogConfig(schema=schema, fields={"service": "shop"},
+                                   max_field_length=1000))
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_schema_line_of_every_record_shape(schema: str, shape: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each schema's line, byte for byte and key order included, for contexts and
+    ``extra`` fields of every shape; the same again from the same formatter."""
+    for var in ("OTEL_SERVICE_NAME", "ELASTIC_APM_SERVICE_NAME", "DD_SERVICE", "DD_ENV",
+                "DD_VERSION", "DD_TRACE_128_BIT_TRACEID_LOGGING_ENABLED"):
+        monkeypatch.delenv(var, raising=False)
+    ctx, extra = SHAPES[shape]
+    fmt = _shape_formatter(schema)
+    with logkit.bound(**ctx):
+        first = fmt.format(_shape_record(extra))
+        again = fmt.format(_shape_record(extra))
+    assert first == again == GOLDEN[schema][shape]
+    assert len(first) < 12_000  # the long extra was capped
 
 
 @pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
-def test_record_plan_within_a_span(schema: str) -> None:
-    """With a recording span: its ids, in the schema's format, in plan and generic alike."""
-    tracer = TracerProvider().get_tracer("t")
-    record = _record()
-    with tracer.start_as_current_span("s") as span:
-        planned, generic, _ = _plan_and_generic(schema, record, {"task_id": "t-1"})
-    assert json.dumps(planned) == json.dumps(generic)
+def test_schema_line_within_a_span(schema: str) -> None:
+    """With a recording span: its ids, in the schema's format."""
+    provider = TracerProvider().get_tracer("t")
+    fmt = _shape_formatter(schema)
+    with provider.start_as_current_span("s") as span, logkit.bound(task_id="t-1"):
+        line = fmt.format(_shape_record({}))
     span_id = span.get_span_context().span_id
-    assert f"{span_id:016x}" in json.dumps(planned) or str(span_id) in json.dumps(planned)
+    assert f"{span_id:016x}" in line or str(span_id) in line
 
 
-def test_record_plan_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over-long key sequences and shapes past the cache's bound take the generic build."""
-    from logkit import formatters
-
-    record = _record()
-    record.__dict__.update({f"k{i}.v": i for i in range(formatters._PLAN_MAX_KEYS + 1)})
-    planned, generic, fmt = _plan_and_generic("ecs", record, {})
-    assert planned == generic and planned["k0"] == {"v": 0}
-    sf = fmt._schema
-    assert sf is not None and list(sf.plans.values()) == [formatters._NO_PLAN]
-    for i in range(formatters._PLAN_CACHE + 10):
-        one = _record()
-        setattr(one, f"site{i}.x", i)
-        assert fmt.build(one)[f"site{i}"] == {"x": i}
-    assert len(sf.plans) == formatters._PLAN_CACHE
-    compiled = []
-    monkeypatch.setattr(sf, "_record_plan", lambda *key: compiled.append(key))
-    late = _record()
-    late.late_site = 1
-    assert fmt.build(late)["late_site"] == 1 and compiled == []  # nothing compiled per record
+def _generated_sources() -> dict[str, Any]:
+    return {name: entry for name, entry in linecache.cache.items()
+            if name.startswith("<logkit generated")}
 
 
-def test_record_plan_of_a_context_filter_record() -> None:
+def test_nothing_is_compiled_per_record() -> None:
+    """Code is generated once per formatter (a schema's fixed fields), never per record
+    shape: a thousand call sites with their own ``extra`` names add no source."""
+    fmt = _shape_formatter("ecs")
+    before = _generated_sources()
+    assert before, "the fixed fields' function is registered with linecache"
+    for i in range(1000):
+        record = _shape_record({f"site{i}.x": i})
+        assert json.loads(fmt.format(record))[f"site{i}"] == {"x": i}
+    assert _generated_sources() == before
+    _shape_formatter("ecs")  # the same source again: the same linecache entry
+    assert _generated_sources() == before
+
+
+@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
+def test_generated_code_shows_in_tracebacks(schema: str) -> None:
+    """A failure inside the generated fixed fields (here ``created`` overwritten with
+    ``None``) has a traceback that shows the generated source, as attrs' generated
+    ``__init__`` does; the formatter still writes a line that says so."""
+    fmt = _shape_formatter(schema)
+    record = _shape_record({})
+    record.created = None  # type: ignore[assignment]
+    with pytest.raises(TypeError) as err:
+        fmt.build(record)
+    frames = [f for f in traceback.extract_tb(err.value.__traceback__)
+              if f.filename.startswith("<logkit generated")]
+    assert frames and "stamp(record.created, record.msecs)" in (frames[0].line or "")
+    line = json.loads(fmt.format(record))
+    assert line["logkit_error"] == "record could not be formatted: TypeError"
+
+
+def test_generated_code_fails_loudly() -> None:
+    """Source that does not compile raises when the formatter is built, never silently."""
+    from logkit._schema_fields import compile_function
+
+    with pytest.raises(SyntaxError):
+        compile_function("start", "record", "    return {\n", {}, "a test")
+
+
+def test_schema_line_of_a_context_filter_record() -> None:
     """Names a ``logkit.ContextFilter`` put on the record are not ``extra`` fields."""
     record = _record()
     record.__dict__.update({"request_id": "stale", "_logkit_filled": {"request_id"}})
-    planned, generic, _ = _plan_and_generic("otel", record, {"request_id": "r-1"})
-    assert planned == generic and planned["attributes"]["request_id"] == "r-1"
-    assert planned["attributes"]["user_id"] == 7
+    fmt = JsonFormatter(LogConfig(schema="otel", fields={"service": "shop"}))
+    with logkit.bound(request_id="r-1"):
+        line = fmt.build(record)
+    assert line["attributes"]["request_id"] == "r-1"
+    assert line["attributes"]["user_id"] == 7
 
 
 @pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])

@@ -9,7 +9,6 @@ connects the receivers.
 module      responsibility
 ==========  ==============================================================
 ``base``    the event table (levels, messages), :func:`emit`, field helpers
-``fast``    the per-task fast path (:func:`~logkit.events.fast.emit_fast`)
 ``prose``   Celery's own lines for the same events: filtered, quieted
 ``task``    task events (``task_started``/``task_finished`` + receivers)
 ``worker``  worker events

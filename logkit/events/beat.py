@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .._safe import safe_str
 from ..banner import beat_fields
-from ..formatters import safe_str
 from ..receivers import installation
 from .base import _guarded, _names, emit, level_of
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._changes import Changes
-from ..formatters import safe_repr
+from .._safe import safe_repr
 from ..receivers import Installation, installation
 from .base import _I, DEFAULT_LEVELS
 

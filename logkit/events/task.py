@@ -18,7 +18,7 @@ from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 
 from .. import context
-from ..formatters import cap, safe_repr, safe_str
+from .._safe import cap, safe_repr, safe_str
 from ..receivers import Installation, installation
 from ..trace import ids_from_headers
 from .base import (
@@ -32,7 +32,6 @@ from .base import (
     logger,
     task_identity,
 )
-from .fast import emit_fast
 from .prose import TRACE_LOGGER, _reemit_ignored
 
 __all__ = [
@@ -170,11 +169,7 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         inst = installation()
         if inst is not None:
             bind = {**(bind or {}), **inst.task_context.trace_fields(ids)}
-    if bind:  # the worker's main process: no task context is bound there
-        with context.bound(**bind):
-            emit_fast("task_received", level, fields)
-    else:
-        emit_fast("task_received", level, fields)
+    emit("task_received", level, fields, bind=bind)  # main process: no task context bound
 
 
 def task_started(inst: Installation, task_id: Any, task: Any) -> None:
@@ -267,10 +262,10 @@ def _task_level(inst: Installation, event: str) -> int | None:
 def _emit_for_task(
     inst: Installation, event: str, level: int, fields: Mapping[str, Any], task_id: Any, task: Any
 ) -> None:
-    """The fast path while the task's own context is bound (the usual case); else the
-    ordinary one, with the task's identity bound for the record (the task cleared it)."""
+    """One event record with the task's context: bound already (the usual case), or the
+    task's identity bound for the record (the task cleared it)."""
     if task_id is None or context.current().get(inst.task_context.task_id_key) == task_id:
-        emit_fast(event, level, fields)
+        emit(event, level, fields)
     else:
         emit(event, level, fields, bind=_bind_for(task_id, task.name, task.request))
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .._safe import safe_str
 from ..banner import worker_fields
-from ..formatters import safe_str
 from .base import _guarded, _worker_bind, emit, level_of
 
 __all__ = [
