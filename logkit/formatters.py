@@ -945,10 +945,13 @@ class JsonFormatter(OrjsonFormatter):
 
         The shortcut behind logkit's per-task events: no ``LogRecord``, and the checks
         that decide whether a plain dict merge gives :meth:`build`'s output (no key of
-        the context, the static fields or ``keys`` named like a base field,
-        ``process``/``thread`` or each other) made once per context and key set. A
-        string longer than the field limit, an over-long line or a value that does not
-        serialise also return ``None``; the caller then formats a real record.
+        the context or the static fields named like a base field, no key of ``keys``
+        named like a base field or ``process``/``thread``) made once per context and key
+        set. A key of ``keys`` that is also a context or static key is fine: :meth:`build`
+        too writes the extra field over the context's value, in the context's place (the
+        ``queue`` of ``task_received``, also a task context field: #28). A string longer
+        than the field limit, an over-long line or a value that does not serialise also
+        return ``None``; the caller then formats a real record.
         """
         if not self._static_ok:
             return None
@@ -961,7 +964,6 @@ class JsonFormatter(OrjsonFormatter):
                 ok = (
                     self._base_pt.isdisjoint(taken)  # build() lets a base field win
                     and self._blocked.isdisjoint(keys)  # build() renames or drops these
-                    and taken.isdisjoint(keys)
                 )
                 self._ctx_keys = (ctx, keys, ok)
             if not ok or not keys.issuperset(extras):
