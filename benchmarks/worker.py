@@ -60,7 +60,7 @@ class Setup:
     ignore_result: bool
 
     def describe(self) -> str:
-        results = "ignore_result" if self.ignore_result else "results stored (Redis backend)"
+        results = "ignore_result" if self.ignore_result else "results stored in the backend"
         return f"prefetch multiplier {self.prefetch}, {results}"
 
 
@@ -400,7 +400,7 @@ def render(summaries: list[Summary], broker: str = "filesystem") -> str:
             size = s.median(lambda r: r.log_bytes / r.log_lines if r.log_lines else 0.0)
             out.append(f"| {mode} | {s.median_rate:.0f} | {runs} | "
                        f"{s.median_rate / base:.2f}{TIMES} | {main:.0f} | {pool:.0f} | "
-                       f"{per_task:.1f} | {size:.0f} |")
+                       f"{per_task:.1f} | {f'{size:.0f}' if size else '—'} |")
         out.append("")
     out += [
         "CPU columns: user + system time of the worker's main process and of its pool "
