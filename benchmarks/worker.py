@@ -1,21 +1,24 @@
 """Worker throughput: a real ``celery worker`` (prefork, 2 processes) draining N tiny tasks.
 
-For each logging mode (Celery's default logging, logkit json), in alternating runs:
+For each configuration (:data:`SETUPS`) and each logging mode (:data:`MODES`: Celery's
+own logging at INFO, logkit's defaults at INFO, Celery at WARNING as the floor), in
+alternating runs, each a fresh worker:
 
-1. write an app module in a fresh temp dir (kombu filesystem transport in that dir,
-   or ``--broker redis``: a private ``redis-server``);
+1. write an app module in a fresh temp dir (a private ``redis-server`` as broker and
+   result backend, or ``--broker filesystem``: kombu's filesystem transport in that dir);
 2. publish N tasks (``bench.tiny(i)``: three ``logger.info`` lines, then one
-   ``os.write`` of a byte to a shared ``O_APPEND`` counter file: the completion
-   record, so no result backend is involved);
-3. start ``celery worker -P prefork -c 2 -l INFO -f worker.log --without-gossip
+   ``os.write`` of a byte to a shared ``O_APPEND`` counter file: the completion mark);
+3. start ``celery worker -P prefork -c 2 -l LEVEL -f worker.log --without-gossip
    --without-mingle --without-heartbeat``; its ``worker_ready`` receiver writes the
    ready time;
 4. wait until the counter file holds N bytes; throughput = N / (time of the last
-   write - ready time); then stop the worker.
+   write - ready time); CPU time of the main process and of the pool processes (from
+   ``/proc``) over the same span; then stop the worker and count the log's lines and bytes.
 
-Both modes log at INFO to a file (``-f``), as a production worker would: Celery's
-"Received task" + the task's 3 lines + "succeeded" (5 lines a task), logkit's
-``task_received`` + the 3 lines + ``task_succeeded`` (5 lines; ``task_started`` is DEBUG).
+At INFO both write 5 lines a task: Celery's "Received task" + the task's 3 lines +
+"succeeded", logkit's ``task_received`` + the 3 lines + ``task_succeeded``
+(``task_started`` is DEBUG). At WARNING Celery writes none: what the worker costs
+without logging.
 """
 
 from __future__ import annotations
@@ -30,13 +33,44 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .timing import TIMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODES = ("celery default logging", "logkit json")
+#: The logging modes, in the order of the table: Celery's own logging at INFO (the
+#: baseline), logkit's defaults at INFO, and Celery at WARNING (no task lines: the floor).
+CELERY = "celery logging, INFO"
+LOGKIT = "logkit json, INFO"
+FLOOR = "celery logging, WARNING (floor)"
+MODES = (CELERY, LOGKIT, FLOOR)
+#: ``celery worker -l`` of each mode.
+LEVELS = {CELERY: "INFO", LOGKIT: "INFO", FLOOR: "WARNING"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One worker configuration: tasks per run, prefetch multiplier, results stored or not."""
+
+    name: str
+    tasks: int
+    prefetch: int
+    ignore_result: bool
+
+    def describe(self) -> str:
+        results = "ignore_result" if self.ignore_result else "results stored in the backend"
+        return f"prefetch multiplier {self.prefetch}, {results}"
+
+
+#: The two configurations measured side by side: the one of issue #28 (little broker work
+#: per task: the logging cost shows plainly) and the suite's usual one (Celery's default
+#: prefetch, each task's result stored in the backend).
+SETUPS = (
+    Setup("light", 6000, 16, True),
+    Setup("results", 20000, 4, False),
+)
 
 APP_TEMPLATE = '''
 import logging
@@ -65,12 +99,13 @@ if {broker_url!r} == "filesystem://":
 app.conf.update(
     broker_url={broker_url!r},
     broker_transport_options={transport_options!r},
-    task_ignore_result=True,
-    worker_prefetch_multiplier=4,
+    result_backend={backend!r},
+    task_ignore_result={ignore_result!r},
+    worker_prefetch_multiplier={prefetch!r},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
-if MODE == "logkit json":
+if MODE.startswith("logkit"):
     import logkit
     logkit.install(app, format="json")
 
@@ -109,6 +144,10 @@ class Run:
     #: CPU seconds (user + system) from ready to done: the main process, the pool processes.
     main_cpu: float = float("nan")
     pool_cpu: float = float("nan")
+    #: Bytes of the log file (startup and shutdown lines included).
+    log_bytes: int = 0
+    #: The :class:`Setup`'s name.
+    setup: str = "light"
 
     @property
     def rate(self) -> float:
@@ -119,10 +158,14 @@ class Run:
 class Summary:
     mode: str
     runs: list[Run] = field(default_factory=list)
+    setup: str = "light"
 
     @property
     def median_rate(self) -> float:
         return statistics.median(r.rate for r in self.runs)
+
+    def median(self, value: Callable[[Run], float]) -> float:
+        return statistics.median(value(r) for r in self.runs)
 
 
 class Redis:
@@ -161,13 +204,15 @@ class Redis:
             self.proc.kill()
 
 
-def _write_app(workdir: Path, mode: str, broker_url: str | None) -> None:
+def _write_app(workdir: Path, mode: str, setup: Setup, broker_url: str | None) -> None:
     if broker_url is None:
         queue_dir = workdir / "broker"
         queue_dir.mkdir()
         (workdir / "control").mkdir()
         (workdir / "processed").mkdir()
+        (workdir / "results").mkdir()
         broker_url = "filesystem://"
+        backend = f"file://{workdir / 'results'}"
         transport_options = {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
@@ -177,9 +222,13 @@ def _write_app(workdir: Path, mode: str, broker_url: str | None) -> None:
             "polling_interval": 0.01,
         }
     else:
+        backend = broker_url
         transport_options = {}
-    source = APP_TEMPLATE.format(workdir=str(workdir), mode=mode, broker_url=broker_url,
-                                 transport_options=transport_options)
+    source = APP_TEMPLATE.format(
+        workdir=str(workdir), mode=mode, broker_url=broker_url,
+        transport_options=transport_options, backend=None if setup.ignore_result else backend,
+        ignore_result=setup.ignore_result, prefetch=setup.prefetch,
+    )
     (workdir / "bench_worker_app.py").write_text(textwrap.dedent(source))
 
 
@@ -213,9 +262,14 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
-             redis: Redis | None = None, timeout: float = 600) -> Run:
-    """Publish ``tasks`` tasks, start a worker in ``mode``, time it until all are done."""
+def run_once(mode: str, tasks: int, *, setup: Setup = SETUPS[0], broker: str = "filesystem",
+             redis: Redis | None = None, timeout: float = 600, wrap: Sequence[str] = (),
+             keep: Path | None = None) -> Run:
+    """Publish ``tasks`` tasks, start a worker in ``mode``, time it until all are done.
+
+    ``wrap``: a command the worker runs under (``strace -c -f -o FILE``, for a study);
+    ``keep``: a directory to copy the worker's log and output to.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="logkit-bench-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(workdir)])}
     for key in [k for k in env if k.startswith("LOGKIT_")]:
@@ -227,13 +281,13 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
         broker_url = redis.url
     proc = None
     try:
-        _write_app(workdir, mode, broker_url)
+        _write_app(workdir, mode, setup, broker_url)
         _publish(workdir, tasks, env)
         logfile = workdir / "worker.log"
         with open(workdir / "worker.out", "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "bench_worker_app", "worker",
-                 "-P", "prefork", "-c", "2", "-l", "INFO", "-f", str(logfile),
+                [*wrap, sys.executable, "-m", "celery", "-A", "bench_worker_app", "worker",
+                 "-P", "prefork", "-c", "2", "-l", LEVELS[mode], "-f", str(logfile),
                  "-n", "bench@%h", "--without-gossip", "--without-mingle",
                  "--without-heartbeat"],
                 cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -241,13 +295,14 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
             )
         done, ready = workdir / "done", workdir / "ready"
         deadline = time.monotonic() + timeout
-        cpu_start: tuple[float, list[int], float] | None = None
+        cpu_start: tuple[int, float, list[int], float] | None = None
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{(workdir / 'worker.out').read_text()}")
             if cpu_start is None and ready.exists():
-                pool = _children(proc.pid)
-                cpu_start = (_cpu_seconds(proc.pid), pool, sum(map(_cpu_seconds, pool)))
+                main = _worker_pid(proc.pid) if wrap else proc.pid
+                pool = _children(main)
+                cpu_start = (main, _cpu_seconds(main), pool, sum(map(_cpu_seconds, pool)))
             if done.exists() and done.stat().st_size >= tasks and ready.exists():
                 break
             if time.monotonic() > deadline:
@@ -255,11 +310,11 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
             time.sleep(0.02)
         main_cpu = pool_cpu = float("nan")
         if cpu_start is not None:
-            main_cpu = _cpu_seconds(proc.pid) - cpu_start[0]
-            pool_cpu = sum(map(_cpu_seconds, cpu_start[1])) - cpu_start[2]
+            main_cpu = _cpu_seconds(cpu_start[0]) - cpu_start[1]
+            pool_cpu = sum(map(_cpu_seconds, cpu_start[2])) - cpu_start[3]
         finished = done.stat().st_mtime_ns / 1e9
         started = float(ready.read_text())
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM) if wrap else proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -268,7 +323,12 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
         proc = None
         with open(logfile, "rb") as fh:
             lines = sum(1 for _ in fh)
-        return Run(mode, tasks, finished - started, lines, main_cpu, pool_cpu)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("worker.log", "worker.out"):
+                shutil.copy(workdir / name, keep / name)
+        return Run(mode, tasks, finished - started, lines, main_cpu, pool_cpu,
+                   logfile.stat().st_size, setup.name)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -276,9 +336,19 @@ def run_once(mode: str, tasks: int, *, broker: str = "filesystem",
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(tasks: int = 20000, repeats: int = 2, broker: str = "redis") -> list[Summary]:
-    """Alternate the modes ``repeats`` times; return a summary per mode."""
-    summaries = {mode: Summary(mode) for mode in MODES}
+def _worker_pid(pid: int) -> int:
+    """The worker under a wrapping command (``strace``): the wrapper's only child."""
+    children = _children(pid)
+    return children[0] if len(children) == 1 else pid
+
+
+def run(tasks: int | None = None, repeats: int = 2, broker: str = "redis",
+        setups: Sequence[Setup] = SETUPS) -> list[Summary]:
+    """For each setup, alternate the modes ``repeats`` times; a summary per setup and mode.
+
+    ``tasks``: tasks per run for every setup (default: each setup's own).
+    """
+    summaries = {(s.name, mode): Summary(mode, setup=s.name) for s in setups for mode in MODES}
     redis = None
     tmp = Path(tempfile.mkdtemp(prefix="logkit-bench-redis-"))
     try:
@@ -286,8 +356,10 @@ def run(tasks: int = 20000, repeats: int = 2, broker: str = "redis") -> list[Sum
             redis = Redis(tmp)
         for r in range(repeats):
             order = MODES if r % 2 == 0 else tuple(reversed(MODES))
-            for mode in order:
-                summaries[mode].runs.append(run_once(mode, tasks, broker=broker, redis=redis))
+            for s in setups:
+                for mode in order:
+                    summaries[(s.name, mode)].runs.append(
+                        run_once(mode, tasks or s.tasks, setup=s, broker=broker, redis=redis))
     finally:
         if redis is not None:
             redis.stop()
@@ -295,29 +367,46 @@ def run(tasks: int = 20000, repeats: int = 2, broker: str = "redis") -> list[Sum
     return list(summaries.values())
 
 
+def _per_task_us(run: Run, cpu: float) -> float:
+    return cpu / run.tasks * 1e6
+
+
 def render(summaries: list[Summary], broker: str = "filesystem") -> str:
-    """Markdown table: tasks/s per mode (median of the runs) and ratio to Celery's."""
-    base = summaries[0].median_rate
-    tasks = summaries[0].runs[0].tasks if summaries[0].runs else 0
-    lines = [
-        f"#### worker throughput: {tasks} tiny tasks, prefork -c 2, {broker} broker",
-        "",
-        "| logging | tasks/s (median) | runs (tasks/s) | log lines/task | ratio "
-        "| main process CPU µs/task | pool CPU µs/task |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for s in summaries:
-        runs = ", ".join(f"{r.rate:.0f}" for r in s.runs)
-        per_task = statistics.mean(r.log_lines / r.tasks for r in s.runs)
-        main = statistics.median(r.main_cpu / r.tasks * 1e6 for r in s.runs)
-        pool = statistics.median(r.pool_cpu / r.tasks * 1e6 for r in s.runs)
-        lines.append(f"| {s.mode} | {s.median_rate:.0f} | {runs} | {per_task:.1f} | "
-                     f"{s.median_rate / base:.2f}{TIMES} | {main:.0f} | {pool:.0f} |")
-    lines += [
-        "",
+    """Markdown tables, one per setup: tasks/s per mode (median of the runs), ratio to
+    Celery's logging at INFO, CPU per task of each process kind, log lines and bytes."""
+    out: list[str] = []
+    for setup in SETUPS:
+        rows = {s.mode: s for s in summaries if s.setup == setup.name and s.runs}
+        if CELERY not in rows:
+            continue
+        base = rows[CELERY].median_rate
+        tasks = rows[CELERY].runs[0].tasks
+        out += [
+            f"#### worker throughput, {setup.name}: {tasks} tiny tasks, prefork -c 2, "
+            f"{broker} broker, {setup.describe()}",
+            "",
+            "| logging | tasks/s (median) | runs (tasks/s) | ratio | main process CPU µs/task "
+            "| pool CPU µs/task | log lines/task | bytes/line |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for mode in MODES:
+            s = rows.get(mode)
+            if s is None:
+                continue
+            runs = ", ".join(f"{r.rate:.0f}" for r in s.runs)
+            per_task = statistics.mean(r.log_lines / r.tasks for r in s.runs)
+            main = s.median(lambda r: _per_task_us(r, r.main_cpu))
+            pool = s.median(lambda r: _per_task_us(r, r.pool_cpu))
+            size = s.median(lambda r: r.log_bytes / r.log_lines if r.log_lines else 0.0)
+            out.append(f"| {mode} | {s.median_rate:.0f} | {runs} | "
+                       f"{s.median_rate / base:.2f}{TIMES} | {main:.0f} | {pool:.0f} | "
+                       f"{per_task:.1f} | {f'{size:.0f}' if size else '—'} |")
+        out.append("")
+    out += [
         "CPU columns: user + system time of the worker's main process and of its pool "
         "processes from `worker_ready` to the last task, per task (medians of the runs; "
         "clock ticks of 10 ms, so a few µs of resolution at these counts). The main process "
-        "(polling the broker, dispatching to the pool) is what limits the rate.",
+        "(reading the broker, writing `task_received`, feeding the pool) is what limits the "
+        "rate. Bytes/line: the log file's size over its lines (startup lines included).",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(out) + "\n"

@@ -145,17 +145,22 @@ def test_task_overhead_states_write_like_for_like() -> None:
 
 @pytest.mark.worker
 def test_worker_throughput_suite_runs_real_workers() -> None:
+    # both setups (#28), each with Celery at INFO, logkit at INFO and Celery at WARNING
     out = _run("--only", "worker", "--tasks", "30", "--repeats", "1", "--broker", "filesystem")
-    rows = _rows(out, "worker throughput: 30 tiny tasks, prefork -c 2, filesystem broker")
-    assert set(rows) == {"celery default logging", "logkit json"}
-    for cells in rows.values():
-        assert _number(cells[0]) > 0  # tasks/s
-        assert _number(cells[2]) >= 1.0  # each task logged at least its own line
-    # like for like: Celery's received + succeeded lines, logkit's two events (started: DEBUG)
-    # (startup lines add a fraction of a line per task at this count)
-    logkit_lines, celery_lines = _number(rows["logkit json"][2]), \
-        _number(rows["celery default logging"][2])
-    assert 5.0 <= logkit_lines < 6 and 5.0 <= celery_lines < 6
+    for setup in ("light", "results"):
+        title = f"worker throughput, {setup}: 30 tiny tasks, prefork -c 2, filesystem broker"
+        rows = _rows(out, title)
+        assert set(rows) == {"celery logging, INFO", "logkit json, INFO",
+                             "celery logging, WARNING (floor)"}, setup
+        for cells in rows.values():
+            assert _number(cells[0]) > 0  # tasks/s
+        # like for like at INFO: Celery's received + succeeded lines, logkit's two events
+        # (started: DEBUG); startup lines add a fraction of a line per task at this count
+        for mode in ("celery logging, INFO", "logkit json, INFO"):
+            assert 5.0 <= _number(rows[mode][5]) < 6, (setup, mode)
+            assert _number(rows[mode][6]) > 40, (setup, mode)  # bytes per line
+        assert _number(rows["celery logging, WARNING (floor)"][5]) < 1.0  # no task lines
+    assert "worker tasks/s, light" in out and "worker tasks/s, results" in out
 
 
 @pytest.mark.worker
