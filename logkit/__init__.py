@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
+from .control import set_level
 from .filters import ContextFilter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from .install import configure, install
@@ -33,5 +34,6 @@ __all__ = [
     "configure",
     "get_context",
     "install",
+    "set_level",
     "unbind",
 ]

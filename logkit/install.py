@@ -13,7 +13,9 @@ written line is connected here, in :func:`_connect`, and nowhere else:
    with the installation's ``configured`` step (quieting Celery's task loggers);
 5. flushing the non-blocking queue when a process shuts down;
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
-   events, and Python warnings held until logging is configured (:mod:`logkit.early`).
+   events, and Python warnings held until logging is configured (:mod:`logkit.early`);
+7. the ``logkit_level`` / ``logkit_levels`` remote control commands
+   (:mod:`logkit.control`; :func:`logkit.control.unregister` takes them back).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, celery_options, receivers
+from . import banner, celery_options, control, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_queues
@@ -70,7 +72,7 @@ def _flush(**_: Any) -> None:
 
 
 def _connect(inst: Installation) -> None:
-    """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5-6 above).
+    """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5-7 above).
 
     Idempotent: each receiver has a ``dispatch_uid``.
     """
@@ -126,6 +128,8 @@ def _connect(inst: Installation) -> None:
     signals.worker_shutdown.connect(_flush, weak=False, dispatch_uid="logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
     banner.connect()
+    # 7. Levels over remote control.
+    control.register()
 
 
 def configure(

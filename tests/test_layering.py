@@ -31,8 +31,10 @@ LAYERS: list[set[str]] = [
     {"logkit.receivers"},
     {"logkit.banner"},
     {"logkit.events.base"},
-    {"logkit.events.fast", "logkit.events.prose"},
-    {"logkit.events.task", "logkit.events.worker", "logkit.events.beat"},
+    {"logkit.events.fast", "logkit.events.prose",
+     "logkit.events.queue"},  # queue time: the stamps in a task's request
+    {"logkit.events.task", "logkit.events.worker", "logkit.events.beat",
+     "logkit.control"},  # levels over remote control: events.base and receivers only
     {"logkit.events"},
     {"logkit.celery_options"},
     {"logkit.install"},

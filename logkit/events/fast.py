@@ -166,8 +166,8 @@ _EVENT_ONLY: dict[str, tuple[list[RedactFilter], Mapping[str, Any]]] = {}
 
 #: Every key the fast-path events can have (their ``extra`` fields), as one constant set.
 _FIELD_KEYS: dict[str, frozenset[str]] = {
-    "task_started": frozenset({"event"}),
-    "task_succeeded": frozenset({"event", "duration_ms", "result"}),
+    "task_started": frozenset({"event", "queued_ms", "wait_ms"}),
+    "task_succeeded": frozenset({"event", "duration_ms", "result", "queued_ms", "wait_ms"}),
     "task_received": frozenset({"event", "queue", "eta", "expires"}),
 }
 
