@@ -190,7 +190,7 @@ def test_bad_level_and_ttl_get_an_error_reply(
     # The Python API refuses it before sending anything.
     import logkit
 
-    with pytest.raises(ValueError, match="level must be one of .*'LOUD'"):
+    with pytest.raises(ValueError, match=r"level must be one of .*'LOUD'"):
         logkit.set_level(mod.app, "LOUD")
 
 
