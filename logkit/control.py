@@ -39,7 +39,8 @@ from celery import signals
 from celery.worker.control import Panel, control_command, inspect_command
 
 from .config import LEVEL_NAMES
-from .events.base import _guarded, _worker_bind, emit, level_of
+from .events.base import _guarded
+from .events.worker import log_level_changed
 from .receivers import installation
 
 __all__ = [
@@ -199,20 +200,14 @@ class LevelSwitch:
                 self.changes.pop(name, None)
             else:
                 self.changes[name] = (new, until)
-            fields = {
-                "target_logger": name,
-                "new_level": _name_of(new),
-                "previous": _name_of(previous),
-                "ttl": ttl if until is not None else None,
-                "until": _iso(until),
-                "reason": reason,
-            }
+            kept = ttl if until is not None else None
+            event = (self.hostname, name, new, previous, kept, _iso(until), reason)
             # logged while the more verbose of the two levels is in force
             if new < previous:
                 self._apply({name: new, **{r: new for r in related}})
-                _event(fields, self.hostname)
+                log_level_changed(*event)
             else:
-                _event(fields, self.hostname)
+                log_level_changed(*event)
                 self._apply({name: new, **{r: new for r in related}})
             self._publish()
             if until is not None and ttl is not None:
@@ -223,7 +218,7 @@ class LevelSwitch:
                 timer.start()
         return {
             "logger": name, "level": _name_of(new), "previous": _name_of(previous),
-            "default": _name_of(default), "ttl": fields["ttl"], "until": fields["until"],
+            "default": _name_of(default), "ttl": kept, "until": _iso(until),
         }
 
     def _related(self, name: str) -> list[str]:
@@ -303,15 +298,6 @@ _switch: LevelSwitch | None = None
 def switch() -> LevelSwitch | None:
     """The level switch :func:`register` made, or ``None``."""
     return _switch
-
-
-def _event(fields: Mapping[str, Any], hostname: Any) -> None:
-    try:
-        level = level_of("log_level_changed")
-        if level is not None:
-            emit("log_level_changed", level, fields, bind=_worker_bind(hostname))
-    except Exception:
-        logging.getLogger("logkit").warning("logkit: log_level_changed failed", exc_info=True)
 
 
 # ---------------------------------------------------------------------------

@@ -33,9 +33,9 @@ LAYERS: list[set[str]] = [
     {"logkit.events.base"},
     {"logkit.events.fast", "logkit.events.prose",
      "logkit.events.queue"},  # queue time: the stamps in a task's request
-    {"logkit.events.task", "logkit.events.worker", "logkit.events.beat",
-     "logkit.control"},  # levels over remote control: events.base and receivers only
+    {"logkit.events.task", "logkit.events.worker", "logkit.events.beat"},
     {"logkit.events"},
+    {"logkit.control"},  # levels over remote control (its event is in events.worker)
     {"logkit.celery_options"},
     {"logkit.install"},
     {"logkit"},
