@@ -98,6 +98,7 @@ POOLS: dict[str, dict[str, Any]] = {
     # two long-lived children: each picks the change up before its next task
     "prefork": {"pool": "prefork", "concurrency": 2},
     "threads": {"pool": "threads", "concurrency": 2},
+    "gevent": {"pool": "gevent", "concurrency": 2},
     "solo": {"pool": "solo", "concurrency": 1},
 }
 
@@ -108,6 +109,8 @@ def test_level_change_reaches_every_process(
     app_factory: Callable[..., AppModule],
     worker_factory: Callable[..., Worker],
 ) -> None:
+    if variant == "gevent":
+        pytest.importorskip("gevent")
     appmod = app_factory(BODY)
     worker = worker_factory(appmod, logfile="worker.log", **POOLS[variant])
     mod = appmod.load()
@@ -143,7 +146,7 @@ def test_level_change_reaches_every_process(
         # they had the level at start; some of them ran tasks of this round
         started = {int(m.split()[-1]) for m in messages if m.startswith("child started")}
         assert started & pids_after
-    if variant in ("threads", "solo"):
+    if variant in ("threads", "gevent", "solo"):
         assert pids_after == {worker.pid}
 
     # The event says why the volume changed.
