@@ -291,3 +291,15 @@ def test_parse_level_and_ttl() -> None:
     for bad in ("-1", "nan", "inf", "soon"):
         with pytest.raises(ValueError, match="ttl must be"):
             parse_ttl(bad)
+
+
+@pytest.mark.parametrize("variant", ["with the check", "with a change applied each task"])
+def test_the_benchmark_runs_and_applies_each_change(variant: str) -> None:
+    """``benchmarks/levels.py``'s child (without valgrind): a change written between two
+    tasks is in force at the next task (it asserts so itself)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.levels", "child", variant, "21"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
