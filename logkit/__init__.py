@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
+from .control import set_level
 from .filters import ContextFilter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from .install import configure, install, uninstall
@@ -38,6 +39,7 @@ __all__ = [
     "configure",
     "get_context",
     "install",
+    "set_level",
     "unbind",
     "uninstall",
 ]

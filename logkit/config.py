@@ -102,6 +102,7 @@ EVENT_NAMES: tuple[str, ...] = (
     "worker_shutdown",
     "beat_started",
     "beat_task_sent",
+    "log_level_changed",
 )
 
 LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

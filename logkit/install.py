@@ -13,7 +13,9 @@ written line is connected here, in :func:`_connect`, and nowhere else:
    with the installation's ``configured`` step (quieting Celery's task loggers);
 5. flushing the non-blocking queue when a process shuts down (and at interpreter exit);
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
-   events, and Python warnings held until logging is configured (:mod:`logkit.early`).
+   events, and Python warnings held until logging is configured (:mod:`logkit.early`);
+7. the ``logkit_level`` / ``logkit_levels`` remote control commands
+   (:mod:`logkit.control`).
 
 Every change is recorded in the installation's ``changes`` with its undo;
 :func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
@@ -31,7 +33,7 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, celery_options, receivers
+from . import banner, celery_options, control, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -168,7 +170,7 @@ def _flush(**_: Any) -> None:
 
 
 def _connect(inst: Installation) -> None:
-    """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5-6 above).
+    """Connect every receiver ``inst`` needs but ``setup_logging``'s (1-3, 5-7 above).
 
     Idempotent: each receiver has a ``dispatch_uid``; each is recorded in ``inst.changes``.
     """
@@ -215,6 +217,11 @@ def _connect(inst: Installation) -> None:
     connect(signals.worker_shutdown, _flush, "logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
     banner.connect(inst)
+    # 7. Levels over remote control.
+    if "logkit.control" not in inst.changes:
+        control.register()
+        inst.changes.add("remote control commands (logkit_level, logkit_levels)",
+                         control.unregister, key="logkit.control")
 
 
 def configure(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,13 +36,16 @@ from .setup import Active, configure_process
 from .trace import Ids, span_lookup
 
 __all__ = [
-    "HEADER", "Installation", "TaskContext", "activate", "installation", "order_after_tracing",
+    "HEADER", "PUBLISHED", "Installation", "TaskContext", "activate", "installation",
+    "order_after_tracing",
 ]
 
 logger = logging.getLogger("logkit")
 
 #: Task message header that carries the publisher's propagated context.
 HEADER = "logkit_context"
+#: Task message header with the publish time (``time.time()``), for ``queued_ms``.
+PUBLISHED = "logkit_published"
 
 _SIMPLE = (str, int, float, bool, type(None))
 
@@ -254,6 +258,9 @@ class Installation:
         self.quieted: set[str] = set()
         #: Python warnings held until logging is configured.
         self.warnings = WarningHold()
+        #: Called first thing in ``task_prerun`` when set (prefork children: pick up a
+        #: level changed by remote control, :mod:`logkit.control`).
+        self.before_task: Callable[[], None] | None = None
 
     @property
     def config(self) -> LogConfig:
@@ -358,6 +365,8 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     inst = _installation
     if inst is None or task is None:
         return
+    if inst.before_task is not None:
+        inst.before_task()
     task_context = inst.task_context
     try:
         values = task_context.for_task(task, args, kwargs)
@@ -425,6 +434,7 @@ def on_before_task_publish(headers: Any = None, body: Any = None, **_: Any) -> N
     inst = _installation
     if inst is None or not isinstance(headers, dict):
         return
+    headers[PUBLISHED] = time.time()  # queued_ms (logkit.events.queue)
     if "argsrepr" in headers:
         redact_reprs(inst, headers, body)
     ctx = context.current()

@@ -83,9 +83,12 @@ def test_no_unknown_option_is_documented() -> None:
                 continue
             assert var.lower() in options, f"{path.name}: LOGKIT_{var} is not an option"
         for key in re.findall(r"\blogkit_([a-z][a-z_]*)\b", text):
-            # logkit_context (the header), logkit_error (a record field) and logkit_records
-            # (the pytest fixture) are not options
-            assert key in options or key in ("context", "error", "records"), (
+            # logkit_context (the header), logkit_error (a record field), logkit_records
+            # (the pytest fixture), logkit_level(s) (remote control commands) and
+            # logkit_published/logkit_received (queue time stamps) are not options
+            not_options = ("context", "error", "records", "level", "levels", "published",
+                           "received")
+            assert key in options or key in not_options, (
                 f"{path.name}: logkit_{key}"
             )
     for heading in re.findall(r"^### (\w+)\s*$", read(CONFIG_PAGE), re.M):

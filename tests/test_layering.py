@@ -34,9 +34,10 @@ LAYERS: list[set[str]] = [
     {"logkit.receivers"},
     {"logkit.banner"},
     {"logkit.events.base"},
-    {"logkit.events.prose"},
+    {"logkit.events.prose", "logkit.events.queue"},  # queue time: the stamps in a request
     {"logkit.events.task", "logkit.events.worker", "logkit.events.beat"},
     {"logkit.events"},
+    {"logkit.control"},  # levels over remote control (its event is in events.worker)
     {"logkit.celery_options"},
     {"logkit.install"},
     {"logkit"},

@@ -68,6 +68,8 @@ DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
         "worker_shutdown": _I,
         "beat_started": _I,
         "beat_task_sent": _I,
+        # WARNING: seen at -l WARNING too, where an operator's change is most surprising
+        "log_level_changed": _W,
     }
 )
 
@@ -90,6 +92,7 @@ MESSAGES: Mapping[str, str] = MappingProxyType(
         "worker_shutdown": "Worker shut down",
         "beat_started": "Beat started",
         "beat_task_sent": "Beat sent due task",
+        "log_level_changed": "Log level changed",
     }
 )
 

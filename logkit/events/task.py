@@ -33,6 +33,7 @@ from .base import (
     task_identity,
 )
 from .prose import TRACE_LOGGER, _reemit_ignored
+from .queue import queue_fields, stamp_received
 
 __all__ = [
     "on_task_failure",
@@ -51,6 +52,15 @@ BODY_MAX_LENGTH = 1024
 
 #: Start time (``time.monotonic()``) of each running task, by task id, in this process.
 _starts: dict[str, float] = {}
+
+
+#: ``queued_ms``/``wait_ms`` of each running task, by task id, in this process.
+_queue_times: dict[str, Mapping[str, Any]] = {}
+_NO_QUEUE_TIMES: Mapping[str, Any] = MappingProxyType({"queued_ms": None, "wait_ms": None})
+
+
+def _queue_times_of(task_id: Any) -> Mapping[str, Any]:
+    return _queue_times.get(task_id, _NO_QUEUE_TIMES) if task_id is not None else _NO_QUEUE_TIMES
 
 
 #: Task ids whose ``task_failed`` was emitted in this process (bounded, oldest dropped).
@@ -154,6 +164,7 @@ def _message_request(message: Any, hostname: Any) -> Any:
 @_guarded
 def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     """``task_received`` (consumer process): the worker got a task message."""
+    stamp_received(request)  # for wait_ms, whatever the event's level
     level = level_of("task_received")
     if level is None or request is None:
         return
@@ -175,17 +186,22 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 def task_started(inst: Installation, task_id: Any, task: Any) -> None:
     """Called by the ``task_prerun`` receiver once the task's context is bound.
 
-    Remembers the start time and emits ``task_started``.
+    Remembers the start time and the queue times, and emits ``task_started``.
     """
     try:
         if not inst.config.events:  # events=False: no event, no duration to keep
             return
+        start = time.monotonic()
+        fields = _NO_QUEUE_TIMES
+        if task is not None:
+            fields = queue_fields(task.request, time.time(), start)
         if task_id is not None:
-            _starts[task_id] = time.monotonic()
+            _starts[task_id] = start
+            _queue_times[task_id] = fields
         level = _task_level(inst, "task_started")
         if level is None or task is None:
             return
-        _emit_for_task(inst, "task_started", level, _NO_FIELDS, task_id, task)
+        _emit_for_task(inst, "task_started", level, fields, task_id, task)
     except Exception:
         _report_failure("task_started")
 
@@ -202,6 +218,9 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
         if not inst.config.events and not _starts:  # events=False: nothing to emit
             return
         start = _starts.pop(task_id, None) if task_id is not None else None
+        queue_times = (
+            _queue_times.pop(task_id, _NO_QUEUE_TIMES) if task_id is not None else _NO_QUEUE_TIMES
+        )
         if state != _SUCCESS or task is None:
             if state == _IGNORED and task is not None and TRACE_LOGGER in inst.quieted:
                 _reemit_ignored(task, retval)
@@ -215,6 +234,7 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
         fields: dict[str, Any] = {
             "duration_ms": None if start is None
             else round((time.monotonic() - start) * 1000.0, 3),
+            **queue_times,
         }
         if config.result_repr:
             fields["result"] = _result_repr(task, retval, config.max_field_length)
@@ -273,7 +293,6 @@ def _emit_for_task(
 _SUCCESS = "SUCCESS"
 _IGNORED = "IGNORED"
 _REJECTED = "REJECTED"
-_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _reported: set[str] = set()
 
 
@@ -338,7 +357,8 @@ def on_task_failure(
         _failed[task_id] = None
         if len(_failed) > 1024:
             del _failed[next(iter(_failed))]
-    fields = {"duration_ms": _duration_ms(task_id), "expected": expected}
+    fields = {"duration_ms": _duration_ms(task_id), "expected": expected,
+              **_queue_times_of(task_id)}
     emit(
         "task_failed", level, fields,
         bind=_bind_for(task_id, sender.name, request),
@@ -365,6 +385,7 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
         "retries": getattr(request, "retries", None),
         "max_retries": getattr(sender, "max_retries", None),
         "duration_ms": _duration_ms(task_id),
+        **_queue_times_of(task_id),
     }
     emit("task_retried", level, fields, bind=_bind_for(task_id, sender.name, request))
 

@@ -5,6 +5,7 @@ Connected by :func:`logkit.install.install`.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..banner import worker_fields
 from .base import _guarded, _worker_bind, emit, level_of
 
 __all__ = [
+    "log_level_changed",
     "on_worker_process_init",
     "on_worker_process_shutdown",
     "on_worker_ready",
@@ -86,3 +88,28 @@ def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
         return
     emit("worker_shutdown", level, {"pid": os.getpid()},
          bind=_worker_bind(getattr(sender, "hostname", None)))
+
+
+def log_level_changed(
+    hostname: Any, logger: str, level: int, previous: int, ttl: float | None,
+    until: str | None, reason: str,
+) -> None:
+    """``log_level_changed`` (worker main process): a level set by remote control
+    (:mod:`logkit.control`), or set back when its ``ttl`` ran out (``reason``
+    ``expired``). ``logger`` and ``level`` are written as ``target_logger`` and
+    ``new_level``: a record's own ``logger``/``level`` keys are taken."""
+    try:
+        event_level = level_of("log_level_changed")
+        if event_level is None:
+            return
+        fields = {
+            "target_logger": logger,
+            "new_level": logging.getLevelName(level),
+            "previous": logging.getLevelName(previous),
+            "ttl": ttl,
+            "until": until,
+            "reason": reason,
+        }
+        emit("log_level_changed", event_level, fields, bind=_worker_bind(hostname))
+    except Exception:
+        logging.getLogger("logkit").warning("logkit: log_level_changed failed", exc_info=True)
