@@ -13,21 +13,27 @@ written line is connected here, in :func:`_connect`, and nowhere else:
    with the installation's ``configured`` step (quieting Celery's task loggers);
 5. flushing the non-blocking queue when a process shuts down;
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
-   events, and Python warnings held until logging is configured (:mod:`logkit.early`).
+   events, and Python warnings held until logging is configured (:mod:`logkit.early`);
+7. once a process's logging is configured (:func:`_configured`), the per-task buffer
+   (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
+   ``dedupe_window``), with their receivers connected only while they are on.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import time
 from typing import Any
 
 from celery import signals
 
-from . import banner, celery_options, receivers
+from . import banner, buffer, celery_options, dedupe, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_queues
 from .receivers import Installation
-from .setup import Active, configure_process
+from .setup import Active, active, configure_process
 
 __all__ = ["configure", "install"]
 
@@ -60,8 +66,61 @@ def _new_installation(app: Any, options: Any) -> Installation:
         options,
         task_started=task.task_started,  # after task_prerun bound the task's context
         task_finished=task.task_finished,  # before task_postrun restores it
-        configured=prose.quiet_celery_loggers,  # once a process's logging is set up
+        configured=_configured,  # once a process's logging is set up
     )
+
+
+def _configured(config: LogConfig, app: Any) -> None:
+    """The last step of a process's logging set-up: Celery's task loggers quieted (or
+    not), then 7. the per-task buffer and repeat folding, each connected only when on."""
+    prose.quiet_celery_loggers(config, app)
+    _connect_operating(buffer.apply(config), dedupe.apply(config, _fold_handlers()))
+
+
+def _fold_handlers() -> list[Any]:
+    """The handlers repeats are folded on: logkit's, or the root's if the user's own write."""
+    done = active()
+    if done is not None and done.handlers:
+        return list(done.handlers)
+    return list(logging.getLogger().handlers)
+
+
+def _flush_folds(**_: Any) -> None:
+    """Write the pending repeat counts (and the non-blocking queue after them)."""
+    if dedupe.flush():
+        flush_queues()
+
+
+def _task_end_folds(**_: Any) -> None:
+    """After a task: write the repeat counts whose window has closed."""
+    dedupe.flush(time.time())
+
+
+#: (signal, receiver, dispatch_uid) of the per-task buffer (7, #29).
+_BUFFER_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.task_prerun, buffer.on_task_prerun, "logkit.buffer.prerun"),
+    (signals.task_postrun, buffer.on_task_postrun, "logkit.buffer.postrun"),
+)
+#: ... and of repeat folding: pending counts written when a task ends and at shutdown.
+_FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.task_postrun, _task_end_folds, "logkit.dedupe.postrun"),
+    (signals.worker_shutting_down, _flush_folds, "logkit.dedupe.shutting_down"),
+    (signals.worker_process_shutdown, _flush_folds, "logkit.dedupe.process_shutdown"),
+    (signals.worker_shutdown, _flush_folds, "logkit.dedupe.shutdown"),
+)
+
+
+def _connect_operating(buffering: bool, folding: bool) -> None:
+    """7. Connect the buffer's and the folds' receivers when on, disconnect them when off."""
+    for on, table in ((buffering, _BUFFER_RECEIVERS), (folding, _FOLD_RECEIVERS)):
+        for sig, receiver, uid in table:
+            if on:
+                sig.connect(receiver, weak=False, dispatch_uid=uid)
+            else:
+                sig.disconnect(receiver, dispatch_uid=uid)
+    atexit.unregister(_flush_folds)
+    if folding:
+        atexit.register(_flush_folds)
 
 
 def _flush(**_: Any) -> None:

@@ -67,6 +67,8 @@ def _route() -> tuple[list[SinkHandler], list[RedactFilter]] | None:
                 return None
             for flt in handler.filters:
                 if type(flt) is not RedactFilter:
+                    if getattr(type(flt), "fast_path_safe", False) is True:
+                        continue  # passes events unchanged (logkit.buffer, logkit.dedupe)
                     return None
                 if flt.pattern is not None:
                     redactors.append(flt)

@@ -1,0 +1,180 @@
+"""Repeats folded: a burst of the same line written once, then once more with a count.
+
+The ``dedupe_window`` option (seconds, 0 = off). Within the window that a written
+record opens, a record with the same logger, level and message template
+(``record.msg``, before its arguments are put in) -- and, for a record with an
+exception, the same exception type -- is counted, not written. When the window
+has closed, the last of the counted records is written with ``repeated: N`` (N: how
+many were counted, that one included), so the first line and the summary account
+for every record.
+
+No timer thread: a :class:`Fold` (one filter per handler) closes windows when a
+record arrives -- the next record of the same key, or any record once the oldest
+window's time is up -- and :func:`flush` writes every pending count when a task
+ends and when the process shuts down (``worker_shutting_down``,
+``worker_process_shutdown``, ``worker_shutdown``, ``atexit``: connected by
+:func:`logkit.install.install`), so a count is never lost.
+
+Lifecycle events (``logkit.events``) and Celery's per-task lines are never folded:
+each names another task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+__all__ = ["Fold", "apply", "flush", "folds"]
+
+#: Loggers whose records are never folded: one line per task, each about another task.
+NEVER_FOLDED: frozenset[str] = frozenset(
+    {"logkit.events", "celery.app.trace", "celery.worker.strategy", "celery.worker.request"}
+)
+#: Most keys one handler keeps a window for; past it the oldest window is closed early.
+MAX_KEYS = 10000
+
+
+class _Window:
+    __slots__ = ("count", "last", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 0
+        self.last: logging.LogRecord | None = None
+
+
+class Fold(logging.Filter):
+    """Count repeats of written records on one handler; write the counts when due."""
+
+    fast_path_safe = True  # lifecycle events are never folded (logkit.events.fast)
+
+    def __init__(self, handler: logging.Handler, window: float) -> None:
+        super().__init__()
+        self.handler = handler
+        self.window = window
+        self._windows: dict[tuple[Any, ...], _Window] = {}  # oldest window first
+        self._deadline = float("inf")  # when the oldest window closes
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        if "repeated" in fields or "buffered" in fields or record.name in NEVER_FOLDED:
+            return True
+        exc = record.exc_info
+        key: tuple[Any, ...] = (record.name, record.levelno, record.msg, exc[0] if exc else None)
+        now = record.created
+        due: list[logging.LogRecord] = []
+        with self._lock:
+            windows = self._windows
+            if now >= self._deadline:
+                self._close_due(now, due)
+            try:
+                window = windows.get(key)
+            except TypeError:  # an unhashable message: never folded
+                window = None
+                key = ()
+            if window is not None and now - window.start < self.window:
+                window.count += 1
+                window.last = record
+                fold = True
+            else:
+                fold = False
+                if window is not None:  # its time is up: the count goes out first
+                    del windows[key]
+                    if window.count:
+                        due.append(_summary(window))
+                if key:
+                    if len(windows) >= MAX_KEYS:
+                        oldest = next(iter(windows))
+                        closed = windows.pop(oldest)
+                        if closed.count:
+                            due.append(_summary(closed))
+                    windows[key] = _Window(now)
+                    if len(windows) == 1 or now + self.window < self._deadline:
+                        self._deadline = self._first_deadline()
+        for summary in due:
+            self._write(summary)
+        return not fold
+
+    def _first_deadline(self) -> float:
+        for window in self._windows.values():
+            return window.start + self.window
+        return float("inf")
+
+    def _close_due(self, now: float, due: list[logging.LogRecord]) -> None:
+        """Close the windows whose time is up (the oldest first); their counts go to ``due``."""
+        windows = self._windows
+        while windows:
+            key = next(iter(windows))
+            window = windows[key]
+            if now - window.start < self.window:
+                break
+            del windows[key]
+            if window.count:
+                due.append(_summary(window))
+        self._deadline = self._first_deadline()
+
+    def flush(self, now: float | None = None) -> int:
+        """Write the pending counts: every one (``now=None``) or those whose time is up."""
+        due: list[logging.LogRecord] = []
+        with self._lock:
+            if now is None:
+                for window in self._windows.values():
+                    if window.count:
+                        due.append(_summary(window))
+                self._windows.clear()
+                self._deadline = float("inf")
+            elif now >= self._deadline:
+                self._close_due(now, due)
+        for summary in due:
+            self._write(summary)
+        return len(due)
+
+    def _write(self, summary: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # never break a log call because of a summary
+            self.handler.handle(summary)
+
+
+def _summary(window: _Window) -> logging.LogRecord:
+    """The last counted record, with ``repeated`` (how many were counted)."""
+    record = window.last
+    assert record is not None
+    record.__dict__["repeated"] = window.count
+    return record
+
+
+_folds: list[Fold] = []
+
+
+def folds() -> list[Fold]:
+    """The folds of this process (one per handler; empty while folding is off)."""
+    return list(_folds)
+
+
+def apply(config: Any, handlers: list[logging.Handler]) -> bool:
+    """Put a :class:`Fold` on each of ``handlers`` for ``config.dedupe_window`` (or take
+    the folds away when it is 0; their pending counts are written first).
+
+    Returns whether folding is on.
+    """
+    flush()
+    for fold in _folds:
+        fold.handler.removeFilter(fold)
+    _folds.clear()
+    if not config.dedupe_window:
+        return False
+    for handler in handlers:
+        fold = Fold(handler, config.dedupe_window)
+        handler.addFilter(fold)
+        _folds.append(fold)
+    return True
+
+
+def flush(now: float | None = None) -> int:
+    """Write the pending counts of every fold (``now``: only those whose time is up).
+
+    Returns how many summary records were written.
+    """
+    return sum(fold.flush(now) for fold in list(_folds))
