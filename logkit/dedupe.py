@@ -26,6 +26,8 @@ import logging
 import threading
 from typing import Any
 
+from .context import current
+
 __all__ = ["Fold", "apply", "flush", "folds"]
 
 #: Loggers whose records are never folded: one line per task, each about another task.
@@ -78,6 +80,8 @@ class Fold(logging.Filter):
             if window is not None and now - window.start < self.window:
                 window.count += 1
                 window.last = record
+                if "_logkit_ctx" not in fields:  # the summary may be written after the task
+                    fields["_logkit_ctx"] = current()
                 fold = True
             else:
                 fold = False
