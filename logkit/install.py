@@ -74,11 +74,15 @@ def _configured(config: LogConfig, app: Any) -> None:
     """The last step of a process's logging set-up: Celery's task loggers quieted (or
     not), then 7. the per-task buffer and repeat folding, each connected only when on."""
     prose.quiet_celery_loggers(config, app)
-    _connect_operating(buffer.apply(config), dedupe.apply(config, _fold_handlers()))
+    done = active()
+    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
+    handlers = _writing_handlers()
+    _connect_operating(buffer.apply(config, handlers, level), dedupe.apply(config, handlers))
 
 
-def _fold_handlers() -> list[Any]:
-    """The handlers repeats are folded on: logkit's, or the root's if the user's own write."""
+def _writing_handlers() -> list[Any]:
+    """The handlers that write this process's records: logkit's, or the root's if the
+    user's own write them (``root_handlers``)."""
     done = active()
     if done is not None and done.handlers:
         return list(done.handlers)

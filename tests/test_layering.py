@@ -23,6 +23,7 @@ PACKAGE = ROOT / "logkit"
 LAYERS: list[set[str]] = [
     {"logkit.config", "logkit.context"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
+    {"logkit.buffer", "logkit.dedupe"},  # task_buffer, dedupe_window (#29): filters on handlers
     {"logkit.formatters", "logkit.filters", "logkit._request"},
     {"logkit._structlog", "logkit.redaction", "logkit.handlers", "logkit.early",
      # the web request middlewares (optional extras): context and _request only
