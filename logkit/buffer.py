@@ -201,8 +201,8 @@ def apply(config: Any, handlers: list[logging.Handler], level: int) -> bool:
     if not config.task_buffer or level <= logging.DEBUG:
         return False
     _state.size = config.task_buffer
-    for name, method_level in (*_METHODS, ("log", level)):
-        if method_level >= level:
+    for name, method_level in (*_METHODS, ("log", logging.NOTSET)):
+        if method_level >= level:  # enabled at the worker's level: left as it is
             continue
         previous = vars(logging.Logger)[name]
         wrapper = (_log_wrapper(level, previous) if name == "log"

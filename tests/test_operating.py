@@ -336,3 +336,71 @@ def test_a_window_closes_when_the_next_repeat_comes_after_it() -> None:
     log("c", 102.7)
     assert fold.flush() == 1  # at shutdown: the pending count goes out
     assert (written[-1].getMessage(), written[-1].__dict__["repeated"]) == ("c", 1)
+
+
+# --------------------------------------------------------------------------
+# the buffer in one process: what a kept call becomes, and what is put back
+# --------------------------------------------------------------------------
+
+
+def test_kept_calls_become_the_records_they_would_have_been() -> None:
+    from logkit import buffer
+
+    written: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            written.append(record)
+
+    handler = Keep()
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), dict(vars(logging.Logger)))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    lib = logging.getLogger("ops.unit")
+    loud = logging.getLogger("ops.loud")
+    loud.setLevel(logging.DEBUG)
+    try:
+        assert buffer.apply(LogConfig(task_buffer=3), [handler], logging.INFO)
+        assert logging.Logger.debug is not saved[2]["debug"]
+        lib.debug("outside a task")  # not kept, not written
+        buffer.on_task_prerun(task_id="t1")
+        before = time.time()
+        lib.debug("one %s", 1); line = sys_line()  # noqa: E702
+        loud.debug("written at once")  # a logger set to DEBUG keeps its level
+        lib.log(logging.DEBUG, "two %s", 2)
+        try:
+            raise KeyError("k")
+        except KeyError:
+            lib.debug("three", exc_info=True)
+        lib.debug("four", stacklevel=1)
+        assert [r.getMessage() for r in written] == ["written at once"]
+        buffer.on_task_postrun(task_id="t1", state="FAILURE")
+        kept = written[1:]
+        assert [r.getMessage() for r in kept] == ["two 2", "three", "four"]
+        assert all(r.buffered and r.buffer_dropped == 1 for r in kept)  # "one 1" did not fit
+        assert kept[1].exc_info is not None and kept[1].exc_info[0] is KeyError
+        assert all(r.funcName == "test_kept_calls_become_the_records_they_would_have_been"
+                   and r.pathname == __file__ for r in kept)
+        assert all(before <= r.created <= time.time() for r in kept)
+        assert line > 0
+        # a task that succeeds: dropped
+        written.clear()
+        buffer.on_task_prerun(task_id="t2")
+        lib.debug("dropped")
+        buffer.on_task_postrun(task_id="t2", state="SUCCESS")
+        assert written == []
+    finally:
+        buffer.apply(LogConfig(), [handler], logging.INFO)  # off: everything put back
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        loud.setLevel(logging.NOTSET)
+    for name in ("debug", "info", "warning", "log"):
+        assert vars(logging.Logger)[name] is saved[2][name]
+    assert handler.filters == []
+
+
+def sys_line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
