@@ -62,53 +62,62 @@ class Fold(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = record.__dict__
-        if "repeated" in fields or "buffered" in fields or record.name in NEVER_FOLDED:
+        if record.name in NEVER_FOLDED or "repeated" in fields or "buffered" in fields:
             return True
         exc = record.exc_info
-        key: tuple[Any, ...] = (record.name, record.levelno, record.msg, exc[0] if exc else None)
+        key = (record.name, record.levelno, record.msg, exc[0] if exc else None)
         now = record.created
-        due: list[logging.LogRecord] = []
+        due: list[logging.LogRecord] | None = None
+        fold = False
         with self._lock:
             windows = self._windows
-            if now >= self._deadline:
-                self._close_due(now, due)
+            if now >= self._deadline:  # the oldest window's time is up
+                due = self._close_due(now)
             try:
                 window = windows.get(key)
+                hashable = True
             except TypeError:  # an unhashable message: never folded
-                window = None
-                key = ()
-            if window is not None and now - window.start < self.window:
+                window, hashable = None, False
+            if not hashable:
+                pass
+            elif window is None:  # a new key: this record opens its window
+                if len(windows) >= MAX_KEYS:
+                    due = self._close_oldest(due)
+                windows[key] = _Window(now)
+                if len(windows) == 1:
+                    self._deadline = now + self.window
+            elif now - window.start < self.window:  # a repeat: counted, not written
                 window.count += 1
                 window.last = record
                 if "_logkit_ctx" not in fields:  # the summary may be written after the task
                     fields["_logkit_ctx"] = current()
                 fold = True
-            else:
-                fold = False
-                if window is not None:  # its time is up: the count goes out first
-                    del windows[key]
-                    if window.count:
-                        due.append(_summary(window))
-                if key:
-                    if len(windows) >= MAX_KEYS:
-                        oldest = next(iter(windows))
-                        closed = windows.pop(oldest)
-                        if closed.count:
-                            due.append(_summary(closed))
-                    windows[key] = _Window(now)
-                    if len(windows) == 1 or now + self.window < self._deadline:
-                        self._deadline = self._first_deadline()
-        for summary in due:
-            self._write(summary)
+            else:  # its time is up (not closed yet): the count first, then a new window
+                del windows[key]
+                if window.count:
+                    due = [*(due or ()), _summary(window)]
+                windows[key] = _Window(now)
+        if due:
+            for summary in due:
+                self._write(summary)
         return not fold
+
+    def _close_oldest(self, due: list[logging.LogRecord] | None) -> list[logging.LogRecord]:
+        windows = self._windows
+        closed = windows.pop(next(iter(windows)))
+        out = list(due or ())
+        if closed.count:
+            out.append(_summary(closed))
+        return out
 
     def _first_deadline(self) -> float:
         for window in self._windows.values():
             return window.start + self.window
         return float("inf")
 
-    def _close_due(self, now: float, due: list[logging.LogRecord]) -> None:
-        """Close the windows whose time is up (the oldest first); their counts go to ``due``."""
+    def _close_due(self, now: float) -> list[logging.LogRecord]:
+        """Close the windows whose time is up (the oldest first); return their summaries."""
+        due: list[logging.LogRecord] = []
         windows = self._windows
         while windows:
             key = next(iter(windows))
@@ -119,6 +128,7 @@ class Fold(logging.Filter):
             if window.count:
                 due.append(_summary(window))
         self._deadline = self._first_deadline()
+        return due
 
     def flush(self, now: float | None = None) -> int:
         """Write the pending counts: every one (``now=None``) or those whose time is up."""
@@ -131,7 +141,7 @@ class Fold(logging.Filter):
                 self._windows.clear()
                 self._deadline = float("inf")
             elif now >= self._deadline:
-                self._close_due(now, due)
+                due = self._close_due(now)
         for summary in due:
             self._write(summary)
         return len(due)
