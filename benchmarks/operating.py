@@ -58,7 +58,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     TASK_EMPTY_OFF: {}, TASK_EMPTY_ON: {"task_buffer": 50},
     RECORD_OFF: {}, RECORD_ON: {"dedupe_window": 1e-9}, RECORD_FOLDED: {"dedupe_window": 60},
 }
-N1, N2 = 200, 1200
+N1, N2 = 100, 600
 
 
 # ---------------------------------------------------------------------------

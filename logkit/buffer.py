@@ -48,10 +48,11 @@ _METHODS = (("debug", logging.DEBUG), ("info", logging.INFO), ("warning", loggin
 _SRCFILE = logging.__file__
 _start_time: float = logging._startTime  # type: ignore[attr-defined]
 
-#: One kept call: logger, level, msg, args, exc_info, extra, stack_info text,
-#: filename, line, function, time, context.
-Call = tuple[logging.Logger, int, object, tuple[Any, ...], Any, Any, Any, str, int, str,
-             float, Any]
+#: One kept call: logger, level, msg, args, exc_info, extra, stack_info text, the
+#: caller's code object (``None``: unknown) and line, time, context.
+Call = tuple[logging.Logger, int, object, tuple[Any, ...], Any, Any, Any, Any, int, float, Any]
+_time = time.time
+_getframe = sys._getframe
 
 
 class Slot:
@@ -69,16 +70,17 @@ class Slot:
     def keep(self, logger: logging.Logger, level: int, msg: object, args: tuple[Any, ...],
              kwargs: dict[str, Any], depth: int) -> None:
         """Keep one call; ``depth`` frames up from here is the wrapper's caller."""
-        now = time.time()
+        now = _time()
         stacklevel = kwargs.get("stacklevel", 1)
+        code: Any = None
+        line = 0
         try:
-            frame = sys._getframe(depth + (stacklevel - 1 if type(stacklevel) is int else 0))
+            frame = _getframe(depth + (stacklevel - 1 if type(stacklevel) is int else 0))
             while frame.f_code.co_filename == _SRCFILE and frame.f_back is not None:
                 frame = frame.f_back  # called through logging itself (LoggerAdapter...)
-            code = frame.f_code
-            where = (code.co_filename, frame.f_lineno, code.co_name)
+            code, line = frame.f_code, frame.f_lineno
         except ValueError:  # a shallower stack than asked for
-            where = ("(unknown file)", 0, "(unknown function)")
+            pass
         exc_info = kwargs.get("exc_info")
         if exc_info:
             if isinstance(exc_info, BaseException):
@@ -94,7 +96,7 @@ class Slot:
         elif len(calls) == self.size:
             self.dropped += 1
         calls.append((logger, level, msg, args, exc_info or None, kwargs.get("extra"), sinfo,
-                      *where, now, current()))
+                      code, line, now, current()))
 
     def take(self) -> tuple[list[Call], int]:
         """The kept calls (oldest first) and the dropped count; the buffer is emptied."""
@@ -111,9 +113,11 @@ def write(slot: Slot) -> None:
     """Make the records of the calls kept in ``slot`` and write them, oldest first, through
     their loggers' handlers, marked ``buffered`` with the ``buffer_dropped`` count."""
     calls, dropped = slot.take()
-    for logger, level, msg, args, exc_info, extra, sinfo, fn, lno, func, ct, ctx in calls:
+    for logger, level, msg, args, exc_info, extra, sinfo, code, line, ct, ctx in calls:
         try:
-            record = logger.makeRecord(logger.name, level, fn, lno, msg, args, exc_info, func,
+            fn, func = ("(unknown file)", "(unknown function)") if code is None \
+                else (code.co_filename, code.co_name)
+            record = logger.makeRecord(logger.name, level, fn, line, msg, args, exc_info, func,
                                        extra, sinfo)
             fields = record.__dict__
             fields["created"] = ct
@@ -149,8 +153,20 @@ def _wrapper(level: int, previous: Any) -> Callable[..., None]:
             previous(self, msg, *args, **kwargs)
             return
         slot = _SLOT.get()
-        if slot is not None and not self.disabled:
+        if slot is None or self.disabled:
+            return
+        if kwargs:  # exc_info, extra, stacklevel...: the general way
             slot.keep(self, level, msg, args, kwargs, 2)
+            return
+        # the common call, logger.debug("...", args): kept in as few steps as it takes
+        frame = _getframe(1)
+        calls = slot.calls
+        if calls is None:
+            calls = slot.calls = deque(maxlen=slot.size)
+        elif len(calls) == slot.size:
+            slot.dropped += 1
+        calls.append((self, level, msg, args, None, None, None, frame.f_code, frame.f_lineno,
+                      _time(), current()))
 
     method.__wrapped__ = previous  # type: ignore[attr-defined]
     method._logkit_buffer = True  # type: ignore[attr-defined]

@@ -361,11 +361,12 @@ def test_kept_calls_become_the_records_they_would_have_been() -> None:
     loud = logging.getLogger("ops.loud")
     loud.setLevel(logging.DEBUG)
     try:
-        assert buffer.apply(LogConfig(task_buffer=3), [handler], logging.INFO)
+        assert buffer.apply(LogConfig(task_buffer=4), [handler], logging.INFO)
         assert logging.Logger.debug is not saved[2]["debug"]
         lib.debug("outside a task")  # not kept, not written
         buffer.on_task_prerun(task_id="t1")
         before = time.time()
+        lib.debug("zero")  # will not fit
         lib.debug("one %s", 1); line = sys_line()  # noqa: E702
         loud.debug("written at once")  # a logger set to DEBUG keeps its level
         lib.log(logging.DEBUG, "two %s", 2)
@@ -377,13 +378,13 @@ def test_kept_calls_become_the_records_they_would_have_been() -> None:
         assert [r.getMessage() for r in written] == ["written at once"]
         buffer.on_task_postrun(task_id="t1", state="FAILURE")
         kept = written[1:]
-        assert [r.getMessage() for r in kept] == ["two 2", "three", "four"]
-        assert all(r.buffered and r.buffer_dropped == 1 for r in kept)  # "one 1" did not fit
-        assert kept[1].exc_info is not None and kept[1].exc_info[0] is KeyError
+        assert [r.getMessage() for r in kept] == ["one 1", "two 2", "three", "four"]
+        assert all(r.buffered and r.buffer_dropped == 1 for r in kept)  # "zero" did not fit
+        assert kept[0].lineno == line
+        assert kept[2].exc_info is not None and kept[2].exc_info[0] is KeyError
         assert all(r.funcName == "test_kept_calls_become_the_records_they_would_have_been"
                    and r.pathname == __file__ for r in kept)
         assert all(before <= r.created <= time.time() for r in kept)
-        assert line > 0
         # a task that succeeds: dropped
         written.clear()
         buffer.on_task_prerun(task_id="t2")
