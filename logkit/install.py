@@ -14,7 +14,7 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 5. flushing the non-blocking queue when a process shuts down;
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`);
-7. once a process's logging is configured (:func:`_configured`), the per-task buffer
+8. once a process's logging is configured (:func:`_configured`), the per-task buffer
    (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
    ``dedupe_window``), with their receivers connected only while they are on.
 """
@@ -72,7 +72,7 @@ def _new_installation(app: Any, options: Any) -> Installation:
 
 def _configured(config: LogConfig, app: Any) -> None:
     """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 7. the per-task buffer and repeat folding, each connected only when on."""
+    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
     prose.quiet_celery_loggers(config, app)
     done = active()
     level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
@@ -100,7 +100,7 @@ def _task_end_folds(**_: Any) -> None:
     dedupe.flush(time.time())
 
 
-#: (signal, receiver, dispatch_uid) of the per-task buffer (7, #29).
+#: (signal, receiver, dispatch_uid) of the per-task buffer (8, #29).
 _BUFFER_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
     (signals.task_prerun, buffer.on_task_prerun, "logkit.buffer.prerun"),
     (signals.task_postrun, buffer.on_task_postrun, "logkit.buffer.postrun"),
@@ -115,7 +115,7 @@ _FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
 
 
 def _connect_operating(buffering: bool, folding: bool) -> None:
-    """7. Connect the buffer's and the folds' receivers when on, disconnect them when off."""
+    """8. Connect the buffer's and the folds' receivers when on, disconnect them when off."""
     for on, table in ((buffering, _BUFFER_RECEIVERS), (folding, _FOLD_RECEIVERS)):
         for sig, receiver, uid in table:
             if on:
