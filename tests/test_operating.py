@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_hotpath import restore_logging  # noqa: F401  (the fixture)
 from workerutil import Worker, WorkerStartError, make_app, start_worker, wait_for
 
 from logkit.config import ConfigError, LogConfig
@@ -405,3 +406,34 @@ def sys_line() -> int:
     import sys
 
     return sys._getframe(1).f_lineno
+
+
+# --------------------------------------------------------------------------
+# configure(): on, the events keep their fast path; off, nothing is left behind
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_logging")  # test_hotpath's (autouse there and here)
+def test_on_keeps_the_events_fast_path_and_off_leaves_nothing(tmp_path: Any) -> None:
+    from celery import Celery
+
+    import logkit
+    from logkit import buffer, dedupe
+    from logkit.events import fast
+
+    stock = {name: vars(logging.Logger)[name] for name in ("debug", "info", "warning", "log")}
+    app = Celery("ops_unit", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://",
+                    worker_redirect_stdouts=False)
+    logfile = tmp_path / "ops.log"
+    logkit.install(app, format="json", task_buffer=5, dedupe_window=1)
+    logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
+    assert buffer.size() == 5 and dedupe.folds()
+    assert vars(logging.Logger)["debug"] is not stock["debug"]
+    assert fast._route() is not None  # the filters pass events unchanged: fast path kept
+    logkit.install(app, format="json")
+    logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
+    assert buffer.size() == 0 and not dedupe.folds()
+    assert {name: vars(logging.Logger)[name] for name in stock} == stock
+    for handler in logging.getLogger().handlers:
+        assert not [f for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))]
