@@ -38,13 +38,10 @@ NEVER_FOLDED: frozenset[str] = frozenset(
 MAX_KEYS = 10000
 
 
-class _Window:
-    __slots__ = ("count", "last", "start")
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.count = 0
-        self.last: logging.LogRecord | None = None
+#: A window: ``[start, count, last counted record]`` (a list: made once per written record).
+_Window = list[Any]
+_START, _COUNT, _LAST = 0, 1, 2
+_NEVER = float("inf")
 
 
 class Fold(logging.Filter):
@@ -57,7 +54,7 @@ class Fold(logging.Filter):
         self.handler = handler
         self.window = window
         self._windows: dict[tuple[Any, ...], _Window] = {}  # oldest window first
-        self._deadline = float("inf")  # when the oldest window closes
+        self._deadline = _NEVER  # when the oldest window closes
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -68,83 +65,78 @@ class Fold(logging.Filter):
         key = (record.name, record.levelno, record.msg, exc[0] if exc else None)
         now = record.created
         due: list[logging.LogRecord] | None = None
-        fold = False
         with self._lock:
             windows = self._windows
             if now >= self._deadline:  # the oldest window's time is up
                 due = self._close_due(now)
             try:
                 window = windows.get(key)
-                hashable = True
             except TypeError:  # an unhashable message: never folded
-                window, hashable = None, False
-            if not hashable:
-                pass
-            elif window is None:  # a new key: this record opens its window
+                return self._written(due)
+            if window is None:  # a new key: this record opens its window
                 if len(windows) >= MAX_KEYS:
                     due = self._close_oldest(due)
-                windows[key] = _Window(now)
+                windows[key] = [now, 0, None]
                 if len(windows) == 1:
                     self._deadline = now + self.window
-            elif now - window.start < self.window:  # a repeat: counted, not written
-                window.count += 1
-                window.last = record
+            elif now - window[_START] < self.window:  # a repeat: counted, not written
+                window[_COUNT] += 1
+                window[_LAST] = record
                 if "_logkit_ctx" not in fields:  # the summary may be written after the task
                     fields["_logkit_ctx"] = current()
-                fold = True
+                return False  # (nothing is due: a due window was closed above)
             else:  # its time is up (not closed yet): the count first, then a new window
                 del windows[key]
-                if window.count:
+                if window[_COUNT]:
                     due = [*(due or ()), _summary(window)]
-                windows[key] = _Window(now)
+                windows[key] = [now, 0, None]
+        return self._written(due)
+
+    def _written(self, due: list[logging.LogRecord] | None) -> bool:
+        """Write the summaries ``due`` (outside the lock); the record is written too."""
         if due:
             for summary in due:
                 self._write(summary)
-        return not fold
+        return True
 
     def _close_oldest(self, due: list[logging.LogRecord] | None) -> list[logging.LogRecord]:
         windows = self._windows
         closed = windows.pop(next(iter(windows)))
         out = list(due or ())
-        if closed.count:
+        if closed[_COUNT]:
             out.append(_summary(closed))
         return out
 
-    def _first_deadline(self) -> float:
-        for window in self._windows.values():
-            return window.start + self.window
-        return float("inf")
-
-    def _close_due(self, now: float) -> list[logging.LogRecord]:
+    def _close_due(self, now: float) -> list[logging.LogRecord] | None:
         """Close the windows whose time is up (the oldest first); return their summaries."""
-        due: list[logging.LogRecord] = []
+        due: list[logging.LogRecord] | None = None
         windows = self._windows
+        span = self.window
         while windows:
             key = next(iter(windows))
             window = windows[key]
-            if now - window.start < self.window:
-                break
+            if now - window[_START] < span:
+                self._deadline = window[_START] + span
+                return due
             del windows[key]
-            if window.count:
-                due.append(_summary(window))
-        self._deadline = self._first_deadline()
+            if window[_COUNT]:
+                due = [*(due or ()), _summary(window)]
+        self._deadline = _NEVER
         return due
 
     def flush(self, now: float | None = None) -> int:
         """Write the pending counts: every one (``now=None``) or those whose time is up."""
-        due: list[logging.LogRecord] = []
+        due: list[logging.LogRecord] | None = None
         with self._lock:
             if now is None:
-                for window in self._windows.values():
-                    if window.count:
-                        due.append(_summary(window))
+                due = [_summary(w) for w in self._windows.values() if w[_COUNT]]
                 self._windows.clear()
-                self._deadline = float("inf")
+                self._deadline = _NEVER
             elif now >= self._deadline:
                 due = self._close_due(now)
-        for summary in due:
+        for summary in due or ():
             self._write(summary)
-        return len(due)
+        return len(due or ())
 
     def _write(self, summary: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # never break a log call because of a summary
@@ -153,9 +145,8 @@ class Fold(logging.Filter):
 
 def _summary(window: _Window) -> logging.LogRecord:
     """The last counted record, with ``repeated`` (how many were counted)."""
-    record = window.last
-    assert record is not None
-    record.__dict__["repeated"] = window.count
+    record: logging.LogRecord = window[_LAST]
+    record.__dict__["repeated"] = window[_COUNT]
     return record
 
 
