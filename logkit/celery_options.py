@@ -1,5 +1,5 @@
 """The ``celery`` command line options of logkit: ``--log-format``, ``--log-field``,
-``--log-events``.
+``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``.
 
 * :func:`add_preload_options` (run by :func:`logkit.install`) adds ``--log-format``,
   ``--log-field key=value`` and ``--log-events/--no-log-events`` to every ``celery``
@@ -26,7 +26,8 @@ HELP_GROUP = "Logging Options (logkit)"
 
 #: Click parameter name -> LogConfig option name.
 _OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events",
-                 "log_schema": "schema"}
+                 "log_schema": "schema", "log_task_buffer": "task_buffer",
+                 "log_dedupe_window": "dedupe_window"}
 
 
 # ---------------------------------------------------------------------------
@@ -73,6 +74,24 @@ def _preload_options() -> list[click.Option]:
             default=None,
             help_group=HELP_GROUP,
             help="Field names of JSON output: logkit (default), ecs, gcp, datadog, otel.",
+        ),
+        CeleryOption(
+            ["--log-task-buffer"],
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="N",
+            help_group=HELP_GROUP,
+            help="Keep a task's last N records below the level; write them if it fails "
+            "(0 = off, the default).",
+        ),
+        CeleryOption(
+            ["--log-dedupe-window"],
+            type=click.FloatRange(min=0.0, max=1e9),
+            default=None,
+            metavar="SECONDS",
+            help_group=HELP_GROUP,
+            help="Fold repeats of a line within SECONDS into one line with a count "
+            "(0 = off, the default).",
         ),
         CeleryOption(
             ["--log-events/--no-log-events"],

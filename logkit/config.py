@@ -161,6 +161,26 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    try:
+        number = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < 0:
+        raise ValueError(f"must be an integer >= 0 (0 = off); got {value!r}")
+    return number
+
+
+def _non_negative_seconds(value: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not (0.0 <= number < float("inf")):  # NaN fails too
+        raise ValueError(f"must be a number of seconds >= 0 (0 = off); got {value!r}")
+    return number
+
+
 def _pairs(value: Any) -> Mapping[str, Any]:
     """``{"k": "v"}``, or ``"k=v,k2=v2"``, or an iterable of ``"k=v"`` strings."""
     if isinstance(value, Mapping):
@@ -305,6 +325,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "schema": _choice(SCHEMAS),
     "service_name": _optional_name,
     "gcp_project": _optional_name,
+    "task_buffer": _non_negative_int,
+    "dedupe_window": _non_negative_seconds,
 }
 
 
@@ -377,6 +399,12 @@ class LogConfig:
     #: Google Cloud project of the ``gcp`` schema's trace names (default: the
     #: ``GOOGLE_CLOUD_PROJECT``, ``GCP_PROJECT`` or ``GCLOUD_PROJECT`` env var).
     gcp_project: str | None = None
+    #: Keep up to this many of a task's records below the worker's level, and write them
+    #: (``buffered: true``) only if the task fails or retries (or logs ERROR); 0 = off.
+    task_buffer: int = 0
+    #: Seconds within which a repeat of a written record (same logger, level and message
+    #: template) is counted instead of written; one ``repeated: N`` record follows; 0 = off.
+    dedupe_window: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -15,7 +15,10 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`);
 7. the ``logkit_level`` / ``logkit_levels`` remote control commands
-   (:mod:`logkit.control`).
+   (:mod:`logkit.control`);
+8. once a process's logging is configured (:func:`_configured`), the per-task buffer
+   (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
+   ``dedupe_window``), with their receivers connected only while they are on.
 
 Every change is recorded in the installation's ``changes`` with its undo;
 :func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
@@ -29,11 +32,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 from typing import Any
 
 from celery import signals
 
-from . import banner, celery_options, control, receivers
+from . import banner, buffer, celery_options, control, dedupe, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -125,7 +129,7 @@ def _new_installation(
         options,
         task_started=task.task_started,  # after task_prerun bound the task's context
         task_finished=task.task_finished,  # before task_postrun restores it
-        configured=prose.quiet_celery_loggers,  # once a process's logging is set up
+        configured=_configured,  # once a process's logging is set up
     )
     if take_over is not None:  # its changes, what it set up, its state: now inst's
         inst.changes, inst.active = take_over.changes, take_over.active
@@ -162,6 +166,71 @@ def _after_fork_in_child() -> None:
     """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
     if receivers.installation() is not None:
         reset_after_fork()
+
+
+def _configured(config: LogConfig, app: Any) -> None:
+    """The last step of a process's logging set-up: Celery's task loggers quieted (or
+    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
+    prose.quiet_celery_loggers(config, app)
+    inst = receivers.installation()
+    if inst is None:
+        return
+    done = inst.active
+    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
+    handlers = list(done.handlers) if done is not None and done.handlers else list(
+        logging.getLogger().handlers)  # the user's own handlers (root_handlers)
+    buffering = buffer.apply(config, handlers, level)
+    folding = dedupe.apply(config, handlers)
+    _connect_operating(inst, buffering, folding)
+
+
+def _flush_folds(**_: Any) -> None:
+    """Write the pending repeat counts (and the non-blocking queue after them)."""
+    if dedupe.flush():
+        flush_queues()
+
+
+def _task_end_folds(**_: Any) -> None:
+    """After a task: write the repeat counts whose window has closed."""
+    dedupe.flush(time.time())
+
+
+#: (signal, receiver, dispatch_uid) of the per-task buffer (8, #29).
+_BUFFER_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.task_prerun, buffer.on_task_prerun, "logkit.buffer.prerun"),
+    (signals.task_postrun, buffer.on_task_postrun, "logkit.buffer.postrun"),
+)
+#: ... and of repeat folding: pending counts written when a task ends and at shutdown.
+_FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.task_postrun, _task_end_folds, "logkit.dedupe.postrun"),
+    (signals.worker_shutting_down, _flush_folds, "logkit.dedupe.shutting_down"),
+    (signals.worker_process_shutdown, _flush_folds, "logkit.dedupe.process_shutdown"),
+    (signals.worker_shutdown, _flush_folds, "logkit.dedupe.shutdown"),
+)
+
+
+def _stop_operating() -> None:
+    """Undo 8.: the buffer's wrappers and filters, the folds (their counts written)."""
+    buffer.off()
+    dedupe.off()
+    atexit.unregister(_flush_folds)
+
+
+def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
+    """8. Connect the buffer's and the folds' receivers when on, disconnect them when off;
+    what :func:`uninstall` must take back is recorded in ``inst.changes``."""
+    for on, table in ((buffering, _BUFFER_RECEIVERS), (folding, _FOLD_RECEIVERS)):
+        for sig, receiver, uid in table:
+            if on:
+                inst.connect(sig, receiver, uid)
+            else:
+                sig.disconnect(receiver, dispatch_uid=uid)
+    atexit.unregister(_flush_folds)
+    if folding:
+        atexit.register(_flush_folds)
+    if buffering or folding:
+        inst.changes.add("task_buffer / dedupe_window: wrappers, filters, atexit",
+                         _stop_operating, key="operating")
 
 
 def _flush(**_: Any) -> None:

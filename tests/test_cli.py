@@ -270,6 +270,7 @@ def test_help_lists_the_options(tmp_path: Path, command: str) -> None:
     assert "--log-format [auto|json|console|plain]" in out
     assert "--log-field KEY=VALUE" in out
     assert "--log-events / --no-log-events" in out
+    assert "--log-task-buffer N" in out and "--log-dedupe-window SECONDS" in out
 
 
 def test_help_without_install_has_no_options(tmp_path: Path) -> None:
@@ -348,7 +349,8 @@ def test_install_twice_adds_the_options_once(fresh_app: Celery) -> None:
     logkit.install(fresh_app)
     logkit.install(fresh_app, format="json")
     names = sorted(o.name for o in fresh_app.user_options["preload"])
-    assert names == ["log_events", "log_field", "log_format", "log_schema"]
+    assert names == ["log_dedupe_window", "log_events", "log_field", "log_format",
+                     "log_schema", "log_task_buffer"]
 
 
 # ---------------------------------------------------------------------------

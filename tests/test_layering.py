@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     # never-raising conversions, the clock; config and context; the record of changes
     {"logkit._safe", "logkit._clock", "logkit.config", "logkit.context", "logkit._changes"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
+    {"logkit.buffer", "logkit.dedupe"},  # task_buffer, dedupe_window (#29): filters on handlers
     {"logkit._fields"},  # a record's fields: the field pipeline, logkit's own JSON builder
     {"logkit._schema_fields"},  # a schema applied to a record: its field builder
     {"logkit.formatters", "logkit.filters", "logkit._request"},

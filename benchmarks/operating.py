@@ -1,0 +1,226 @@
+"""What ``task_buffer`` and ``dedupe_window`` cost (#29), side by side, in one run.
+
+``python -m benchmarks.operating [--rounds R] [--calls N] [--no-valgrind]``
+
+Every variant runs in a fresh interpreter (the buffer and the folds are per-process
+state), set up as a user's process is: ``logkit.install(app, format="json", ...)`` and
+``logkit.configure(loglevel="INFO", logfile=/dev/null, ...)``. Two measures:
+
+* **CPU time** of the child's own process (``time.process_time``), best of 20 blocks,
+  median over ``R`` alternating rounds (A B C ... then reversed);
+* **instructions** counted by ``valgrind --tool=callgrind``: two runs with ``N1`` and
+  ``N2`` calls after the same warm-up, ``(count(N2) - count(N1)) / (N2 - N1)`` per call
+  (start-up and set-up subtracted out); exact on a noisy machine.
+
+Per task (``task.apply()``, eager, -l INFO):
+
+* a task logging 10 DEBUG lines, buffer off (the baseline: 10 level checks), and the
+  same with ``task_buffer=50`` (10 records made and kept, then dropped: it succeeds);
+* an empty task, buffer off, and with ``task_buffer=50`` (what the buffer costs a task
+  that logs nothing below the level).
+
+Per record (``logger.warning()`` through logkit's JSON handler to ``/dev/null``):
+
+* folding off (the baseline), on with every record written (a window so short each
+  repeat opens a new one: the whole bookkeeping, no saving), and on with repeats folded
+  (a 60 s window: counted, not written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMES = "\u00d7"
+
+TASK_DEBUG_OFF = "task logging 10 DEBUG lines, -l INFO, buffer off"
+TASK_DEBUG_ON = "task logging 10 DEBUG lines, -l INFO, task_buffer=50"
+TASK_EMPTY_OFF = "empty task, buffer off"
+TASK_EMPTY_ON = "empty task, task_buffer=50"
+RECORD_OFF = "logger.warning(), dedupe off"
+RECORD_ON = "logger.warning(), dedupe_window on, every record written"
+RECORD_FOLDED = "logger.warning(), dedupe_window=60, repeats folded (not written)"
+
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("per task, task.apply()", (TASK_DEBUG_OFF, TASK_DEBUG_ON, TASK_EMPTY_OFF, TASK_EMPTY_ON)),
+    ("per record, JSON to /dev/null", (RECORD_OFF, RECORD_ON, RECORD_FOLDED)),
+)
+_OPTIONS: dict[str, dict[str, Any]] = {
+    TASK_DEBUG_OFF: {}, TASK_DEBUG_ON: {"task_buffer": 50},
+    TASK_EMPTY_OFF: {}, TASK_EMPTY_ON: {"task_buffer": 50},
+    RECORD_OFF: {}, RECORD_ON: {"dedupe_window": 1e-9}, RECORD_FOLDED: {"dedupe_window": 60},
+}
+N1, N2 = 100, 600
+
+
+# ---------------------------------------------------------------------------
+# The child: one variant, one process
+# ---------------------------------------------------------------------------
+
+
+def call_of(variant: str) -> Any:
+    """Set this process up as ``variant``; return the call it measures."""
+    import logging
+
+    from celery import Celery
+
+    import logkit
+
+    app = Celery("bench_operating", broker="memory://")
+    app.conf.task_ignore_result = True
+    app.conf.task_store_eager_result = False
+    lib = logging.getLogger("bench.lib")
+
+    @app.task(name="bench.debug")  # type: ignore[misc]
+    def debug_task() -> None:
+        for i in range(10):
+            lib.debug("step %d of the work", i)
+
+    @app.task(name="bench.empty")  # type: ignore[misc]
+    def empty_task() -> None:
+        return None
+
+    logkit.install(app, format="json", **_OPTIONS[variant])
+    logkit.configure(loglevel="INFO", logfile=os.devnull, format="json", app=app)
+    if variant in (TASK_DEBUG_OFF, TASK_DEBUG_ON):
+        return debug_task.apply
+    if variant in (TASK_EMPTY_OFF, TASK_EMPTY_ON):
+        return empty_task.apply
+    warning = lib.warning
+
+    def record() -> None:
+        warning("connection to %s refused", "db-1", extra={"attempt": 3})
+
+    return record
+
+
+def child(variant: str, calls: int, warmup: int = 300, blocks: int = 20) -> float:
+    """CPU µs per call of this process, best of ``blocks`` blocks."""
+    import gc
+
+    call = call_of(variant)
+    for _ in range(warmup):
+        call()
+    gc.collect()
+    per_block = max(1, calls // blocks)
+    best = float("inf")
+    for _ in range(blocks):
+        cpu0 = time.process_time()
+        for _ in range(per_block):
+            call()
+        best = min(best, time.process_time() - cpu0)
+    return best / per_block * 1e6
+
+
+def counted_child(variant: str, calls: int) -> None:
+    call = call_of(variant)
+    for _ in range(50 + calls):
+        call()
+
+
+# ---------------------------------------------------------------------------
+# The parent
+# ---------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def _spawn(variant: str, calls: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.operating", "--child", variant, str(calls)],
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, check=True, timeout=900,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _instructions(variant: str, calls: int) -> int:
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         "-m", "benchmarks.operating", "--counted", variant, str(calls)],
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=1800,
+    )
+    match = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
+    if proc.returncode or match is None:
+        raise RuntimeError(f"{variant!r} failed under valgrind:\n{proc.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def run(rounds: int, calls: int, valgrind: bool) -> dict[str, dict[str, float]]:
+    """``{variant: {"cpu_us": median, "cpu_min": .., "cpu_max": .., "instructions": ..}}``."""
+    variants = [v for _, names in GROUPS for v in names]
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else list(reversed(variants)):
+            scale = 10 if v.startswith("logger") else 1
+            cpu[v].append(_spawn(v, calls * scale))
+    out: dict[str, dict[str, float]] = {
+        v: {"cpu_us": statistics.median(c), "cpu_min": min(c), "cpu_max": max(c)}
+        for v, c in cpu.items()
+    }
+    if valgrind and shutil.which("valgrind"):
+        for v in variants:
+            scale = 10 if v.startswith("logger") else 1
+            low = _instructions(v, N1 * scale)
+            high = _instructions(v, N2 * scale)
+            out[v]["instructions"] = (high - low) / ((N2 - N1) * scale)
+    return out
+
+
+def render(results: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for title, names in GROUPS:
+        lines += [f"#### {title}", "",
+                  "| case | instructions/call | ratio | CPU µs/call (median, min-max) | ratio |",
+                  "|---|---:|---:|---:|---:|"]
+        for i, name in enumerate(names):
+            base = names[0] if i < 2 or not name.startswith(("empty",)) else names[2]
+            if name.startswith("logger"):
+                base = names[0]
+            r, b = results[name], results[base]
+            ins = r.get("instructions")
+            ins_text = f"{ins:,.0f}" if ins is not None else "n/a"
+            ins_ratio = (f"{ins / b['instructions']:.3f}{TIMES}"
+                         if ins is not None and b.get("instructions") else "n/a")
+            cpu_ratio = r["cpu_us"] / b["cpu_us"]
+            lines.append(
+                f"| {name} | {ins_text} | {ins_ratio} | {r['cpu_us']:.1f} "
+                f"({r['cpu_min']:.1f}-{r['cpu_max']:.1f}) | {cpu_ratio:.3f}{TIMES} |"
+            )
+        lines.append("")
+    lines.append("Ratios: each row against the first of its pair (the empty task against the "
+                 "empty task with the buffer off).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.operating", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--no-valgrind", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--counted", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = child(args.child[0], int(args.child[1]))
+        os.write(1, f"{result}\n".encode())  # sys.stdout is redirected to the log (Celery's way)
+        return
+    if args.counted:
+        counted_child(args.counted[0], int(args.counted[1]))
+        return
+    print(render(run(args.rounds, args.calls, not args.no_valgrind)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""The per-task DEBUG buffer (``task_buffer``) and repeat folding (``dedupe_window``)
+in real ``celery worker`` processes at ``-l INFO``, per pool (#29).
+
+One worker per pool runs, several at once, tasks that fail with more DEBUG lines
+than the buffer holds, succeed after DEBUG lines, log ERROR and then succeed, retry
+once, and loop on one warning 1,000 times. A marker task runs last; the worker is
+stopped (its shutdown writes the pending repeat counts) and every line of its log
+file is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_hotpath import restore_logging  # noqa: F401  (the fixture)
+from workerutil import Worker, WorkerStartError, make_app, start_worker, wait_for
+
+from logkit.config import ConfigError, LogConfig
+
+BODY = r"""
+import logging
+import time
+
+from celery import signals
+from celery.utils.log import get_task_logger
+
+import logkit
+
+logkit.install(app, format="json")
+lib = logging.getLogger("ops.lib")      # any logger, not only the task's
+tlog = get_task_logger("ops.tasks")
+
+
+def chatter(tag, n):
+    for i in range(n):
+        (lib, tlog)[i % 2].debug("%s line %d", tag, i, extra={"at": time.time(), "i": i})
+        time.sleep(0.004)
+
+
+@app.task
+def fails(tag, n):
+    chatter(tag, n)
+    raise ValueError(f"{tag} failed")
+
+
+@app.task
+def succeeds(tag, n):
+    chatter(tag, n)
+    lib.info("%s done", tag)
+    return tag
+
+
+@app.task
+def logs_error(tag, n):
+    chatter(tag, n)
+    lib.error("%s went wrong but carries on", tag)
+    lib.debug("%s after the error", tag)
+    return tag
+
+
+@app.task(bind=True, max_retries=1, default_retry_delay=0)
+def retries(self, tag, n):
+    chatter(f"{tag} try {self.request.retries}", n)
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return tag
+
+
+@app.task
+def burst(n):
+    for i in range(n):
+        lib.warning("connection refused (attempt %d)", i)
+    for i in range(3):  # two templates, never folded together
+        lib.warning("template A %d", i)
+        lib.warning("template B %d", i)
+    for i in range(4):  # a new template each time: nothing folds
+        lib.warning(f"distinct {i}")
+    for exc_type in (ValueError, KeyError, ValueError, KeyError):
+        try:
+            raise exc_type("boom")
+        except Exception:
+            lib.exception("call failed")
+
+
+@app.task
+def marker():
+    lib.info("marker")
+
+
+@signals.worker_ready.connect(weak=False)
+def _outside(**_):
+    lib.debug("debug outside any task")
+"""
+
+POOLS = {"prefork": 2, "threads": 4, "solo": 1}
+SIZE = 5
+BURST = 1000
+
+
+class Outcome:
+    def __init__(self, pool: str, worker: Worker, ids: dict[str, str]) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.ids = ids
+        self.records = worker.json_lines()
+
+    def of(self, task: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("task_id") == self.ids[task]]
+
+
+@pytest.fixture(scope="module", params=list(POOLS))
+def outcome(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outcome]:
+    pool = request.param
+    appmod = make_app(tmp_path_factory.mktemp(f"ops-{pool}"), BODY)
+    # every source of the options is exercised: the celery flags, then the env vars
+    if pool == "prefork":
+        extra = ["--log-task-buffer", str(SIZE), "--log-dedupe-window", "600"]
+        env = None
+    else:
+        extra = []
+        env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+    worker = start_worker(appmod, pool=pool, concurrency=POOLS[pool], logfile="worker.log",
+                          extra_args=extra, env=env)
+    try:
+        mod = appmod.load()
+        sent = {
+            "fail_many": mod.fails.delay("fail_many", 12),
+            "fail_few": mod.fails.delay("fail_few", 3),
+            "ok": mod.succeeds.delay("ok", 12),
+            "ok2": mod.succeeds.delay("ok2", 4),
+            "error": mod.logs_error.delay("error", 3),
+            "retry": mod.retries.delay("retry", 3),
+        }
+        for result in sent.values():
+            result.get(timeout=60, propagate=False)
+        mod.burst.delay(BURST).get(timeout=60)
+        mod.marker.delay().get(timeout=60)
+        wait_for(lambda: any(r.get("message") == "marker" for r in worker.json_lines()),
+                 timeout=30, message=worker.describe)
+        assert worker.stop(timeout=30) == 0, worker.describe()
+        yield Outcome(pool, worker, {k: v.id for k, v in sent.items()})
+    finally:
+        worker.stop(timeout=15)
+        appmod.unload()
+
+
+def _debug_lines(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["level"] == "DEBUG" and r["message"].startswith(f"{tag} ")]
+
+
+@pytest.mark.worker
+def test_failing_task_writes_its_last_lines_in_order(outcome: Outcome) -> None:
+    records = outcome.of("fail_many")
+    lines = _debug_lines(records, "fail_many")
+    assert [r["i"] for r in lines] == list(range(12 - SIZE, 12))  # the last five, in order
+    assert all(r["buffered"] is True and r["buffer_dropped"] == 12 - SIZE for r in lines)
+    # each with its own timestamp (when it was logged, not when it was written) and context
+    # each made between its own log call and the next one (ms in the timestamp: -0.001)
+    for r, after in zip(lines, [*(r["at"] for r in lines[1:]), time.time()], strict=True):
+        assert r["at"] - 0.001 <= _epoch(r["timestamp"]) <= after, r
+        assert r["task_name"].endswith(".fails")
+    stamps = [_epoch(r["timestamp"]) for r in lines]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 0.015  # 4 ms sleeps
+    # written before the task_failed event, which follows them
+    failed = [i for i, r in enumerate(records) if r.get("event") == "task_failed"]
+    assert failed and records.index(lines[-1]) < failed[0]
+    assert {r["logger"] for r in lines} == {"ops.lib", "ops.tasks"}
+
+
+@pytest.mark.worker
+def test_a_few_lines_fit_and_nothing_is_dropped(outcome: Outcome) -> None:
+    lines = _debug_lines(outcome.of("fail_few"), "fail_few")
+    assert [r["i"] for r in lines] == [0, 1, 2]
+    assert all(r["buffered"] is True and r["buffer_dropped"] == 0 for r in lines)
+
+
+@pytest.mark.worker
+def test_succeeding_task_lines_are_never_written(outcome: Outcome) -> None:
+    # the marker ran after everything, and the worker has stopped: absent for good
+    assert any(r["message"] == "marker" for r in outcome.records)
+    for tag in ("ok", "ok2"):
+        records = outcome.of(tag)
+        assert [r["message"] for r in records if r["logger"] == "ops.lib"] == [f"{tag} done"]
+        assert not _debug_lines(records, tag)
+        assert not _debug_lines(outcome.records, tag)
+    assert not [r for r in outcome.records if r["message"] == "debug outside any task"]
+    assert not [r for r in outcome.records if r.get("event") == "task_started"]  # DEBUG event
+
+
+@pytest.mark.worker
+def test_an_error_writes_the_buffer_first(outcome: Outcome) -> None:
+    records = outcome.of("error")
+    messages = [r["message"] for r in records if r["logger"].startswith("ops.")]
+    assert messages[:4] == ["error line 0", "error line 1", "error line 2",
+                            "error went wrong but carries on"]
+    assert "error after the error" not in messages  # kept, then dropped: the task succeeded
+    assert any(r.get("event") == "task_succeeded" for r in records)
+
+
+@pytest.mark.worker
+def test_retry_writes_the_lines_of_the_attempt_that_retried(outcome: Outcome) -> None:
+    records = outcome.of("retry")
+    first = _debug_lines(records, "retry try 0")
+    assert [r["i"] for r in first] == [0, 1, 2] and all(r["buffered"] for r in first)
+    assert [r["retries"] for r in first] == [0, 0, 0]
+    retried = [i for i, r in enumerate(records) if r.get("event") == "task_retried"]
+    assert retried and records.index(first[-1]) < retried[0]
+    assert not _debug_lines(records, "retry try 1")  # the second attempt succeeded
+    assert any(r.get("event") == "task_succeeded" and r["retries"] == 1 for r in records)
+
+
+@pytest.mark.worker
+def test_threads_keep_a_buffer_per_task(outcome: Outcome) -> None:
+    # tasks ran at once (threads, prefork): no buffered line is another task's
+    for r in outcome.records:
+        if r.get("buffered"):
+            tag = r["message"].split(" line ")[0].split(" try ")[0]
+            assert r["task_id"] == outcome.ids[tag], r
+
+
+@pytest.mark.worker
+def test_a_burst_is_one_line_and_one_count(outcome: Outcome) -> None:
+    burst = [r for r in outcome.records if r["message"].startswith("connection refused")]
+    assert [r["message"] for r in burst] == [
+        "connection refused (attempt 0)", f"connection refused (attempt {BURST - 1})"]
+    assert "repeated" not in burst[0]
+    assert burst[1]["repeated"] == BURST - 1  # written at shutdown: every record accounted for
+    assert burst[1]["task_name"].endswith(".burst")
+
+
+@pytest.mark.worker
+def test_templates_and_exception_types_fold_apart(outcome: Outcome) -> None:
+    def written(prefix: str) -> list[tuple[str, Any]]:
+        return [(r["message"], r.get("repeated")) for r in outcome.records
+                if r["message"].startswith(prefix)]
+
+    assert written("template A") == [("template A 0", None), ("template A 2", 2)]
+    assert written("template B") == [("template B 0", None), ("template B 2", 2)]
+    assert written("distinct") == [(f"distinct {i}", None) for i in range(4)]
+    failed = [r for r in outcome.records if r["message"] == "call failed"]
+    kinds = [(r["exception"]["type"], r.get("repeated")) for r in failed]
+    assert sorted(kinds, key=str) == sorted(
+        [("ValueError", None), ("KeyError", None), ("ValueError", 1), ("KeyError", 1)], key=str)
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# --------------------------------------------------------------------------
+# bad values
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("task_buffer", -1, "integer >= 0"),
+        ("task_buffer", "lots", "integer >= 0"),
+        ("task_buffer", 2.5, "integer >= 0"),
+        ("dedupe_window", -0.5, "seconds >= 0"),
+        ("dedupe_window", "soon", "seconds >= 0"),
+        ("dedupe_window", float("nan"), "seconds >= 0"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_range(option: str, value: Any, words: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'{option}'.*{words}"):
+        LogConfig.resolve(None, {option: value})
+    with pytest.raises(ConfigError, match=rf"LOGKIT_{option.upper()}.*{words}"):
+        LogConfig.resolve(None, env={f"LOGKIT_{option.upper()}": str(value)})
+
+
+def test_good_values_from_every_source() -> None:
+    assert LogConfig().task_buffer == 0 and LogConfig().dedupe_window == 0.0
+    config = LogConfig.resolve(None, env={"LOGKIT_TASK_BUFFER": "50",
+                                          "LOGKIT_DEDUPE_WINDOW": "2.5"})
+    assert (config.task_buffer, config.dedupe_window) == (50, 2.5)
+
+
+@pytest.mark.worker
+def test_worker_refuses_a_bad_value(tmp_path: Any) -> None:
+    appmod = make_app(tmp_path, "import logkit\nlogkit.install(app, format='json')\n")
+    with pytest.raises(WorkerStartError) as info:
+        start_worker(appmod, pool="solo", concurrency=1, logfile="w.log",
+                     env={"LOGKIT_TASK_BUFFER": "-3"}, ready_timeout=60)
+    output = info.value.worker.output() + info.value.worker.read_log()
+    assert "LOGKIT_TASK_BUFFER" in output and "integer >= 0" in output, output
+    with pytest.raises(WorkerStartError) as info:
+        start_worker(appmod, pool="solo", concurrency=1,
+                     extra_args=["--log-dedupe-window", "-1"], ready_timeout=60)
+    output = info.value.worker.output()
+    assert "--log-dedupe-window" in output and "0" in output, output
+
+
+# --------------------------------------------------------------------------
+# windows closing in one process (record timestamps stand in for the clock)
+# --------------------------------------------------------------------------
+
+
+def test_a_window_closes_when_the_next_repeat_comes_after_it() -> None:
+    from logkit.dedupe import Fold
+
+    written: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            written.append(record)
+
+    handler = Keep()
+    fold = Fold(handler, 1.0)
+    handler.addFilter(fold)
+
+    def log(msg: str, at: float, *args: Any) -> None:
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, msg, args, None)
+        record.created = at
+        handler.handle(record)
+
+    log("a %d", 100.0, 1)
+    log("a %d", 100.5, 2)
+    log("a %d", 100.9, 3)
+    assert [r.getMessage() for r in written] == ["a 1"]
+    log("a %d", 101.2, 4)  # after the window: the count, then this one (a new window)
+    assert [(r.getMessage(), r.__dict__.get("repeated")) for r in written] == [
+        ("a 1", None), ("a 3", 2), ("a 4", None)]
+    log("b", 101.3)
+    log("c", 102.5)  # any record closes the windows whose time is up (a's, with no repeats)
+    log("b", 102.6)  # b's window had closed too: written again
+    assert [r.getMessage() for r in written][-3:] == ["b", "c", "b"]
+    log("c", 102.7)
+    assert fold.flush() == 1  # at shutdown: the pending count goes out
+    assert (written[-1].getMessage(), written[-1].__dict__["repeated"]) == ("c", 1)
+
+
+# --------------------------------------------------------------------------
+# the buffer in one process: what a kept call becomes, and what is put back
+# --------------------------------------------------------------------------
+
+
+def test_kept_calls_become_the_records_they_would_have_been() -> None:
+    from logkit import buffer
+
+    written: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            written.append(record)
+
+    handler = Keep()
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), dict(vars(logging.Logger)))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    lib = logging.getLogger("ops.unit")
+    loud = logging.getLogger("ops.loud")
+    loud.setLevel(logging.DEBUG)
+    try:
+        assert buffer.apply(LogConfig(task_buffer=4), [handler], logging.INFO)
+        assert logging.Logger.debug is not saved[2]["debug"]
+        lib.debug("outside a task")  # not kept, not written
+        buffer.on_task_prerun(task_id="t1")
+        before = time.time()
+        lib.debug("zero")  # will not fit
+        lib.debug("one %s", 1); line = sys_line()  # noqa: E702
+        loud.debug("written at once")  # a logger set to DEBUG keeps its level
+        lib.log(logging.DEBUG, "two %s", 2)
+        try:
+            raise KeyError("k")
+        except KeyError:
+            lib.debug("three", exc_info=True)
+        lib.debug("four", stacklevel=1)
+        assert [r.getMessage() for r in written] == ["written at once"]
+        buffer.on_task_postrun(task_id="t1", state="FAILURE")
+        kept = written[1:]
+        assert [r.getMessage() for r in kept] == ["one 1", "two 2", "three", "four"]
+        assert all(r.buffered and r.buffer_dropped == 1 for r in kept)  # "zero" did not fit
+        assert kept[0].lineno == line
+        assert kept[2].exc_info is not None and kept[2].exc_info[0] is KeyError
+        assert all(r.funcName == "test_kept_calls_become_the_records_they_would_have_been"
+                   and r.pathname == __file__ for r in kept)
+        assert all(before <= r.created <= time.time() for r in kept)
+        # a task that succeeds: dropped
+        written.clear()
+        buffer.on_task_prerun(task_id="t2")
+        lib.debug("dropped")
+        buffer.on_task_postrun(task_id="t2", state="SUCCESS")
+        assert written == []
+    finally:
+        buffer.apply(LogConfig(), [handler], logging.INFO)  # off: everything put back
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        loud.setLevel(logging.NOTSET)
+    for name in ("debug", "info", "warning", "log"):
+        assert vars(logging.Logger)[name] is saved[2][name]
+    assert handler.filters == []
+
+
+def sys_line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+# --------------------------------------------------------------------------
+# configure(): on, the events keep their fast path; off, nothing is left behind
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_logging")  # test_hotpath's (autouse there and here)
+def test_on_keeps_the_events_fast_path_and_off_leaves_nothing(tmp_path: Any) -> None:
+    from celery import Celery
+
+    import logkit
+    from logkit import buffer, dedupe
+    from logkit.events import fast
+
+    stock = {name: vars(logging.Logger)[name] for name in ("debug", "info", "warning", "log")}
+    app = Celery("ops_unit", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://",
+                    worker_redirect_stdouts=False)
+    logfile = tmp_path / "ops.log"
+    logkit.install(app, format="json", task_buffer=5, dedupe_window=1)
+    logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
+    assert buffer.size() == 5 and dedupe.folds()
+    assert vars(logging.Logger)["debug"] is not stock["debug"]
+    assert fast._route() is not None  # the filters pass events unchanged: fast path kept
+    logkit.install(app, format="json")
+    logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
+    assert buffer.size() == 0 and not dedupe.folds()
+    assert {name: vars(logging.Logger)[name] for name in stock} == stock
+    for handler in logging.getLogger().handlers:
+        assert not [f for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))]
