@@ -26,7 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .worker import MODES, REPO_ROOT, Redis, _children, _publish, _write_app
+from .worker import CELERY, LOGKIT, REPO_ROOT, SETUPS, Redis, _children, _publish, _write_app
+
+#: Celery's own logging and logkit's, side by side (the floor has no lines to keep).
+MODES = (CELERY, LOGKIT)
+#: The suite's usual worker configuration (Celery's default prefetch, results stored).
+SETUP = next(s for s in SETUPS if s.name == "results")
 
 POOLS = ("prefork", "threads")
 MARKS = (0.25, 0.5, 0.75, 1.0)
@@ -70,7 +75,7 @@ def run_once(pool: str, mode: str, tasks: int, redis: Redis, timeout: float = 18
     proc = None
     result = MemoryRun(pool, mode, tasks)
     try:
-        _write_app(workdir, mode, redis.url)
+        _write_app(workdir, mode, SETUP, redis.url)
         _publish(workdir, tasks, env)
         with open(workdir / "worker.out", "wb") as out:
             proc = subprocess.Popen(

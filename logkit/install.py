@@ -213,7 +213,6 @@ def _stop_operating() -> None:
     """Undo 8.: the buffer's wrappers and filters, the folds (their counts written)."""
     buffer.off()
     dedupe.off()
-    atexit.unregister(_flush_folds)
 
 
 def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
@@ -225,9 +224,9 @@ def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> No
                 inst.connect(sig, receiver, uid)
             else:
                 sig.disconnect(receiver, dispatch_uid=uid)
-    atexit.unregister(_flush_folds)
-    if folding:
-        atexit.register(_flush_folds)
+    if folding and inst.changes.add("atexit: write the pending repeat counts",
+                                    lambda: atexit.unregister(_flush_folds), key="atexit.folds"):
+        atexit.register(_flush_folds)  # stays while installed; nothing to do once folds are off
     if buffering or folding:
         inst.changes.add("task_buffer / dedupe_window: wrappers, filters, atexit",
                          _stop_operating, key="operating")

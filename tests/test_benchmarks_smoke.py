@@ -171,7 +171,7 @@ def test_memory_suite_reports_rss_over_time() -> None:
     rows = [line.strip("|").split("|") for line in section.splitlines()
             if line.startswith("| prefork") or line.startswith("| threads")]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [
-        ("threads", mode) for mode in ("celery default logging", "logkit json")
+        ("threads", mode) for mode in ("celery logging, INFO", "logkit json, INFO")
     ]
     for cells in rows:
         assert all(_number(c.strip()) > 10 for c in cells[2:7])  # MiB, main + pool

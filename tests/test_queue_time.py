@@ -77,6 +77,10 @@ def test_tasks_waiting_behind_a_slow_one(
     baseline = _finished(worker, alone.id)["task_succeeded"]["queued_ms"]
 
     slow = mod.slow.delay(SLOW)
+    # The quick ones are published once the slow one runs (the filesystem transport does
+    # not keep the order of messages published within one millisecond).
+    wait_for(lambda: _events(worker, slow.id).get("task_started"), timeout=60,
+             message=lambda: worker.describe())
     sent = []
     for i in range(3):
         before = time.time()
