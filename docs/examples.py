@@ -134,7 +134,10 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
         logger="logkit.events", message="Task succeeded", at="2026-11-25T02:12:22.944",
         context={"request_id": "req-f7fb0b85", **_task(DEMO_ID, "logkit.demo_app.greet",
                                                         "demo@vm")},
-        extra={"event": "task_succeeded", "duration_ms": 14.599, "result": "'hello ada'"},
+        extra={
+            "event": "task_succeeded", "duration_ms": 14.599, "queued_ms": 63.81,
+            "wait_ms": 4.206, "result": "'hello ada'",
+        },
         process=16229, thread=139870381177728,
     ),
     "worker_ready": lambda: record(
