@@ -267,7 +267,6 @@ def test_no_celery_prose_for_events(run: Run) -> None:
         assert not [m for m in messages if phrase in m], phrase
     assert all(set(r) >= {"timestamp", "level", "logger", "message"} for r in run.records)
     assert set(_events_kinds(run.records)) <= set(EVENT_NAMES)
-    assert run.elapsed < 30
 
 
 def _events_kinds(records: list[dict[str, Any]]) -> list[str]:
