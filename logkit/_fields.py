@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from itertools import compress, repeat
-from operator import is_, itemgetter
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -57,11 +55,6 @@ RESERVED: frozenset[str] = frozenset(RESERVED_ATTRS) | {
 #: The attributes of a fresh LogRecord, in order: more means the record has ``extra`` fields.
 _BASE_KEYS: list[str] = list(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
 BASE_LEN = len(_BASE_KEYS)
-
-#: What :meth:`Fields.add_extras` writes for a record shape: (attribute, output key)
-#: pairs, the attributes, and a getter of their values when no key is renamed.
-_Shape = tuple[tuple[tuple[str, str], ...], tuple[str, ...],
-               Callable[[Any], tuple[Any, ...]] | None]
 
 #: ``exception_of``'s way of formatting a traceback (a formatter's ``formatException``).
 FormatException = Callable[[Any], Any]
@@ -104,8 +97,6 @@ class Fields:
         self.task_name = names.get("task_name", "task_name")
         #: Context keys that the console/plain prefix shows, or hides as too noisy.
         self.task_keys = frozenset(names.get(n, n) for n in CONTEXT_FIELDS)
-        #: ``extra`` names of a record shape -> what :meth:`add_extras` writes (:meth:`_plan`)
-        self._shapes: dict[tuple[str, ...], _Shape] = {}
 
     def message_of(self, record: logging.LogRecord) -> str:
         """The record's message, never raising, capped."""
@@ -146,46 +137,17 @@ class Fields:
         """Put the record's ``extra`` fields into ``out`` (see :meth:`extras`)."""
         rd = record.__dict__
         limit = self.limit
+        base = self.base
         filled = rd.get("_logkit_filled")
-        names = extra_names(rd)
-        if filled:
-            plan = self._plan(names, filled)
-        else:  # the names to write depend on the record's shape only: decided once per shape
-            shape = tuple(names)
-            known = self._shapes.get(shape)
-            if known is None:
-                known = self._shapes_of(shape)
-            plan, keys, values_of = known
-            if values_of is not None:  # no key renamed: unless a string is to be capped,
-                values = values_of(rd)  # the values as they are, in one C-level update
-                if max(map(len, compress(values, map(is_, map(type, values), repeat(str)))),
-                       default=0) <= limit:
-                    out.update(zip(keys, values, strict=True))
-                    return
-        for key, name in plan:
+        for key in extra_names(rd):
+            if key in RESERVED or (filled and key in filled):
+                continue
             value = rd[key]
+            if key in base:
+                key = f"_{key}"
             if type(value) is str and len(value) > limit:
                 value = cap(value, limit)
-            out[name] = value
-
-    def _shapes_of(self, shape: tuple[str, ...]) -> _Shape:
-        """:meth:`_plan` of a record shape, and when it renames no key and has two or more,
-        its keys and a getter of their values; kept (up to 1024 shapes)."""
-        plan = self._plan(list(shape), ())
-        keys = tuple(key for key, _ in plan)
-        plain = len(keys) > 1 and all(key == name for key, name in plan)
-        known = (plan, keys, itemgetter(*keys) if plain else None)
-        if len(self._shapes) < 1024:
-            self._shapes[shape] = known
-        return known
-
-    def _plan(self, names: list[str], filled: Any) -> tuple[tuple[str, str], ...]:
-        """(attribute, output key) of each ``extra`` field of a record whose ``extra``
-        names are ``names``: ``RESERVED`` and ``filled`` names left out, a name of a base
-        field prefixed with ``_``."""
-        base = self.base
-        return tuple((key, f"_{key}" if key in base else key) for key in names
-                     if key not in RESERVED and not (filled and key in filled))
+            out[key] = value
 
     def exception_of(self, format_exception: FormatException,
                      record: logging.LogRecord) -> Any:

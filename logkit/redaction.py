@@ -30,9 +30,7 @@ import copy
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
-from itertools import compress, repeat
-from operator import is_, itemgetter
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ._fields import RESERVED, extra_names
@@ -49,10 +47,6 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 _SCALARS = frozenset({int, float, bool, type(None)})
-#: Types of ``extra`` values that need no look inside but for ``=``/``:`` in a string.
-_FLAT = _SCALARS | {str}
-#: (sensitive names, names to look into, a getter of their values or ``None``)
-_Plan = tuple[tuple[str, ...], tuple[str, ...], Callable[[Any], tuple[Any, ...]] | None]
 _FORMATTER = logging.Formatter()
 _CLOSING = {"{": "}", "[": "]", "(": ")"}
 _BARE_END = frozenset(" \t\r\n,;&)]}>\"'")
@@ -213,8 +207,6 @@ class RedactFilter(logging.Filter):
         self.keys = frozenset(k.lower() for k in keys if k)
         self.pattern = key_pattern(self.keys)
         self._known: dict[str, bool] = {}  # key name -> sensitive?
-        #: ``extra`` names of a record shape -> (sensitive, to look into): :meth:`_plan`
-        self._shapes: dict[tuple[str, ...], _Plan] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.pattern is None:
@@ -249,24 +241,17 @@ class RedactFilter(logging.Filter):
     def _redact_extras(self, record: logging.LogRecord) -> None:
         """``extra`` fields (Celery's ``data``, event fields): by key, and inside strings."""
         rd = record.__dict__
-        names = extra_names(rd)
-        if not names:
-            return
-        shape = tuple(names)
-        plan = self._shapes.get(shape)
-        if plan is None:
-            plan = self._plan(shape)
-        sensitive, checked, values_of = plan
-        for key in sensitive:
-            rd[key] = REDACTED
-        if values_of is not None:  # no container and no ``=``/``:`` in any string: done
-            values = values_of(rd)
-            if _FLAT.issuperset(map(type, values)):
-                text = "".join(compress(values, map(is_, map(type, values), repeat(str))))
-                if "=" not in text and ":" not in text:
-                    return
-        for key in checked:
+        known = self._known
+        for key in extra_names(rd):
+            if key in RESERVED:
+                continue
             value = rd[key]
+            sensitive = known.get(key)
+            if sensitive is None:
+                sensitive = self._sensitive(key)
+            if sensitive:
+                rd[key] = REDACTED
+                continue
             kind = type(value)
             if kind is str:
                 if "=" in value or ":" in value:  # else redact_text's own shortcut: no pair
@@ -280,19 +265,6 @@ class RedactFilter(logging.Filter):
                 redacted = self._value(value, 0)
                 if redacted is not value:
                     rd[key] = redacted
-
-    def _plan(self, shape: tuple[str, ...]) -> _Plan:
-        """The ``extra`` names of a record shape (its ``__dict__`` keys after the standard
-        ones) split once into (sensitive by name, to look into, a getter of the values
-        to look into when there are two or more); ``RESERVED`` names left out. Depends
-        only on the names: kept per shape (event records have a few)."""
-        keys = [key for key in shape if key not in RESERVED]
-        checked = tuple(key for key in keys if not self._sensitive(key))
-        plan = (tuple(key for key in keys if self._sensitive(key)), checked,
-                itemgetter(*checked) if len(checked) > 1 else None)
-        if len(self._shapes) < 1024:
-            self._shapes[shape] = plan
-        return plan
 
     def redact_fields(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
         """``fields`` (a record's ``extra`` fields) as :meth:`filter` would leave them: by key,
