@@ -156,13 +156,13 @@ def test_json_long_values_are_capped() -> None:
 
 
 class _Text(str):
-    """A ``str`` subclass: not capped (only exact ``str`` values are), as before the
-    per-shape plan."""
+    """A ``str`` subclass: not capped (only exact ``str`` values are)."""
 
 
 def test_json_extras_of_a_known_shape_are_capped_and_renamed_as_the_first() -> None:
-    """``add_extras`` decides once per record shape; every record of the shape after the
-    first is still capped value by value (a long one, an exact ``str`` only)."""
+    """Every record of a shape (the same ``extra`` names) is capped value by value, not
+    only the first one seen (a long one, an exact ``str`` only): a guard for any cache
+    of what a shape writes."""
     formatter = JsonFormatter(LogConfig(max_field_length=10))
     first = json.loads(formatter.format(make_record(a="short", b=1, c=None)))
     assert (first["a"], first["b"], first["c"]) == ("short", 1, None)

@@ -197,8 +197,8 @@ def test_filter_redacts_celery_record_message_data_and_exception() -> None:
 
 
 def test_filter_looks_into_every_record_of_a_shape_seen_clean() -> None:
-    """The filter decides per record shape which ``extra`` names to look into; a later
-    record of a shape first seen with nothing to redact is still redacted."""
+    """A later record of a shape (the same ``extra`` names) first seen with nothing to
+    redact is still redacted: a guard for any cache of what a shape needs."""
     redactor = RedactFilter(DEFAULT_REDACT_KEYS)
     clean = _record("logkit.events", "Task succeeded", (), event="e", result="None", ms=1.5)
     redactor.filter(clean)
