@@ -13,7 +13,7 @@ tasks calling eager tasks get their caller's context back.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
@@ -85,6 +85,20 @@ def bound(**values: Any) -> Iterator[dict[str, Any]]:
     token = _CTX.set({**_CTX.get(), **values})
     try:
         yield _CTX.get()
+    finally:
+        try:
+            _CTX.reset(token)
+        except ValueError:  # reset from another context: fall back to restoring the old value
+            _CTX.set(token.old_value if token.old_value is not Token.MISSING else _EMPTY)
+
+
+def call_bound(values: Mapping[str, Any], fn: Callable[[Any], Any], arg: Any) -> Any:
+    """``fn(arg)`` with ``values`` bound: what ``with bound(**values): fn(arg)`` does,
+    without a generator-based context manager (an event's one record in the worker's
+    main process, once per task)."""
+    token = _CTX.set({**_CTX.get(), **values})
+    try:
+        return fn(arg)
     finally:
         try:
             _CTX.reset(token)

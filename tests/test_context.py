@@ -860,3 +860,22 @@ def test_same_task_id_running_twice_at_once_in_two_threads() -> None:
     b.join(10)
     assert left == {"A": {"thread": "A"}, "B": {"thread": "B"}}
     assert len(scope) == 0
+
+
+def test_call_bound_binds_for_the_call_and_restores_after_it_even_on_error() -> None:
+    from logkit.context import call_bound, current
+
+    seen: list[dict[str, Any]] = []
+    with logkit.bound(outer=1):
+        before = current()
+        assert call_bound({"task_id": "t1"}, lambda arg: seen.append(dict(current())) or arg,
+                          "r") == "r"
+        assert seen == [{"outer": 1, "task_id": "t1"}]
+        assert current() is before
+
+        def boom(_: Any) -> None:
+            raise RuntimeError("x")
+
+        with pytest.raises(RuntimeError):
+            call_bound({"task_id": "t2"}, boom, None)
+        assert current() is before

@@ -154,6 +154,26 @@ def test_json_long_values_are_capped() -> None:
     assert data["big"] == "y" * 10 + "…[truncated 40 chars]"
 
 
+
+class _Text(str):
+    """A ``str`` subclass: not capped (only exact ``str`` values are)."""
+
+
+def test_json_extras_of_a_known_shape_are_capped_and_renamed_as_the_first() -> None:
+    """Every record of a shape (the same ``extra`` names) is capped value by value, not
+    only the first one seen (a long one, an exact ``str`` only): a guard for any cache
+    of what a shape writes."""
+    formatter = JsonFormatter(LogConfig(max_field_length=10))
+    first = json.loads(formatter.format(make_record(a="short", b=1, c=None)))
+    assert (first["a"], first["b"], first["c"]) == ("short", 1, None)
+    data = json.loads(formatter.format(make_record(a="y" * 50, b=2, c=_Text("z" * 50))))
+    assert data["a"] == "y" * 10 + "…[truncated 40 chars]"
+    assert (data["b"], data["c"]) == (2, "z" * 50)
+    for _ in range(2):  # the shape with a base field's name: renamed every time
+        renamed = json.loads(formatter.format(make_record(a="1", logger="x", c=3)))
+        assert renamed["_logger"] == "x" and renamed["logger"] == "app.module"
+        assert list(renamed)[4:7] == ["a", "_logger", "c"]
+
 # ---------------------------------------------------------------------------
 # python-json-logger's hooks, overridden by a subclass
 # ---------------------------------------------------------------------------

@@ -196,6 +196,24 @@ def test_filter_redacts_celery_record_message_data_and_exception() -> None:
     assert data["kwargs"] == "{'token': 'x9'}", "Celery's own dict is not mutated"
 
 
+def test_filter_looks_into_every_record_of_a_shape_seen_clean() -> None:
+    """A later record of a shape (the same ``extra`` names) first seen with nothing to
+    redact is still redacted: a guard for any cache of what a shape needs."""
+    redactor = RedactFilter(DEFAULT_REDACT_KEYS)
+    clean = _record("logkit.events", "Task succeeded", (), event="e", result="None", ms=1.5)
+    redactor.filter(clean)
+    assert (clean.result, clean.ms) == ("None", 1.5)
+    text = _record("logkit.events", "Task succeeded", (), event="e", result="password=x12", ms=1)
+    nested = _record("logkit.events", "Task succeeded", (), event="e",
+                     result={"token": "x13"}, ms=None)
+    for record in (text, nested):
+        redactor.filter(record)
+    assert "x12" not in text.result and REDACTED in text.result
+    assert nested.result == {"token": REDACTED}
+    by_name = _record("logkit.events", "Task succeeded", (), event="e", password="x14", ms=1)
+    redactor.filter(by_name)
+    assert by_name.password == REDACTED
+
 def test_filter_leaves_user_records_alone() -> None:
     record = _record("myapp", "password=%s", ("mine",))
     RedactFilter(DEFAULT_REDACT_KEYS).filter(record)

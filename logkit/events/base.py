@@ -140,8 +140,7 @@ def emit(
     if exc_text:
         record.exc_text = exc_text
     if bind:
-        with context.bound(**bind):
-            logger.handle(record)
+        context.call_bound(bind, logger.handle, record)
     else:
         logger.handle(record)
 
