@@ -416,14 +416,29 @@ def set_level(
     *,
     timeout: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Set the log level of running workers; return their replies.
+    """Set the log level of running workers over Celery's remote control.
 
-    ``level``: ``DEBUG``...``CRITICAL`` or ``default`` (the level each worker started
-    with); ``ttl``: seconds until it reverts by itself (``None``/0: until changed);
-    ``logger``: a logger's name (the root logger if ``None``); ``destination``: node
-    names (all workers if ``None``). Each reply is ``{node: {"ok": {...}}}`` with
-    ``logger``, ``level``, ``previous``, ``default``, ``ttl`` and ``until``, or
-    ``{node: {"error": ...}}``. Raises ``ValueError`` for a bad level or ttl.
+    The same as ``celery -A proj control logkit_level LEVEL [TTL_SECONDS] [LOGGER]``: in
+    force at once in each worker's main process, and in each prefork pool child before
+    its next task; every change and revert is a ``log_level_changed`` event.
+
+    Args:
+        app: The Celery app (its broker reaches the workers).
+        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``, ``CRITICAL`` or ``default``
+            (the level each worker started with).
+        ttl: Seconds until the level reverts by itself; ``None`` or 0: until changed.
+        logger: A logger's name; ``None``: the root logger (with ``celery.task``).
+        destination: Node names (``["celery@host1"]``); ``None``: every worker.
+        timeout: Seconds to wait for the replies.
+
+    Returns:
+        One reply per node that answered: ``{node: {"ok": {...}}}`` with ``logger``,
+        ``level``, ``previous``, ``default``, ``ttl`` and ``until``, or
+        ``{node: {"error": ...}}``.
+
+    Raises:
+        ValueError: ``level`` or ``ttl`` is invalid (checked before anything is sent; the
+            message names the valid levels).
     """
     parse_level(level)
     parse_ttl(ttl)

@@ -55,14 +55,28 @@ QUEUE_WAIT = 10.0
 def install(app: Any, **options: Any) -> Installation:
     """Make logkit own ``app``'s worker logging; return the :class:`Installation`.
 
-    Options are validated now (a bad one raises :class:`ConfigError`); ``app.conf``,
-    ``LOGKIT_*`` env vars and command-line options are merged in when the worker
-    configures logging. Calling it again with the same app and options returns the
-    current installation (an app module imported twice installs once); with another
-    app or other options it first uninstalls the previous installation
-    (:func:`uninstall`: everything it changed is put back), then installs anew. After
+    Connects logkit's receivers to Celery's signals (``setup_logging`` among them, so
+    Celery configures nothing itself) and adds the ``celery`` command's ``--log-*``
+    options and the ``logkit_level``/``logkit_levels`` remote control commands. Options
+    are validated now; ``app.conf``, ``LOGKIT_*`` env vars and command-line options are
+    merged in when the worker configures logging. Calling it again with the same app and
+    options returns the current installation (an app module imported twice installs
+    once); with another app or other options it first uninstalls the previous
+    installation (everything it changed is put back), then installs anew. After
     :func:`configure` without an app (a web process importing its Celery app), the new
     installation takes over what that configuration set up instead.
+
+    Args:
+        app: The Celery app whose workers (and beat, and publishers) logkit serves.
+        **options: Any option of the configuration reference, e.g. ``format="json"``,
+            ``fields={"service": "billing"}``, ``task_buffer=50``.
+
+    Returns:
+        The current installation: its ``changes`` list what it changed in the process.
+
+    Raises:
+        ConfigError: An option is unknown or its value invalid (the message names the
+            valid choices).
     """
     checked = check_options(options)  # a bad option raises before anything is undone
     current = receivers.installation()
@@ -83,11 +97,14 @@ def uninstall() -> bool:
     filters, levels and ``propagate`` as they were, the log file closed, queue writer
     threads stopped, ``sys.stdout``/``sys.stderr``, ``Logger.makeRecord``,
     ``warnings.showwarning`` (``logging.captureWarnings``) and structlog's configuration
-    put back, the ``atexit`` callback removed. A hook another library put over one of
-    logkit's after it (its own ``makeRecord`` wrapper, ``warnings.showwarning``, streams)
-    is left in place. ``install()`` works again afterwards.
+    put back, the remote control commands removed, the ``atexit`` callback removed. A hook
+    another library put over one of logkit's after it (its own ``makeRecord`` wrapper,
+    ``warnings.showwarning``, streams) is left in place. ``install()`` works again
+    afterwards.
 
-    Returns ``False`` if logkit was not installed (then nothing changes).
+    Returns:
+        ``True`` if an installation was undone; ``False`` if logkit was not installed
+        (then nothing changes).
     """
     inst = receivers.installation()
     if inst is None:
@@ -301,15 +318,32 @@ def configure(
     app: Any = None,
     **options: Any,
 ) -> Active:
-    """Set up logkit's logging now, e.g. from your own ``setup_logging`` receiver.
+    """Set up logkit's logging in this process now, e.g. from your own ``setup_logging``.
 
-    ``format`` is a logkit format (``json``, ``console``, ``plain``, ``auto``) or a
-    ``%``-style format string (Celery's ``format`` argument), which means ``plain``
-    with that string. Fires ``after_setup_logger`` and ``after_setup_task_logger``.
-    Returns what was set up; raises :class:`ConfigError` for a bad option or an
-    unwritable log file. Without :func:`install` (or for another app than the installed
-    one) it installs first, replacing the previous installation (see :func:`install`);
-    :func:`uninstall` undoes it.
+    Configures the root and Celery's loggers as a worker would, then fires
+    ``after_setup_logger`` and ``after_setup_task_logger`` with Celery's arguments.
+    Without :func:`install` (or for another app than the installed one) it installs
+    first, replacing the previous installation; :func:`uninstall` undoes both.
+
+    Args:
+        loglevel: The level (``"INFO"``, ``20``...), as Celery's ``-l``; ``None``: the
+            configured or default level.
+        logfile: A file to append to, as Celery's ``-f`` (``%n``/``%i``/``%I`` expanded);
+            ``None``: stderr.
+        format: A logkit format (``json``, ``console``, ``plain``, ``auto``) or a
+            ``%``-style format string (Celery's ``format`` argument), which means
+            ``plain`` with that string.
+        colorize: Colour for ``console``, as Celery's ``-C``/``--no-color``; ``None``:
+            decided from the stream (a terminal, ``NO_COLOR``, ``FORCE_COLOR``).
+        app: The Celery app whose ``app.conf`` options apply; ``None``: the installed
+            app, or none.
+        **options: Any option of the configuration reference.
+
+    Returns:
+        What was set up: the resolved config, format, level, log file, sink and handlers.
+
+    Raises:
+        ConfigError: An option is invalid, or the log file cannot be opened for writing.
     """
     plain_format = None
     if format is not None and "%(" in format:
