@@ -20,3 +20,9 @@ APPLY_HAS_NO_LINEAGE = CELERY < (5, 6)
 #: it); with console or plain output it stays, as Celery prints it.
 SHUTDOWN_NOTICE = "worker: Warm shutdown (MainProcess)"
 SHUTDOWN_NOTICE_ON_STDERR = CELERY < (5, 4)
+
+#: Celery 5.3's ``celery control``/``celery inspect`` have no ``--list``: the commands
+#: are the choices of their first argument, shown by ``--help``. (5.3 fixes those choices
+#: before the app is loaded, and 5.3-5.5 hand an app's preload options to ``control()``,
+#: which takes none: logkit fills both gaps, see ``logkit.control._fill_cli_gaps``.)
+CONTROL_HAS_LIST = CELERY >= (5, 4)
