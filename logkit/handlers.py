@@ -660,5 +660,7 @@ class QueueSinkHandler(logging.Handler):
             record.args = None
         except Exception:
             pass  # the formatter reports it
-        record.__dict__["_logkit_ctx"] = current()
+        # the context it was logged in: a record kept and written later (a repeat count,
+        # logkit.dedupe) already carries its own
+        record.__dict__.setdefault("_logkit_ctx", current())
         self.writer.put(self, record)

@@ -212,14 +212,13 @@ def _task_end_folds(**_: Any) -> None:
     dedupe.flush(time.time())
 
 
-#: (signal, receiver, dispatch_uid) of the per-task buffer (8, #29).
-_BUFFER_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
-    (signals.task_prerun, buffer.on_task_prerun, "logkit.buffer.prerun"),
-    (signals.task_postrun, buffer.on_task_postrun, "logkit.buffer.postrun"),
-)
-#: ... and of repeat folding: pending counts written when a task ends and at shutdown.
+#: The per-task steps (8, #29), run by logkit's own task_prerun/task_postrun receivers
+#: (``Installation.prerun_hooks``/``postrun_hooks``): the buffer's, and the folds' counts
+#: whose window has closed written when a task ends.
+_BUFFER_HOOKS = ((buffer.on_task_prerun,), (buffer.on_task_postrun,))
+_FOLD_HOOKS: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), (_task_end_folds,))
+#: (signal, receiver, dispatch_uid) of repeat folding: pending counts written at shutdown.
 _FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
-    (signals.task_postrun, _task_end_folds, "logkit.dedupe.postrun"),
     (signals.worker_shutting_down, _flush_folds, "logkit.dedupe.shutting_down"),
     (signals.worker_process_shutdown, _flush_folds, "logkit.dedupe.process_shutdown"),
     (signals.worker_shutdown, _flush_folds, "logkit.dedupe.shutdown"),
@@ -233,20 +232,34 @@ def _stop_operating() -> None:
 
 
 def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
-    """8. Connect the buffer's and the folds' receivers when on, disconnect them when off;
-    what :func:`uninstall` must take back is recorded in ``inst.changes``."""
-    for on, table in ((buffering, _BUFFER_RECEIVERS), (folding, _FOLD_RECEIVERS)):
-        for sig, receiver, uid in table:
-            if on:
-                inst.connect(sig, receiver, uid)
-            else:
-                sig.disconnect(receiver, dispatch_uid=uid)
+    """8. Set the per-task steps of the buffer and the folds, and connect the folds'
+    shutdown receivers, when on (taken away when off); what :func:`uninstall` must take
+    back is recorded in ``inst.changes``."""
+    prerun: list[Any] = []
+    postrun: list[Any] = []
+    for on, (before, after) in ((buffering, _BUFFER_HOOKS), (folding, _FOLD_HOOKS)):
+        if on:
+            prerun += before
+            postrun += after
+    inst.prerun_hooks, inst.postrun_hooks = tuple(prerun), tuple(postrun)
+    if prerun or postrun:
+        inst.changes.add("task_buffer / dedupe_window: per-task steps",
+                         lambda: _clear_hooks(inst), key="operating.hooks")
+    for sig, receiver, uid in _FOLD_RECEIVERS:
+        if folding:
+            inst.connect(sig, receiver, uid)
+        else:
+            sig.disconnect(receiver, dispatch_uid=uid)
     if folding and inst.changes.add("atexit: write the pending repeat counts",
                                     lambda: atexit.unregister(_flush_folds), key="atexit.folds"):
         atexit.register(_flush_folds)  # stays while installed; nothing to do once folds are off
     if buffering or folding:
         inst.changes.add("task_buffer / dedupe_window: wrappers, filters, atexit",
                          _stop_operating, key="operating")
+
+
+def _clear_hooks(inst: Installation) -> None:
+    inst.prerun_hooks = inst.postrun_hooks = ()
 
 
 def _flush(**_: Any) -> None:

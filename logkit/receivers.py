@@ -214,6 +214,22 @@ TaskStarted = Callable[["Installation", Any, Any], None]
 TaskFinished = Callable[["Installation", Any, Any, Any, Any], None]
 #: ``configured(config, app)``: called once a process's logging is configured.
 Configured = Callable[[LogConfig, Any], None]
+#: A per-task step (:attr:`Installation.prerun_hooks`), called with keyword arguments.
+TaskHook = Callable[..., None]
+
+
+def _run_hooks(hooks: tuple[TaskHook, ...], **kwargs: Any) -> None:
+    """Call each per-task hook; one that raises is reported once, never breaks the task."""
+    for hook in hooks:
+        try:
+            hook(**kwargs)
+        except Exception:
+            if hook not in _failed_hooks:
+                _failed_hooks.add(hook)
+                logger.warning("logkit: per-task step %r failed", hook, exc_info=True)
+
+
+_failed_hooks: set[TaskHook] = set()
 
 
 class Installation:
@@ -261,6 +277,13 @@ class Installation:
         #: Called first thing in ``task_prerun`` when set (prefork children: pick up a
         #: level changed by remote control, :mod:`logkit.control`).
         self.before_task: Callable[[], None] | None = None
+        #: Per-task steps of the options that have them (``task_buffer``, ``dedupe_window``):
+        #: called by logkit's own ``task_prerun`` receiver once the task's context is bound
+        #: (``hook(task_id=...)``) and by its ``task_postrun`` receiver once the context is
+        #: restored (``hook(task_id=..., state=...)``). One receiver per signal for all of
+        #: them: each receiver costs Celery's dispatch about as much as a short log call.
+        self.prerun_hooks: tuple[TaskHook, ...] = ()
+        self.postrun_hooks: tuple[TaskHook, ...] = ()
 
     @property
     def config(self) -> LogConfig:
@@ -379,6 +402,8 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     started = inst.task_started
     if started is not None:
         started(inst, task_id, task)
+    if inst.prerun_hooks:
+        _run_hooks(inst.prerun_hooks, task_id=task_id)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = None,
@@ -395,6 +420,8 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = 
         snapshot = inst.structlog_snapshots.pop((task_id or "", threading.get_ident()), None)
         if snapshot is not None:
             restore_contextvars(snapshot)
+    if inst.postrun_hooks:
+        _run_hooks(inst.postrun_hooks, task_id=task_id, state=state)
 
 
 def _target(receiver: Any) -> Any:

@@ -425,9 +425,19 @@ def test_on_keeps_the_events_fast_path_and_off_leaves_nothing(tmp_path: Any) -> 
     app.conf.update(task_always_eager=True, broker_url="memory://",
                     worker_redirect_stdouts=False)
     logfile = tmp_path / "ops.log"
+    from celery import signals
+
+    from logkit.receivers import installation
+
+    logkit.install(app, format="json")
+    per_task = (len(signals.task_prerun.receivers), len(signals.task_postrun.receivers))
     logkit.install(app, format="json", task_buffer=5, dedupe_window=1)
     logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
     assert buffer.size() == 5 and dedupe.folds()
+    # their per-task steps run in logkit's own two receivers: no receiver more per task
+    assert (len(signals.task_prerun.receivers), len(signals.task_postrun.receivers)) == per_task
+    inst = installation()
+    assert inst is not None and inst.prerun_hooks and inst.postrun_hooks
     assert vars(logging.Logger)["debug"] is not stock["debug"]
     handler = logging.getLogger().handlers[0]
     assert [type(f) for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))] \
@@ -435,6 +445,36 @@ def test_on_keeps_the_events_fast_path_and_off_leaves_nothing(tmp_path: Any) -> 
     logkit.install(app, format="json")
     logkit.configure(loglevel="INFO", logfile=str(logfile), app=app)
     assert buffer.size() == 0 and not dedupe.folds()
+    inst = installation()
+    assert inst is not None and not inst.prerun_hooks and not inst.postrun_hooks
     assert {name: vars(logging.Logger)[name] for name in stock} == stock
     for handler in logging.getLogger().handlers:
         assert not [f for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_count_written_after_its_task_keeps_the_task_context_with_queue(tmp_path: Any) -> None:
+    """queue=True: a repeat count written once the task is over (at shutdown) still
+    carries the context its records were logged in."""
+    import json
+
+    import logkit
+    from logkit import dedupe
+    from logkit.handlers import flush_queues
+
+    logfile = tmp_path / "queued.log"
+    logkit.configure(loglevel="INFO", logfile=str(logfile), format="json", queue=True,
+                     dedupe_window=60)
+    log = logging.getLogger("ops.queued")
+    with logkit.bound(task_id="t-queued", tenant="acme"):
+        for _ in range(5):
+            log.warning("connection refused")
+    log.warning("after the task")  # the marker: the count is not written before flush
+    assert dedupe.flush() == 1
+    assert flush_queues()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+    mine = [r for r in lines if r["logger"] == "ops.queued"]
+    assert [(r["message"], r.get("repeated")) for r in mine] == [
+        ("connection refused", None), ("after the task", None), ("connection refused", 4)]
+    assert mine[-1]["task_id"] == "t-queued" and mine[-1]["tenant"] == "acme"
+    assert "task_id" not in mine[1]
