@@ -7,19 +7,34 @@
   them; the ``user_preload_options`` signal (:func:`on_user_preload_options`,
   connected by :func:`logkit.install`) hands them to the installation *before* the
   worker configures logging, where they win over every other source.
+* :func:`fill_preload_gaps` (run by :func:`logkit.install` while the ``celery`` command
+  runs, on Celery 5.3 to 5.6) lets every ``celery`` sub-command take those options:
+  Celery hands an app's preload options to each sub-command's function, and on those
+  releases most of them (``result``, ``call``, ``graph``, ``list``, ``control`` ...)
+  take none and fail with a ``TypeError``. Celery 5.7 takes them off itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
+from celery import signals
 
+from ._changes import Changes
 from .config import FORMATS, SCHEMAS, ConfigError, LogConfig, check_options
 from .receivers import installation
 
-__all__ = ["add_preload_options", "on_user_preload_options", "preload_values"]
+__all__ = [
+    "add_preload_options",
+    "fill_preload_gaps",
+    "on_user_preload_options",
+    "preload_values",
+]
 
 #: The ``celery --help`` section the options are listed under.
 HELP_GROUP = "Logging Options (logkit)"
@@ -153,3 +168,112 @@ def add_preload_options(app: Any) -> bool:
         if option.name not in known:
             preload.add(option)
     return True
+
+
+# ---------------------------------------------------------------------------
+# Celery 5.3 to 5.6: sub-commands that refuse the preload options
+# ---------------------------------------------------------------------------
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name`` (as Celery 5.7 decides)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.kind is not inspect.Parameter.POSITIONAL_ONLY and p.name == name)
+        for p in parameters
+    )
+
+
+class _PreloadConsumer:
+    """A ``celery`` sub-command's callback that takes off the preload options its
+    function refuses, after ``user_preload_options`` was sent with them (once).
+
+    ``through``: the callback is Celery's ``pass_context(handle_preload_options(f))``,
+    whose middle part would send the signal and hand the options to ``f``: ``f`` is
+    called here directly, with the context, after the same signal (sender ``f``).
+    Otherwise the callback is called without the refused options, after the signal
+    (sender: the callback), as Celery 5.7's ``consume_preload_options`` does.
+    """
+
+    def __init__(self, callback: Callable[..., Any], inner: Callable[..., Any],
+                 through: bool) -> None:
+        functools.update_wrapper(self, callback)  # its name and doc; __wrapped__
+        self.callback, self.inner, self.through = callback, inner, through
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        app = ctx.obj.app
+        options: dict[str, Any] = {}
+        for option in app.user_options.get("preload", ()):
+            name = option.name
+            if name in kwargs:
+                options[name] = kwargs[name]
+                if not _accepts(self.inner, name):
+                    del kwargs[name]
+        if options:
+            sender = self.inner if self.through else self.callback
+            signals.user_preload_options.send(sender=sender, app=app, options=options)
+        if self.through:
+            return self.inner(ctx, *args, **kwargs)
+        return self.callback(*args, **kwargs)
+
+
+def _noop() -> None:  # pragma: no cover - never called: its wrapper's code is compared
+    pass
+
+
+def fill_preload_gaps(app: Any, changes: Changes) -> list[str]:
+    """Let every ``celery`` sub-command of Celery 5.3 to 5.6 take ``app``'s preload options.
+
+    Celery adds an app's preload options (logkit's ``--log-*``) to every ``celery``
+    sub-command and hands their values to the sub-command's function; on Celery 5.3 to
+    5.6 most of those functions take none, so ``celery -A proj result ID`` (``call``,
+    ``graph``, ``list``, ``upgrade``, ``logtool``, ``amqp``, ``control``; on 5.3.0 also
+    ``purge``, ``shell``, ``multi``, ``report``) fails with a ``TypeError``. Celery 5.7
+    wraps each callback in ``consume_preload_options``; this does the same on the older
+    releases, for the callbacks whose function refuses an option, and records each
+    replacement in ``changes`` (:func:`logkit.uninstall` puts Celery's callback back).
+
+    Does nothing unless the ``celery`` command is running (``celery.bin.celery``
+    imported: the app module is loaded before the sub-command's arguments are parsed),
+    nor on a Celery that has ``consume_preload_options``. ``user_preload_options`` is
+    sent once per command, as before: where Celery's ``handle_preload_options`` would
+    send it, the signal is sent here instead of there.
+
+    Returns:
+        The names of the sub-commands whose callback was replaced.
+    """
+    group = getattr(sys.modules.get("celery.bin.celery"), "celery", None)
+    commands = getattr(group, "commands", None)
+    if not isinstance(commands, Mapping):
+        return []
+    from celery.bin import base
+
+    if hasattr(base, "consume_preload_options"):  # Celery 5.7+
+        return []
+    names = [option.name for option in app.user_options.get("preload", ())]
+    sending = base.handle_preload_options(_noop).__code__  # its wrapper's code
+    filled: list[str] = []
+    for name, command in commands.items():
+        callback = command.callback
+        if callback is None or isinstance(callback, _PreloadConsumer):
+            continue
+        chain = [callback]
+        while (wrapped := getattr(chain[-1], "__wrapped__", None)) is not None:
+            chain.append(wrapped)
+        inner = chain[-1]
+        if all(_accepts(inner, option) for option in names):
+            continue
+        through = len(chain) == 3 and getattr(chain[1], "__code__", None) is sending
+        if not through and any(getattr(f, "__code__", None) is sending for f in chain):
+            continue  # handle_preload_options inside another shape: leave it
+        if changes.add(f"celery {name}: preload options taken off its arguments",
+                       functools.partial(setattr, command, "callback", callback),
+                       key=("celery preload options", name)):
+            command.callback = _PreloadConsumer(callback, inner, through)
+            filled.append(name)
+    return filled

@@ -24,7 +24,6 @@ two receivers; :func:`unregister` takes all of it back.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import mmap
@@ -384,24 +383,23 @@ def register() -> LevelSwitch:
     return _switch
 
 
-#: What :func:`_fill_cli_gaps` changed in ``celery control`` (Celery < 5.6): undone by
+#: What :func:`_fill_cli_gaps` changed in ``celery control`` (Celery 5.3): undone by
 #: :func:`unregister`.
 _cli_undo: list[Any] = []
 
 
 def _fill_cli_gaps() -> None:
-    """Let ``celery control logkit_level ...`` work on Celery < 5.6 too.
+    """Let ``celery control logkit_level ...`` work on Celery 5.3 too.
 
     Only when the ``celery`` command is running (``celery.bin.control`` imported: the
     app module is loaded before the subcommand's arguments are parsed), never otherwise:
+    Celery 5.3 fixes the choices of ``celery control``'s and ``celery inspect``'s
+    command argument when their module is imported, before the app registers any
+    command: ``logkit_level`` and ``logkit_levels`` are added to them.
 
-    * Celery 5.3 fixes the choices of ``celery control``'s and ``celery inspect``'s
-      command argument when their module is imported, before the app registers any
-      command: ``logkit_level`` and ``logkit_levels`` are added to them.
-    * Celery 5.3 to 5.5 hand an app's preload options (logkit's ``--log-*``) to
-      ``control()``, which takes none (a ``TypeError`` for every ``celery control``
-      command): the preload options are taken off before it is called, after
-      ``user_preload_options`` was sent with them, as Celery 5.6+ does.
+    (Celery 5.3 to 5.6 also hand an app's preload options to ``control()``, which takes
+    none: :func:`logkit.celery_options.fill_preload_gaps` takes them off, for every
+    ``celery`` sub-command that refuses them.)
     """
     import sys
 
@@ -418,25 +416,6 @@ def _fill_cli_gaps() -> None:
             if param.name == "action" and choices is not None and name not in choices:
                 param.type.choices = [*choices, name]
                 _cli_undo.append(lambda p=param, c=choices: setattr(p.type, "choices", c))
-    callback = command.callback
-    inner = getattr(getattr(callback, "__wrapped__", None), "__wrapped__", None)
-    if inner is None:  # not pass_context(handle_preload_options(control)): leave it
-        return
-    accepted = set(inspect.signature(inner).parameters)
-
-    def control_without_preload_options(*args: Any, **kwargs: Any) -> Any:
-        import click
-
-        ctx = click.get_current_context()
-        app = ctx.obj.app
-        options = {o.name: kwargs.pop(o.name) for o in app.user_options.get("preload", [])
-                   if o.name in kwargs and o.name not in accepted}
-        if options:
-            signals.user_preload_options.send(sender=inner, app=app, options=options)
-        return inner(ctx, *args, **kwargs)
-
-    command.callback = control_without_preload_options
-    _cli_undo.append(lambda: setattr(command, "callback", callback))
 
 
 def unregister() -> None:

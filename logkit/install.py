@@ -5,7 +5,8 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 
 1. task context (:mod:`logkit.receivers`): ``task_prerun`` binds it, ``task_postrun``
    restores it, ``before_task_publish`` carries it to the tasks a task sends;
-2. the ``celery`` command line options (:mod:`logkit.celery_options`);
+2. the ``celery`` command line options (:mod:`logkit.celery_options`), and on Celery
+   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them;
 3. lifecycle events (:mod:`logkit.events`): one receiver per signal, plus
    ``task_started`` / ``task_finished``, which the context receivers call (see
    :func:`_new_installation`), and the filters on Celery's own lines;
@@ -285,6 +286,8 @@ def _connect(inst: Installation) -> None:
     if celery_options.add_preload_options(inst.app):
         connect(signals.user_preload_options, celery_options.on_user_preload_options,
                 "logkit.preload")
+        # Celery 5.3-5.6, while the `celery` command runs: sub-commands that refuse them.
+        celery_options.fill_preload_gaps(inst.app, inst.changes)
     # 3. Lifecycle events; whether each is emitted is decided per record from the
     # installation's config (events, disabled_events, event_levels).
     event_receivers: tuple[tuple[Any, Any, str], ...] = (
