@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from .context import current
@@ -53,7 +54,9 @@ class Fold(logging.Filter):
         super().__init__()
         self.handler = handler
         self.window = window
-        self._windows: dict[tuple[Any, ...], _Window] = {}  # oldest window first
+        # oldest window first; an OrderedDict, whose oldest entry is found and removed in
+        # constant time (a dict's first entry is found past every one removed before it)
+        self._windows: OrderedDict[tuple[Any, ...], _Window] = OrderedDict()
         self._deadline = _NEVER  # when the oldest window closes
         self._lock = threading.Lock()
 
@@ -65,20 +68,39 @@ class Fold(logging.Filter):
         key = (record.name, record.levelno, record.msg, exc[0] if exc else None)
         now = record.created
         due: list[logging.LogRecord] | None = None
+        opens = True  # whether this record opens a window when it has none
         with self._lock:
             windows = self._windows
-            if now >= self._deadline:  # the oldest window's time is up
-                due = self._close_due(now)
             try:
                 window = windows.get(key)
             except TypeError:  # an unhashable message: never folded
-                return self._written(due)
+                window = None
+                opens = False
+            if window is not None and len(windows) == 1 and now - window[_START] >= self.window:
+                # The only window, and its time is up (a line logged less often than the
+                # window): its count goes out, and this record opens it again.
+                if window[_COUNT]:
+                    due = [_summary(window)]
+                window[_START], window[_COUNT], window[_LAST] = now, 0, None
+                self._deadline = now + self.window
+                window = None
+                opens = False
+            elif now >= self._deadline:  # the oldest window's time is up
+                due = self._close_due(now)
+                if window is not None and key not in windows:  # closed just now
+                    window = None
             if window is None:  # a new key: this record opens its window
-                if len(windows) >= MAX_KEYS:
-                    due = self._close_oldest(due)
-                windows[key] = [now, 0, None]
-                if len(windows) == 1:
-                    self._deadline = now + self.window
+                if opens:
+                    if len(windows) >= MAX_KEYS:  # the oldest window closes early; its
+                        _, window = windows.popitem(last=False)  # list serves the new one
+                        if window[_COUNT]:
+                            due = [*(due or ()), _summary(window)]
+                        window[_START], window[_COUNT], window[_LAST] = now, 0, None
+                        windows[key] = window
+                    else:
+                        windows[key] = [now, 0, None]
+                    if len(windows) == 1:
+                        self._deadline = now + self.window
             elif now - window[_START] < self.window:  # a repeat: counted, not written
                 window[_COUNT] += 1
                 window[_LAST] = record
@@ -86,26 +108,14 @@ class Fold(logging.Filter):
                     fields["_logkit_ctx"] = current()
                 return False  # (nothing is due: a due window was closed above)
             else:  # its time is up (not closed yet): the count first, then a new window
-                del windows[key]
                 if window[_COUNT]:
                     due = [*(due or ()), _summary(window)]
-                windows[key] = [now, 0, None]
-        return self._written(due)
-
-    def _written(self, due: list[logging.LogRecord] | None) -> bool:
-        """Write the summaries ``due`` (outside the lock); the record is written too."""
-        if due:
+                window[_START], window[_COUNT], window[_LAST] = now, 0, None
+                windows.move_to_end(key)
+        if due:  # the summaries due, written outside the lock; the record is written too
             for summary in due:
                 self._write(summary)
         return True
-
-    def _close_oldest(self, due: list[logging.LogRecord] | None) -> list[logging.LogRecord]:
-        windows = self._windows
-        closed = windows.pop(next(iter(windows)))
-        out = list(due or ())
-        if closed[_COUNT]:
-            out.append(_summary(closed))
-        return out
 
     def _close_due(self, now: float) -> list[logging.LogRecord] | None:
         """Close the windows whose time is up (the oldest first); return their summaries."""
@@ -120,7 +130,9 @@ class Fold(logging.Filter):
                 return due
             del windows[key]
             if window[_COUNT]:
-                due = [*(due or ()), _summary(window)]
+                if due is None:
+                    due = []
+                due.append(_summary(window))
         self._deadline = _NEVER
         return due
 
