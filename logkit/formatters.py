@@ -82,7 +82,23 @@ class JsonFormatter(OrjsonFormatter):
     ) -> None:
         """``JsonFormatter(config)``, or ``JsonFormatter(fields={...}, field_names={...},
         max_field_length=...)``; ``logging.config``'s ``(format, datefmt, style)`` are
-        accepted and ignored (the JSON keys are logkit's)."""
+        accepted and ignored (the JSON keys are logkit's).
+
+        Args:
+            config: A :class:`~logkit.LogConfig` (what ``logkit.configure()`` passes), or
+                what ``logging.config`` passes in this place (a format string: ignored).
+            datefmt: Ignored: the timestamp is always ISO 8601 (a schema's own format).
+            style: Ignored (``logging.config``'s format style).
+            validate: Ignored (``logging.config``'s format check).
+            **options: Formatter options, the same as :class:`~logkit.LogConfig`'s:
+                ``fields``, ``field_names``, ``max_field_length``, ``schema``,
+                ``service_name``, ``gcp_project``; a ``format`` key (``dictConfig`` with
+                a ``"()"`` factory) is ignored.
+
+        Raises:
+            ConfigError: An option that is not a formatter option, or a bad value
+                (the message lists the valid ones).
+        """
         options.pop("format", None)  # dictConfig's "format" key, with the "()" factory
         config = formatter_config(config, options, "JsonFormatter")
         super().__init__(
@@ -272,7 +288,20 @@ class ConsoleFormatter(_TextFormatter):
     ) -> None:
         """``ConsoleFormatter(config, use_color=...)``, or with keyword options as
         :class:`JsonFormatter`; ``logging.config``'s ``(format, datefmt, style)`` are
-        accepted and ignored."""
+        accepted and ignored.
+
+        Args:
+            config: A :class:`~logkit.LogConfig`, or what ``logging.config`` passes in this
+                place (a format string: ignored).
+            datefmt: Ignored: the time is always local ``YYYY-MM-DD HH:MM:SS.mmm``.
+            style: Ignored (``logging.config``'s format style).
+            validate: Ignored (``logging.config``'s format check).
+            use_color: Colour the level and the task prefix (ANSI codes).
+            **options: Formatter options, as :class:`JsonFormatter`'s.
+
+        Raises:
+            ConfigError: An option that is not a formatter option, or a bad value.
+        """
         super().__init__()
         options.pop("format", None)
         self._f = Fields(formatter_config(config, options, "ConsoleFormatter"))
@@ -333,7 +362,21 @@ class PlainFormatter(_TextFormatter):
     ) -> None:
         """``PlainFormatter(fmt, datefmt, config)``; from ``logging.config`` (which passes
         ``(format, datefmt, style)``) or with keyword options as :class:`JsonFormatter`.
-        Without ``fmt``, Celery's default worker format."""
+        Without ``fmt``, Celery's default worker format.
+
+        Args:
+            fmt: A ``%``-style format, as Celery's ``worker_log_format`` (default) or
+                ``worker_task_log_format`` (with ``%(task_id)s``/``%(task_name)s``).
+            datefmt: ``strftime`` format of ``%(asctime)s``.
+            config: A :class:`~logkit.LogConfig`, or ``logging.config``'s style (only
+                ``"%"`` is taken).
+            validate: Check ``fmt`` as ``logging.Formatter`` does.
+            **options: Formatter options, as :class:`JsonFormatter`'s.
+
+        Raises:
+            ConfigError: A style other than ``%``, an option that is not a formatter
+                option, or a bad value.
+        """
         style = config if isinstance(config, str) else "%"
         if style != "%":
             raise ConfigError(f"logkit: PlainFormatter takes '%' style formats; got {style!r}")

@@ -31,7 +31,7 @@ from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import WarningHold, intended_format, report_failure
 from .formatters import cap, safe_repr
-from .redaction import has_sensitive_key, redact, redact_positional
+from .redaction import RedactFilter, has_sensitive_key, redact, redact_positional
 from .setup import Active, configure_process
 from .trace import Ids, span_lookup
 
@@ -263,6 +263,7 @@ class Installation:
         self.cli: dict[str, Any] = {}
         self._config: LogConfig | None = None
         self._task_context: TaskContext | None = None
+        self.redactor: RedactFilter | None = None
         self.scope = context.TaskScope()
         #: structlog.contextvars as they were when a task started, by (task id, thread).
         self.structlog_snapshots: dict[tuple[str, int], dict[str, Any]] = {}
@@ -283,6 +284,9 @@ class Installation:
         #: restored (``hook(task_id=..., state=...)``). One receiver per signal for all of
         #: them: each receiver costs Celery's dispatch about as much as a short log call.
         self.prerun_hooks: tuple[TaskHook, ...] = ()
+        #: Start time (``time.monotonic()``) and queue times (``queued_ms``, ``wait_ms``)
+        #: of each task running in this process, by task id (the task events).
+        self.running: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
         self.postrun_hooks: tuple[TaskHook, ...] = ()
 
     @property
@@ -296,6 +300,9 @@ class Installation:
     def use(self, config: LogConfig) -> None:
         self._config = config
         self._task_context = TaskContext(config)
+        #: Redacts the fields of the records logkit builds itself (the lifecycle events),
+        #: with the keys the handlers' filters use (``None``: no ``redact_keys``).
+        self.redactor = RedactFilter(config.redact_keys) if config.redact_keys else None
 
     @property
     def task_context(self) -> TaskContext:

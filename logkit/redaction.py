@@ -37,6 +37,7 @@ from ._fields import RESERVED, extra_names
 
 __all__ = [
     "REDACTED",
+    "CleanArgs",
     "RedactFilter",
     "has_sensitive_key",
     "parameter_names",
@@ -195,6 +196,18 @@ def redact_text(text: str, pattern: KeyPattern | None) -> str:
     return "".join(out)
 
 
+class CleanArgs(tuple[Any, ...]):
+    """The (empty) ``args`` of a record whose message and ``extra`` fields logkit built and
+    redacted itself (a lifecycle event, :func:`logkit.events.base.emit`), with the keys it
+    was redacted with: a :class:`RedactFilter` with the same keys passes it as it is.
+
+    Empty, so the record reads as any record without arguments (``getMessage()`` is its
+    ``msg``); a marker that no formatter writes, unlike an attribute would be.
+    """
+
+    keys: frozenset[str]
+
+
 class RedactFilter(logging.Filter):
     """Handler filter: redact sensitive ``key=value`` pairs in Celery's (and logkit's) records.
 
@@ -207,10 +220,16 @@ class RedactFilter(logging.Filter):
         self.keys = frozenset(k.lower() for k in keys if k)
         self.pattern = key_pattern(self.keys)
         self._known: dict[str, bool] = {}  # key name -> sensitive?
+        #: The ``args`` that mark a record as redacted with these keys (:meth:`clean`).
+        self.clean_args = CleanArgs()
+        self.clean_args.keys = self.keys
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.pattern is None:
             return True
+        args = record.args
+        if type(args) is CleanArgs and not record.exc_info and args.keys == self.keys:
+            return True  # built redacted (with these keys) by logkit itself
         name = record.name
         ours = name.startswith(("celery", "logkit"))
         if not ours and not record.exc_info:

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from workerutil import Worker, make_app, parse_json_lines, start_worker, wait_for
 
 import logkit
-from logkit import context, events, handlers, receivers
+from logkit import context, events, receivers, sinks
 from logkit.handlers import WATCH_INTERVAL, Sink, flush_queues
 
 INFO = logging.INFO
@@ -840,7 +840,7 @@ def test_sink_deleted_file_noticed_on_next_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # no path look-up for a minute: only the per-write fstat can notice the deletion
-    monkeypatch.setattr(handlers, "WATCH_INTERVAL", 60.0)
+    monkeypatch.setattr(sinks, "WATCH_INTERVAL", 60.0)
     path = tmp_path / "app.log"
     sink = Sink(str(path), watch=True)
     try:

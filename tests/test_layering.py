@@ -22,7 +22,8 @@ PACKAGE = ROOT / "logkit"
 #: Lowest first. A module imports only modules listed in an earlier layer.
 LAYERS: list[set[str]] = [
     # never-raising conversions, the clock; config and context; the record of changes
-    {"logkit._safe", "logkit._clock", "logkit.config", "logkit.context", "logkit._changes"},
+    {"logkit._safe", "logkit._clock", "logkit.config", "logkit.context", "logkit._changes",
+     "logkit.sinks"},  # where a line is written: a file or stderr
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
     {"logkit.buffer", "logkit.dedupe"},  # task_buffer, dedupe_window (#29): filters on handlers
     {"logkit._fields"},  # a record's fields: the field pipeline, logkit's own JSON builder

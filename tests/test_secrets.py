@@ -268,3 +268,48 @@ def test_redact_text_hides_values_of_any_shape(kwargs: dict[str, Any]) -> None:
 
     for text in (repr(kwargs), f"ValueError({kwargs!r})", json.dumps(kwargs)):
         assert MARK not in redact_text(text, PATTERN), text
+
+
+def test_an_event_is_born_redacted_and_a_filter_with_other_keys_still_looks(tmp_path: Any) -> None:
+    """A lifecycle event's fields are redacted where logkit builds the record (a task's
+    ``result``), and the record is marked for filters with the same keys only."""
+    import json
+
+    from celery import Celery
+
+    import logkit
+    from logkit.redaction import CleanArgs
+
+    app = Celery("secrets_unit", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://",
+                    worker_redirect_stdouts=False, task_store_eager_result=False)
+
+    @app.task(name="secrets.leaky")
+    def leaky() -> str:
+        return "connected with password=x21 and token: x22"
+
+    logfile = tmp_path / "events.log"
+    logkit.install(app, format="json")
+    logkit.configure(loglevel="INFO", logfile=str(logfile), format="json", app=app)
+    seen: list[logging.LogRecord] = []
+    other = RedactFilter({"connected"})  # other keys: this filter must look for itself
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    keep.addFilter(other)
+    events = logging.getLogger("logkit.events")
+    events.addHandler(keep)
+    try:
+        leaky.apply()
+    finally:
+        events.removeHandler(keep)
+    line = next(json.loads(text) for text in logfile.read_text().splitlines()
+                if '"task_succeeded"' in text)
+    assert "x21" not in line["result"] and "x22" not in line["result"], line
+    assert REDACTED in line["result"]
+    record = next(r for r in seen if r.__dict__.get("event") == "task_succeeded")
+    assert type(record.args) is CleanArgs and record.getMessage() == "Task succeeded"
+    assert "connected" not in record.__dict__["result"]  # the other filter redacted its key

@@ -131,9 +131,17 @@ def emit(
     the formatter's one field builder makes its line. ``exc_text`` (an already
     formatted traceback) is used instead of formatting ``exc_info`` again.
     """
-    extra = {"event": event, **fields}
+    extra: Mapping[str, Any] = {"event": event, **fields}
     if exc_info is None and _stock_records():
+        # Born redacted: the fields are redacted here, once, and the record is marked so
+        # that the handlers' RedactFilter (same keys) passes it without a second look.
+        inst = installation()
+        redactor = inst.redactor if inst is not None else None
+        if redactor is not None:
+            extra = redactor.redact_fields(extra)
         record = _templates.record(event, level, extra)
+        if redactor is not None:
+            record.args = redactor.clean_args
     else:
         record = logger.makeRecord(logger.name, level, SOURCE, 0, MESSAGES[event], (), exc_info,
                                    extra=extra)

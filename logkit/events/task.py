@@ -50,17 +50,21 @@ __all__ = [
 #: Longest repr kept for a rejected/unknown message's body (Celery's dump_body uses 1024 too).
 BODY_MAX_LENGTH = 1024
 
-#: Start time (``time.monotonic()``) of each running task, by task id, in this process.
-_starts: dict[str, float] = {}
-
-
-#: ``queued_ms``/``wait_ms`` of each running task, by task id, in this process.
-_queue_times: dict[str, Mapping[str, Any]] = {}
 _NO_QUEUE_TIMES: Mapping[str, Any] = MappingProxyType({"queued_ms": None, "wait_ms": None})
 
 
+_NOT_RUNNING: tuple[float | None, Mapping[str, Any]] = (None, _NO_QUEUE_TIMES)
+
+
+def _running_of(task_id: Any) -> tuple[float | None, Mapping[str, Any]]:
+    """``(start, queue times)`` of a task running in this process (``Installation.running``)."""
+    inst = installation()
+    running = inst.running.get(task_id) if inst is not None and task_id is not None else None
+    return running if running is not None else _NOT_RUNNING
+
+
 def _queue_times_of(task_id: Any) -> Mapping[str, Any]:
-    return _queue_times.get(task_id, _NO_QUEUE_TIMES) if task_id is not None else _NO_QUEUE_TIMES
+    return _running_of(task_id)[1]
 
 
 #: Task ids whose ``task_failed`` was emitted in this process (bounded, oldest dropped).
@@ -68,7 +72,7 @@ _failed: dict[Any, None] = {}
 
 
 def _duration_ms(task_id: Any) -> float | None:
-    start = _starts.get(task_id) if task_id is not None else None
+    start = _running_of(task_id)[0]
     if start is None:
         return None
     return round((time.monotonic() - start) * 1000.0, 3)
@@ -196,8 +200,7 @@ def task_started(inst: Installation, task_id: Any, task: Any) -> None:
         if task is not None:
             fields = queue_fields(task.request, time.time(), start)
         if task_id is not None:
-            _starts[task_id] = start
-            _queue_times[task_id] = fields
+            inst.running[task_id] = (start, fields)
         level = _task_level(inst, "task_started")
         if level is None or task is None:
             return
@@ -215,12 +218,11 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
     dispatch per task.
     """
     try:
-        if not inst.config.events and not _starts:  # events=False: nothing to emit
+        running = inst.running
+        if not running and not inst.config.events:  # events=False: nothing to emit
             return
-        start = _starts.pop(task_id, None) if task_id is not None else None
-        queue_times = (
-            _queue_times.pop(task_id, _NO_QUEUE_TIMES) if task_id is not None else _NO_QUEUE_TIMES
-        )
+        start, queue_times = running.pop(task_id, _NOT_RUNNING) if task_id is not None \
+            else _NOT_RUNNING
         if state != _SUCCESS or task is None:
             if state == _IGNORED and task is not None and TRACE_LOGGER in inst.quieted:
                 _reemit_ignored(task, retval)
