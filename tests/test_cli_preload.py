@@ -12,7 +12,6 @@ most take none (``TypeError: result() got an unexpected keyword argument 'log_fi
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 from celery_versions import REPORT_SENDS_NO_PRELOAD_OPTIONS, SUBCOMMANDS_REFUSE_PRELOAD_OPTIONS
-from workerutil import REPO_ROOT, AppModule, Worker
+from workerutil import REPO_ROOT, AppModule, Worker, celery_cmd
 
 BODY = r"""
 import json
@@ -56,19 +55,6 @@ OPTIONS = ("--log-format", "json", "--log-field", "service=billing")
 GIVEN = {"log_field": {"service": "billing"}, "log_format": "json"}
 TAKEN = {"fields": {"service": "billing"}, "format": "json"}
 
-
-def celery_cmd(appmod: AppModule, *args: str) -> subprocess.CompletedProcess[str]:
-    """``celery -A <app> <args>`` as an operator runs it (in the app's directory)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT), str(appmod.workdir), env.get("PYTHONPATH")])
-    )
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", appmod.name, *args],
-        cwd=appmod.workdir, env=env, capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def _seen(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

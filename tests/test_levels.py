@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from celery_versions import CONTROL_HAS_LIST
-from workerutil import REPO_ROOT, AppModule, Worker, wait_for
+from workerutil import REPO_ROOT, AppModule, Worker, celery_cmd, wait_for
 
 BODY = r"""
 import logging
@@ -53,18 +53,6 @@ def probe(tag, sleep=0.0):
     }
 """
 
-
-def celery_cmd(appmod: AppModule, *args: str) -> subprocess.CompletedProcess[str]:
-    """``celery -A <app> <args>`` as an operator runs it (in the app's directory)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT), str(appmod.workdir), env.get("PYTHONPATH")])
-    )
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", appmod.name, *args],
-        cwd=appmod.workdir, env=env, capture_output=True, text=True, timeout=120,
-    )
 
 
 def _records(worker: Worker) -> list[dict[str, Any]]:

@@ -305,16 +305,22 @@ def test_worker_refuses_a_bad_value(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------
 
 
+class Kept(logging.Handler):
+    """A handler that keeps the records it is given, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_a_window_closes_when_the_next_repeat_comes_after_it() -> None:
     from logkit.dedupe import Fold
 
-    written: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            written.append(record)
-
-    handler = Keep()
+    handler = Kept()
+    written = handler.records
     fold = Fold(handler, 1.0)
     handler.addFilter(fold)
 
@@ -347,13 +353,8 @@ def test_a_window_closes_when_the_next_repeat_comes_after_it() -> None:
 def test_kept_calls_become_the_records_they_would_have_been() -> None:
     from logkit import buffer
 
-    written: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            written.append(record)
-
-    handler = Keep()
+    handler = Kept()
+    written = handler.records
     root = logging.getLogger()
     saved = (root.level, list(root.handlers), dict(vars(logging.Logger)))
     root.handlers[:] = [handler]

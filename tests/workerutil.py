@@ -336,6 +336,21 @@ class AppModule:
                 app.close()
 
 
+def celery_cmd(appmod: AppModule, *args: str) -> subprocess.CompletedProcess[str]:
+    """``celery -A <app> <args>`` as an operator runs it (in the app's directory)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), str(appmod.workdir), env.get("PYTHONPATH")])
+    )
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", appmod.name, *args],
+        cwd=appmod.workdir, env=env, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+
 def make_app(
     tmp_path: Path | str,
     body: str,
