@@ -284,10 +284,10 @@ class Installation:
         #: restored (``hook(task_id=..., state=...)``). One receiver per signal for all of
         #: them: each receiver costs Celery's dispatch about as much as a short log call.
         self.prerun_hooks: tuple[TaskHook, ...] = ()
+        self.postrun_hooks: tuple[TaskHook, ...] = ()
         #: Start time (``time.monotonic()``) and queue times (``queued_ms``, ``wait_ms``)
         #: of each task running in this process, by task id (the task events).
         self.running: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
-        self.postrun_hooks: tuple[TaskHook, ...] = ()
 
     @property
     def config(self) -> LogConfig:

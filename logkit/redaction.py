@@ -196,6 +196,12 @@ def redact_text(text: str, pattern: KeyPattern | None) -> str:
     return "".join(out)
 
 
+#: Each set of redaction keys once, so that two filters with the same keys hold the same
+#: object (:class:`CleanArgs` is checked by identity). A cache of values: it changes
+#: nothing in the process.
+_KEY_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
 class CleanArgs(tuple[Any, ...]):
     """The (empty) ``args`` of a record whose message and ``extra`` fields logkit built and
     redacted itself (a lifecycle event, :func:`logkit.events.base.emit`), with the keys it
@@ -217,7 +223,8 @@ class RedactFilter(logging.Filter):
 
     def __init__(self, keys: Iterable[str]) -> None:
         super().__init__()
-        self.keys = frozenset(k.lower() for k in keys if k)
+        keys = frozenset(k.lower() for k in keys if k)
+        self.keys = _KEY_SETS.setdefault(keys, keys)  # equal key sets: one object
         self.pattern = key_pattern(self.keys)
         self._known: dict[str, bool] = {}  # key name -> sensitive?
         #: The ``args`` that mark a record as redacted with these keys (:meth:`clean`).
@@ -228,7 +235,7 @@ class RedactFilter(logging.Filter):
         if self.pattern is None:
             return True
         args = record.args
-        if type(args) is CleanArgs and not record.exc_info and args.keys == self.keys:
+        if type(args) is CleanArgs and not record.exc_info and args.keys is self.keys:
             return True  # built redacted (with these keys) by logkit itself
         name = record.name
         ours = name.startswith(("celery", "logkit"))
