@@ -39,6 +39,7 @@ import celery
 from celery import signals
 from celery.worker.control import Panel, control_command, inspect_command
 
+from ._safe import log_exception
 from .config import LEVEL_NAMES
 from .events.base import _guarded
 from .events.worker import log_level_changed
@@ -250,9 +251,8 @@ class LevelSwitch:
             if self._tokens.get(name) == token:
                 self.change(DEFAULT, None, name, reason="expired")
         except Exception:  # a timer thread must not die noisily
-            logging.getLogger("logkit").warning(
-                "logkit: could not revert the level of %s", name, exc_info=True
-            )
+            log_exception(logging.getLogger("logkit"), logging.WARNING,
+                          "logkit: could not revert the level of %s", name)
 
     def levels(self) -> dict[str, Any]:
         """The ``logkit_levels`` reply: each logger's level, default and expiry."""

@@ -24,7 +24,6 @@ import threading
 import time
 import weakref
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
 from .context import current
@@ -119,9 +118,6 @@ def _iso(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-_NO_CONTEXT: Any = MappingProxyType({})
-
-
 def dropped_record(
     count: int, first: float, last: float, reasons: tuple[str, ...]
 ) -> logging.LogRecord:
@@ -138,7 +134,8 @@ def dropped_record(
         first_dropped_at=first_at,
         last_dropped_at=last_at,
         reason=reason,
-        _logkit_ctx=_NO_CONTEXT,  # not about the task that happens to be running
+        # not about the task that happens to be running; a plain dict: the record pickles
+        _logkit_ctx={},
     )
     return record
 

@@ -33,6 +33,7 @@ from .redaction import RedactFilter
 
 __all__ = [
     "Active",
+    "celery_redirect",
     "configure_process",
     "decide_color",
     "resolve_format",
@@ -362,6 +363,7 @@ def configure_process(
     plain_format: str | None = None,
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
+    redirect_level: Any = None,
     configured: Callable[[LogConfig, Any], None] | None = None,
     previous: Active | None = None,
     warnings_hold: WarningHold | None = None,
@@ -372,6 +374,10 @@ def configure_process(
     installation's record: :func:`logkit.uninstall` runs them). ``previous`` is what
     the last call set up (its sink is closed if replaced, its queue writer reused);
     ``warnings_hold`` holds the warnings given before now (replayed as records).
+    ``redirect_stdouts``: whether to redirect ``sys.stdout``/``sys.stderr`` (at
+    ``redirect_level``, else ``worker_redirect_stdouts_level``); ``None``: as
+    ``worker_redirect_stdouts`` says (the ``setup_logging`` receiver passes what Celery
+    would do for the call under way: :func:`celery_redirect`).
     ``configured(config, app)`` runs once the loggers are set up (the installation's last
     step: :mod:`logkit.events.prose` decides about Celery's own task lines there).
 
@@ -486,7 +492,8 @@ def configure_process(
     if redirect_stdouts is None:
         redirect_stdouts = bool(conf and conf.worker_redirect_stdouts)
     if redirect_stdouts and not isinstance(sys.stdout, LoggingProxy):
-        redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
+        if redirect_level is None:
+            redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
         _redirect(changes, app, redirected, redirect_level)
 
     active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer)
@@ -499,6 +506,49 @@ def configure_process(
         logfile,
     )
     return active
+
+
+def celery_redirect() -> tuple[bool, Any] | None:
+    """What Celery would do with ``sys.stdout``/``sys.stderr`` for the logging set-up under
+    way in this thread, had no receiver taken ``setup_logging``: ``(redirect, level)``,
+    or ``None`` when no set-up of Celery's is under way (``setup_logging`` sent by other
+    code; ``setup_logging_subsystem`` called alone, which never redirects).
+
+    The ``setup_logging`` signal does not carry it, so it is read from the call that
+    sent the signal, ``celery.app.log.Logging.setup(redirect_stdouts=..., redirect_level=...)``
+    (``celery beat``: ``worker_redirect_stdouts``; a prefork child: as its parent did;
+    ``celery.contrib.testing.worker.start_worker`` and ``celery_worker``: never), and, when
+    ``celery worker`` made that call (``redirect_stdouts=False``: it redirects later, on
+    start, and only if nobody took ``setup_logging``), from the worker's own
+    ``redirect_stdouts`` and ``redirect_stdouts_level``. Celery 5.3 to 5.7 alike.
+    """
+    log_module = sys.modules.get("celery.app.log")
+    setup = getattr(getattr(log_module, "Logging", None), "setup", None)
+    code = getattr(setup, "__code__", None)
+    if code is None:
+        return None
+    frame: types.FrameType | None = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            break
+        frame = frame.f_back
+    else:
+        return None
+    try:
+        local = frame.f_locals
+        redirect, level = bool(local.get("redirect_stdouts")), local.get("redirect_level")
+        caller = frame.f_back
+        worker = caller.f_locals.get("self") if caller is not None else None
+        apps_worker = sys.modules.get("celery.apps.worker")
+        worker_class = getattr(apps_worker, "Worker", None)
+        if (not redirect and isinstance(worker_class, type) and isinstance(worker, worker_class)
+                and getattr(worker, "redirect_stdouts", False)):
+            return True, getattr(worker, "redirect_stdouts_level", None)
+        return redirect, level
+    finally:
+        del frame
 
 
 #: Environment variables Celery's ``redirect_stdouts`` sets (for its child processes).

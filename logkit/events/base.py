@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from celery.app.task import Context
 
 from .. import context
-from .._safe import safe_str
+from .._safe import log_exception, safe_str
 from ..config import EVENT_NAMES
 from ..receivers import HEADER, Installation, installation
 from ..setup import STOCK_MAKE_RECORD
@@ -130,7 +131,15 @@ def emit(
     ``Logger.handle`` as any other: every handler and filter on the way sees it, and
     the formatter's one field builder makes its line. ``exc_text`` (an already
     formatted traceback) is used instead of formatting ``exc_info`` again.
+
+    Nothing live is left on the record: it keeps ``exc_info``'s exception without its
+    traceback, which is text (``exc_text``), so the record pickles as it is (a
+    ``QueueHandler`` that sends records whole, Celery's test worker) and holds no frames.
     """
+    if exc_info is not None and exc_info[2] is not None:
+        if not exc_text:
+            exc_text = _format_exception(exc_info)
+        exc_info = (exc_info[0], exc_info[1], None)
     extra: Mapping[str, Any] = {"event": event, **fields}
     if exc_info is None and _stock_records():
         # Born redacted: the fields are redacted here, once, and the record is marked so
@@ -139,6 +148,8 @@ def emit(
         redactor = inst.redactor if inst is not None else None
         if redactor is not None:
             extra = redactor.redact_fields(extra)
+            if exc_text:
+                exc_text = redactor.redact_text(exc_text)
         record = _templates.record(event, level, extra)
         if redactor is not None:
             record.args = redactor.clean_args
@@ -151,6 +162,12 @@ def emit(
         context.call_bound(bind, logger.handle, record)
     else:
         logger.handle(record)
+
+
+def _format_exception(exc_info: Any) -> str:
+    """The traceback text ``logging.Formatter.formatException`` gives (no final newline)."""
+    text = "".join(traceback.format_exception(*exc_info))
+    return text[:-1] if text.endswith("\n") else text
 
 
 _LogRecord = logging.LogRecord
@@ -232,9 +249,8 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
         except Exception:
             if not reported:
                 reported = True
-                _internal.warning(
-                    "logkit: lifecycle event receiver %s failed", fn.__name__, exc_info=True
-                )
+                log_exception(_internal, _W, "logkit: lifecycle event receiver %s failed",
+                              fn.__name__)
 
     return receiver
 

@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any
 
-from .._safe import safe_str
+from .._safe import log_exception, safe_str
 from ..banner import worker_fields
 from .base import _guarded, _worker_bind, emit, level_of
 
@@ -112,4 +112,5 @@ def log_level_changed(
         }
         emit("log_level_changed", event_level, fields, bind=_worker_bind(hostname))
     except Exception:
-        logging.getLogger("logkit").warning("logkit: log_level_changed failed", exc_info=True)
+        log_exception(logging.getLogger("logkit"), logging.WARNING,
+                      "logkit: log_level_changed failed")
