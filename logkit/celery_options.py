@@ -1,5 +1,6 @@
 """The ``celery`` command line options of logkit: ``--log-format``, ``--log-field``,
-``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``.
+``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``,
+``--log-celery-lines``.
 
 * :func:`add_preload_options` (run by :func:`logkit.install`) adds ``--log-format``,
   ``--log-field key=value`` and ``--log-events/--no-log-events`` to every ``celery``
@@ -42,7 +43,7 @@ HELP_GROUP = "Logging Options (logkit)"
 #: Click parameter name -> LogConfig option name.
 _OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events",
                  "log_schema": "schema", "log_task_buffer": "task_buffer",
-                 "log_dedupe_window": "dedupe_window"}
+                 "log_dedupe_window": "dedupe_window", "log_celery_lines": "celery_lines"}
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +114,13 @@ def _preload_options() -> list[click.Option]:
             default=None,
             help_group=HELP_GROUP,
             help="Emit structured task/worker lifecycle events (default: on).",
+        ),
+        CeleryOption(
+            ["--log-celery-lines/--no-log-celery-lines"],
+            default=None,
+            help_group=HELP_GROUP,
+            help="Keep Celery's own task lines (received, succeeded, raised...) beside "
+            "the events (default: off).",
         ),
     ]
 

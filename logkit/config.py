@@ -320,6 +320,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "disabled_events": _subset(EVENT_NAMES),
     "event_levels": _event_levels,
     "result_repr": _bool,
+    "celery_lines": _bool,
     "root_handlers": _choice(ROOT_HANDLERS),
     "banner": _choice(BANNER_MODES),
     "schema": _choice(SCHEMAS),
@@ -383,6 +384,10 @@ class LogConfig:
     event_levels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: Include a capped ``repr`` of the return value in ``task_succeeded`` events.
     result_repr: bool = True
+    #: Keep Celery's own lines for the events logkit logs ("Received task", "succeeded
+    #: in", "raised unexpected", "ready."...) beside the events, for code that listens to
+    #: Celery's loggers (``celery.app.trace``, ``celery.worker.strategy``...).
+    celery_lines: bool = False
     #: Who owns the root logger: ``auto`` (logkit, unless ``worker_hijack_root_logger`` is
     #: off and the root already has handlers: then those write every record, with logkit's
     #: context on it), ``replace`` (logkit's handler only), ``add`` (both: lines twice).
