@@ -129,6 +129,8 @@ def _replace(app: Any, options: Any) -> Installation:
     else:
         uninstall()
         inst = _new_installation(app, options)
+    if current is not None:  # its workers still run in this process (a session's test worker)
+        inst.workers[:] = current.workers
     receivers.activate(inst)
     return inst
 

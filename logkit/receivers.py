@@ -332,7 +332,8 @@ class Installation:
         #: state), until the ``task_internal_error`` Celery sends for it next (at most 1,024).
         self.raised: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
         #: Node names of the workers started in this process (``worker_init``) and not shut
-        #: down, inherited by pool children: the ``worker`` of the tasks they run.
+        #: down, inherited by pool children: the ``worker`` of the tasks they run. An
+        #: installation that replaces this one takes them over (the workers still run).
         self.workers: list[str] = []
 
     @property
