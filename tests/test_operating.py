@@ -3,9 +3,12 @@ in real ``celery worker`` processes at ``-l INFO``, per pool (#29).
 
 One worker per pool runs, several at once, tasks that fail with more DEBUG lines
 than the buffer holds, succeed after DEBUG lines, log ERROR and then succeed, retry
-once, and loop on one warning 1,000 times. A marker task runs last; the worker is
-stopped (its shutdown writes the pending repeat counts) and every line of its log
-file is parsed.
+once, and loop on one warning 1,000 times; and the two operating scenarios (500
+identical WARNINGs; 5 DEBUG lines then an ERROR in a task that returns normally)
+through every kind of logger a task logs with: a module logger, ``get_task_logger``,
+structlog, Celery's own loggers and ``print()`` (#34). A marker task runs last; the
+worker is stopped (its shutdown writes the pending repeat counts) and every line of
+its log file is parsed.
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ BODY = r"""
 import logging
 import time
 
+import structlog
 from celery import signals
-from celery.utils.log import get_task_logger
+from celery.utils.log import get_logger, get_task_logger
 
 import logkit
 
 logkit.install(app, format="json")
 lib = logging.getLogger("ops.lib")      # any logger, not only the task's
 tlog = get_task_logger("ops.tasks")
+
+#: every kind of logger a task logs with (#34), by route name
+ROUTES = {
+    "module": logging.getLogger("ops.module"),
+    "task_logger": get_task_logger("ops.task_logger"),  # celery.task's handler
+    "structlog": structlog.get_logger("ops.structlog"),
+    "celery": get_logger("celery.ops"),  # under Celery's own `celery` logger
+}
 
 
 def chatter(tag, n):
@@ -87,6 +99,25 @@ def burst(n):
 
 
 @app.task
+def route_burst(route, n):
+    if route == "print":  # stdout, redirected to Celery's celery.redirected logger
+        for _ in range(n):
+            print("print refused")
+        return
+    for i in range(n):
+        ROUTES[route].warning("%s refused (attempt %d)", route, i)
+
+
+@app.task
+def route_error(route, n):
+    log = ROUTES[route]
+    for i in range(n):
+        log.debug("%s step %d", route, i)
+    log.error("%s went wrong but carries on", route)
+    return route
+
+
+@app.task
 def marker():
     lib.info("marker")
 
@@ -94,11 +125,21 @@ def marker():
 @signals.worker_ready.connect(weak=False)
 def _outside(**_):
     lib.debug("debug outside any task")
+
+
+@signals.celeryd_after_setup.connect(weak=False)
+def _before_the_pool(**_):  # the main process, before it forks the prefork pool
+    for _ in range(3):
+        lib.warning("main process, before the pool starts")
 """
 
-POOLS = {"prefork": 2, "threads": 4, "solo": 1}
+POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4}
 SIZE = 5
 BURST = 1000
+#: The loggers of the operating scenarios (#34): each task's burst and error run through one.
+ROUTES = ("module", "task_logger", "structlog", "celery")
+#: The scenarios' sizes: identical WARNINGs in a burst; DEBUG lines before the ERROR.
+ROUTE_BURST, ROUTE_DEBUG = 500, 5
 
 
 class Outcome:
@@ -117,6 +158,8 @@ def outcome(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outcome]:
     pool = request.param
+    if pool == "gevent":
+        pytest.importorskip("gevent")
     appmod = make_app(tmp_path_factory.mktemp(f"ops-{pool}"), BODY)
     # every source of the options is exercised: the celery flags, then the env vars
     if pool == "prefork":
@@ -137,6 +180,10 @@ def outcome(
             "error": mod.logs_error.delay("error", 3),
             "retry": mod.retries.delay("retry", 3),
         }
+        for route in ROUTES:
+            sent[f"burst-{route}"] = mod.route_burst.delay(route, ROUTE_BURST)
+            sent[f"error-{route}"] = mod.route_error.delay(route, ROUTE_DEBUG)
+        sent["burst-print"] = mod.route_burst.delay("print", ROUTE_BURST)
         for result in sent.values():
             result.get(timeout=60, propagate=False)
         mod.burst.delay(BURST).get(timeout=60)
@@ -221,6 +268,8 @@ def test_threads_keep_a_buffer_per_task(outcome: Outcome) -> None:
     for r in outcome.records:
         if r.get("buffered"):
             tag = r["message"].split(" line ")[0].split(" try ")[0]
+            if " step " in tag:  # the error scenario's, by route
+                tag = f"error-{tag.split(' step ')[0]}"
             assert r["task_id"] == outcome.ids[tag], r
 
 
@@ -247,6 +296,39 @@ def test_templates_and_exception_types_fold_apart(outcome: Outcome) -> None:
     kinds = [(r["exception"]["type"], r.get("repeated")) for r in failed]
     assert sorted(kinds, key=str) == sorted(
         [("ValueError", None), ("KeyError", None), ("ValueError", 1), ("KeyError", 1)], key=str)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", [*ROUTES, "print"])
+def test_a_burst_folds_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
+    """500 identical WARNINGs through a module logger, get_task_logger (the celery.task
+    handler), structlog, a logger under Celery's own, print(): two lines, one count (#34)."""
+    burst = [r for r in outcome.of(f"burst-{route}") if r["level"] == "WARNING"]
+    assert [r.get("repeated") for r in burst] == [None, ROUTE_BURST - 1], [
+        (r["logger"], r["message"]) for r in burst[:3]]
+    assert all(r["message"].startswith(f"{route} refused") for r in burst)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_error_writes_the_buffer_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
+    """5 DEBUG lines then an ERROR, in a task that returns normally: the five are
+    written, buffered, before the ERROR, whichever logger logs them (#34)."""
+    records = outcome.of(f"error-{route}")
+    mine = [(r["level"], r["message"], r.get("buffered")) for r in records
+            if r["message"].startswith(f"{route} ")]
+    assert mine == [*(("DEBUG", f"{route} step {i}", True) for i in range(ROUTE_DEBUG)),
+                    ("ERROR", f"{route} went wrong but carries on", None)]
+    assert [r.get("event") for r in records if r.get("event")][-1] == "task_succeeded"
+
+
+@pytest.mark.worker
+def test_a_count_is_written_once_by_the_process_that_counted_it(outcome: Outcome) -> None:
+    """Repeats counted in the main process before it forks the pool: one count, written by
+    the main process (a forked child does not write its copy of the parent's windows)."""
+    lines = [r for r in outcome.records if r["message"] == "main process, before the pool starts"]
+    assert [r.get("repeated") for r in lines] == [None, 2], lines
+    assert len({r["process"] for r in lines}) == 1
 
 
 def _epoch(stamp: str) -> float:
