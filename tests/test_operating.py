@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 from test_hotpath import restore_logging  # noqa: F401  (the fixture)
-from workerutil import Worker, WorkerStartError, make_app, start_worker, wait_for
+from workerutil import (
+    Worker,
+    WorkerStartError,
+    make_app,
+    parse_json_lines,
+    start_worker,
+    wait_for,
+)
 
 from logkit.config import ConfigError, LogConfig
 
@@ -140,35 +147,72 @@ BURST = 1000
 ROUTES = ("module", "task_logger", "structlog", "celery")
 #: The scenarios' sizes: identical WARNINGs in a burst; DEBUG lines before the ERROR.
 ROUTE_BURST, ROUTE_DEBUG = 500, 5
+INSTALL = 'logkit.install(app, format="json")\n'
+
+#: The same tasks where logging is configured more than once in a process (#34), on a
+#: prefork worker: the app's own setup_logging receiver calls logkit.configure(), and again
+#: in each pool child (``-f worker-%i.log``: Celery sets logging up again there) ...
+CONFIGURE_AGAIN = f"""{INSTALL}
+
+@signals.setup_logging.connect(weak=False)
+def _own_setup(loglevel=None, logfile=None, **_):
+    logkit.configure(loglevel, logfile, format="json", task_buffer={SIZE}, dedupe_window=600)
+"""
+#: ... and each pool child, configured by fork, uninstalls logkit, installs it again and
+#: configures (the options from the environment).
+REINSTALL = f"""{INSTALL}
+
+@signals.worker_process_init.connect(weak=False)
+def _reinstall(**_):
+    import os
+
+    logkit.uninstall()
+    logkit.install(app, format="json")
+    logkit.configure(int(os.environ["CELERY_LOG_LEVEL"]), os.environ["CELERY_LOG_FILE"])
+"""
+#: run -> (pool, concurrency, how logkit is set up, log file)
+RUNS = {
+    **{pool: (pool, n, INSTALL, "worker.log") for pool, n in POOLS.items()},
+    "configure-again": ("prefork", 2, CONFIGURE_AGAIN, "worker-%i.log"),
+    "reinstall": ("prefork", 2, REINSTALL, "worker.log"),
+}
 
 
 class Outcome:
-    def __init__(self, pool: str, worker: Worker, ids: dict[str, str]) -> None:
-        self.pool = pool
+    def __init__(self, run: str, worker: Worker, ids: dict[str, str],
+                 records: list[dict[str, Any]] | None = None) -> None:
+        self.run = run
         self.worker = worker
         self.ids = ids
-        self.records = worker.json_lines()
+        self.records = _records(worker) if records is None else records
 
     def of(self, task: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("task_id") == self.ids[task]]
 
 
-@pytest.fixture(scope="module", params=list(POOLS))
+def _records(worker: Worker) -> list[dict[str, Any]]:
+    """Every line the worker wrote (``-f worker-%i.log``: the main process's file first)."""
+    return [r for path in sorted(worker.workdir.glob("worker*.log"))
+            for r in parse_json_lines(path.read_text(), str(path))]
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
 def outcome(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outcome]:
-    pool = request.param
+    run = request.param
+    pool, concurrency, setup, logfile = RUNS[run]
     if pool == "gevent":
         pytest.importorskip("gevent")
-    appmod = make_app(tmp_path_factory.mktemp(f"ops-{pool}"), BODY)
-    # every source of the options is exercised: the celery flags, then the env vars
-    if pool == "prefork":
+    appmod = make_app(tmp_path_factory.mktemp(f"ops-{run}"), BODY.replace(INSTALL, setup))
+    # every source of the options is exercised: the celery flags, the env vars, configure()
+    extra: list[str] = []
+    env = None
+    if run == "prefork":
         extra = ["--log-task-buffer", str(SIZE), "--log-dedupe-window", "600"]
-        env = None
-    else:
-        extra = []
+    elif run != "configure-again":
         env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
-    worker = start_worker(appmod, pool=pool, concurrency=POOLS[pool], logfile="worker.log",
+    worker = start_worker(appmod, pool=pool, concurrency=concurrency, logfile=logfile,
                           extra_args=extra, env=env)
     try:
         mod = appmod.load()
@@ -188,10 +232,10 @@ def outcome(
             result.get(timeout=60, propagate=False)
         mod.burst.delay(BURST).get(timeout=60)
         mod.marker.delay().get(timeout=60)
-        wait_for(lambda: any(r.get("message") == "marker" for r in worker.json_lines()),
+        wait_for(lambda: any(r.get("message") == "marker" for r in _records(worker)),
                  timeout=30, message=worker.describe)
         assert worker.stop(timeout=30) == 0, worker.describe()
-        yield Outcome(pool, worker, {k: v.id for k, v in sent.items()})
+        yield Outcome(run, worker, {k: v.id for k, v in sent.items()})
     finally:
         worker.stop(timeout=15)
         appmod.unload()
@@ -303,10 +347,7 @@ def test_templates_and_exception_types_fold_apart(outcome: Outcome) -> None:
 def test_a_burst_folds_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
     """500 identical WARNINGs through a module logger, get_task_logger (the celery.task
     handler), structlog, a logger under Celery's own, print(): two lines, one count (#34)."""
-    burst = [r for r in outcome.of(f"burst-{route}") if r["level"] == "WARNING"]
-    assert [r.get("repeated") for r in burst] == [None, ROUTE_BURST - 1], [
-        (r["logger"], r["message"]) for r in burst[:3]]
-    assert all(r["message"].startswith(f"{route} refused") for r in burst)
+    _assert_folded(outcome, route)
 
 
 @pytest.mark.worker
@@ -314,12 +355,100 @@ def test_a_burst_folds_whatever_logger_logs_it(outcome: Outcome, route: str) -> 
 def test_an_error_writes_the_buffer_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
     """5 DEBUG lines then an ERROR, in a task that returns normally: the five are
     written, buffered, before the ERROR, whichever logger logs them (#34)."""
+    _assert_buffer_written(outcome, route)
+
+
+def _assert_folded(outcome: Outcome, route: str) -> None:
+    burst = [r for r in outcome.of(f"burst-{route}") if r["level"] == "WARNING"]
+    assert [r.get("repeated") for r in burst] == [None, ROUTE_BURST - 1], [
+        (r["logger"], r["message"]) for r in burst[:3]]
+    assert all(r["message"].startswith(f"{route} refused") for r in burst)
+
+
+def _assert_buffer_written(outcome: Outcome, route: str) -> None:
     records = outcome.of(f"error-{route}")
     mine = [(r["level"], r["message"], r.get("buffered")) for r in records
             if r["message"].startswith(f"{route} ")]
     assert mine == [*(("DEBUG", f"{route} step {i}", True) for i in range(ROUTE_DEBUG)),
                     ("ERROR", f"{route} went wrong but carries on", None)]
     assert [r.get("event") for r in records if r.get("event")][-1] == "task_succeeded"
+
+
+#: The user's own handlers write the records (a dictConfig, worker_hijack_root_logger off):
+#: one on the root, one on a logger of theirs that does not propagate; logkit's context
+#: filter joins both, and so do the tools (#34).
+USER_HANDLERS = """
+import json as _json
+import logging.config
+
+
+class UserLines(logging.Formatter):
+    \"\"\"The user's own format: a few fields of the record, as JSON.\"\"\"
+
+    def format(self, record):
+        out = {"level": record.levelname, "logger": record.name,
+               "message": record.getMessage(), "task_id": getattr(record, "task_id", None)}
+        for key in ("repeated", "buffered", "event"):
+            if key in record.__dict__:
+                out[key] = record.__dict__[key]
+        return _json.dumps(out)
+
+
+app.conf.worker_hijack_root_logger = False
+logging.config.dictConfig({
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"lines": {"()": UserLines}},
+    "handlers": {
+        "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
+                      "formatter": "lines"},
+        "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
+                     "formatter": "lines"},
+    },
+    "root": {"handlers": ["root_file"], "level": "INFO"},
+    "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
+})
+logkit.install(app, format="json")
+"""
+
+
+@pytest.fixture(scope="module")
+def users_outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    body = BODY.replace(INSTALL, USER_HANDLERS) + '\nROUTES["own"] = logging.getLogger("ops.own")\n'
+    appmod = make_app(tmp_path_factory.mktemp("ops-user"), body)
+    env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+    worker = start_worker(appmod, pool="prefork", concurrency=2, env=env)
+    files = [appmod.workdir / "user.log", appmod.workdir / "own.log"]
+
+    def records() -> list[dict[str, Any]]:
+        return [r for path in files if path.exists()
+                for r in parse_json_lines(path.read_text(), str(path))]
+
+    try:
+        mod = appmod.load()
+        sent = {}
+        for route in (*ROUTES, "own"):
+            sent[f"burst-{route}"] = mod.route_burst.delay(route, ROUTE_BURST)
+            sent[f"error-{route}"] = mod.route_error.delay(route, ROUTE_DEBUG)
+        for result in sent.values():
+            result.get(timeout=60)
+        mod.marker.delay().get(timeout=60)
+        wait_for(lambda: any(r["message"] == "marker" for r in records()), timeout=30,
+                 message=worker.describe)
+        assert worker.stop(timeout=30) == 0, worker.describe()
+        yield Outcome("user", worker, {k: v.id for k, v in sent.items()}, records())
+    finally:
+        worker.stop(timeout=15)
+        appmod.unload()
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", [*ROUTES, "own"])
+def test_the_users_handlers_get_the_tools(users_outcome: Outcome, route: str) -> None:
+    """Where the user's dictConfig handlers write (root and a logger of theirs), a burst
+    folds and an ERROR writes the buffer, whichever logger logs them (#34)."""
+    _assert_folded(users_outcome, route)
+    _assert_buffer_written(users_outcome, route)
 
 
 @pytest.mark.worker
