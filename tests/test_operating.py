@@ -690,3 +690,100 @@ def test_a_count_written_after_its_task_keeps_the_task_context_with_queue(tmp_pa
         ("connection refused", None), ("after the task", None), ("connection refused", 4)]
     assert mine[-1]["task_id"] == "t-queued" and mine[-1]["tenant"] == "acme"
     assert "task_id" not in mine[1]
+
+
+# --------------------------------------------------------------------------
+# which handlers get the tools, configure after configure, uninstall then install (#34)
+# --------------------------------------------------------------------------
+
+
+def _tools(handler: logging.Handler) -> list[type]:
+    from logkit import buffer, dedupe
+
+    return [type(f) for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))]
+
+
+def _every_handler() -> list[logging.Handler]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [h for lg in loggers for h in getattr(lg, "handlers", ())]
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("queue", [False, True])
+def test_every_handler_gets_the_tools_on_every_configure(tmp_path: Any, queue: bool) -> None:
+    """The root's and celery.task's handlers (the queue's, with queue=True) get the
+    buffer's trigger and a fold on the first configure, on a second one (the removed
+    handlers keep none), and after uninstall() then install(); uninstall() leaves none."""
+    from celery import Celery
+
+    import logkit
+    from logkit import buffer, dedupe
+
+    app = Celery("ops_tools", set_as_current=False)
+    app.conf.update(broker_url="memory://", worker_redirect_stdouts=False)
+    tools = {"task_buffer": 5, "dedupe_window": 60, "queue": queue}
+
+    def configured(log: str) -> list[logging.Handler]:
+        logkit.configure("INFO", str(tmp_path / log), app=app)
+        ours = [logging.getLogger().handlers[0], logging.getLogger("celery.task").handlers[0]]
+        assert {type(h).__name__ for h in ours} == {
+            "QueueSinkHandler" if queue else "SinkHandler"}
+        for handler in ours:
+            assert _tools(handler) == [buffer.Trigger, dedupe.Fold], handler
+        assert buffer.size() == 5 and len(dedupe.folds()) == 2
+        return ours
+
+    logkit.install(app, format="json", **tools)
+    first = configured("one.log")
+    second = configured("two.log")
+    assert not set(map(id, first)) & set(map(id, second))
+    assert [_tools(h) for h in first] == [[], []]  # the removed handlers keep none
+    logkit.uninstall()
+    assert not [h for h in _every_handler() if _tools(h)]
+    assert buffer.size() == 0 and not dedupe.folds()
+    logkit.install(app, format="json", **tools)
+    configured("three.log")
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("queue", [False, True])
+def test_a_pending_count_is_written_when_configured_again(tmp_path: Any, queue: bool) -> None:
+    """A repeat count pending when logging is configured again is written, to the file
+    its first line went to, before that file is closed."""
+    import json
+
+    import logkit
+    from logkit.handlers import flush_queues
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    logkit.configure("INFO", str(first), format="json", dedupe_window=60, queue=queue)
+    log = logging.getLogger("celery.task.ops")  # celery.task's own handler
+    for _ in range(4):
+        log.warning("connection refused")
+    logkit.configure("INFO", str(second), format="json", dedupe_window=60, queue=queue)
+    log.warning("connection refused")  # a new configuration: a new window
+    assert flush_queues()
+    lines = [json.loads(line) for line in first.read_text().splitlines()]
+    assert [(r["message"], r.get("repeated")) for r in lines if r["logger"] == log.name] == [
+        ("connection refused", None), ("connection refused", 3)]
+    lines = [json.loads(line) for line in second.read_text().splitlines()]
+    assert [(r["message"], r.get("repeated")) for r in lines if r["logger"] == log.name] == [
+        ("connection refused", None)]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_users_handlers_get_the_tools_next_to_logkits(tmp_path: Any) -> None:
+    """root_handlers="add": the user's root handler writes too, and gets the tools."""
+    import logkit
+
+    users = Kept()
+    logging.getLogger().addHandler(users)
+    logkit.configure("INFO", str(tmp_path / "w.log"), format="json", root_handlers="add",
+                     task_buffer=5, dedupe_window=60)
+    root = logging.getLogger()
+    assert users in root.handlers
+    for handler in (*root.handlers, *logging.getLogger("celery.task").handlers):
+        assert len(_tools(handler)) == 2, handler
+    for _ in range(3):
+        logging.getLogger("ops.both").warning("again")
+    assert [r.getMessage() for r in users.records if r.name == "ops.both"] == ["again"]
