@@ -198,7 +198,29 @@ def configure_structlog(changes: Changes, *, own_output: bool = True) -> None:
         changes.add("structlog.configure()", undo, key="structlog",
                     data=before if was_configured else None)
     app = changes.data("structlog")
+    logger_class = logging.getLoggerClass()
     structlog.configure(**(_logkit_config() if app is None else _app_config(app, own_output)))
+    _keep_logger_class(changes, logger_class)
+
+
+def _keep_logger_class(changes: Changes, before: type[logging.Logger]) -> None:
+    """After a ``structlog.stdlib.LoggerFactory()`` was made: it sets structlog's own
+    ``Logger`` subclass as the class of every logger made afterwards
+    (``logging.setLoggerClass``; its ``findCaller`` skips structlog's frames). Over the
+    stdlib's own class that is recorded with its undo (``before`` again, if the class is
+    still structlog's); a class someone else set (``before``) is put back at once."""
+    ours = logging.getLoggerClass()
+    if ours is before:
+        return
+    if before is not logging.Logger:
+        logging.setLoggerClass(before)
+        return
+
+    def undo() -> None:
+        if logging.getLoggerClass() is ours:
+            logging.setLoggerClass(before)
+
+    changes.add("logging.setLoggerClass (structlog's LoggerFactory)", undo, key="loggerClass")
 
 
 _REGISTRY: dict[str, Any] | None
