@@ -787,3 +787,37 @@ def test_the_users_handlers_get_the_tools_next_to_logkits(tmp_path: Any) -> None
     for _ in range(3):
         logging.getLogger("ops.both").warning("again")
     assert [r.getMessage() for r in users.records if r.name == "ops.both"] == ["again"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_install_after_configure_without_app_keeps_the_tools_per_task_steps(
+    tmp_path: Any,
+) -> None:
+    """A web process configures logging with the tools on, then its Celery app module calls
+    install(app), which takes that configuration over: the buffer's and the folds'
+    per-task steps go on running (a task's DEBUG lines are kept until its ERROR)."""
+    import json
+
+    from celery import Celery
+
+    import logkit
+    from logkit.receivers import installation
+
+    logfile = tmp_path / "web.log"
+    logkit.configure("INFO", str(logfile), format="json", task_buffer=5, dedupe_window=60)
+    app = Celery("ops_take_over", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://")
+
+    @app.task
+    def steps() -> None:
+        for i in range(3):
+            logging.getLogger("ops.web").debug("step %d", i)
+        logging.getLogger("ops.web").error("went wrong")
+
+    inst = logkit.install(app)
+    assert installation() is inst and inst.active is not None  # taken over
+    assert inst.prerun_hooks and inst.postrun_hooks
+    steps.apply()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+    assert [(r["message"], r.get("buffered")) for r in lines if r["logger"] == "ops.web"] == [
+        ("step 0", True), ("step 1", True), ("step 2", True), ("went wrong", None)]
