@@ -20,9 +20,14 @@ How (see :func:`apply`, called once a process's logging is configured):
   reset by ``task_postrun``: every thread, greenlet and process has its own, and the
   bounded deque is only made for the first call kept.
 * The records are made when they are written: a record at ERROR or above, or a
-  ``task_failed`` / ``task_retried`` event, reaching one of logkit's handlers writes
-  the buffer first (a :class:`Trigger` filter, so the order is kept); ``task_postrun``
-  writes what is left for a FAILURE or RETRY and drops it otherwise.
+  ``task_failed`` / ``task_retried`` event, reaching a handler that writes the records
+  (logkit's on the root and ``celery.task``, the user's when theirs write: the
+  configuration's ``output_handlers``) writes the buffer first (a :class:`Trigger`
+  filter, so the order is kept); ``task_postrun`` writes what is left for a FAILURE or
+  RETRY and drops it otherwise.
+* structlog's level checks (logkit's :class:`~logkit._structlog.LevelCheckedLogger`
+  and ``filter_by_level``) ask :func:`task_slot` before they drop a call, so a task's
+  structlog calls below the level reach the wrapped ``Logger`` methods and are kept too.
 """
 
 from __future__ import annotations
