@@ -181,24 +181,22 @@ def _register_at_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
+    """In a forked child: fresh locks for the sinks, fresh queue writers, folds with no
+    window of the parent's (if installed)."""
     if receivers.installation() is not None:
         reset_after_fork()
+        dedupe.reset_after_fork()
 
 
-def _configured(config: LogConfig, app: Any) -> None:
-    """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
-    prose.quiet_celery_loggers(config, app)
-    inst = receivers.installation()
-    if inst is None:
-        return
-    done = inst.active
-    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
-    handlers = list(done.handlers) if done is not None and done.handlers else list(
-        logging.getLogger().handlers)  # the user's own handlers (root_handlers)
-    buffering = buffer.apply(config, handlers, level)
-    folding = dedupe.apply(config, handlers)
+def _configured(inst: Installation, active: Active, app: Any) -> None:
+    """The last step of a process's logging set-up, given what was set up (``active``):
+    Celery's task loggers quieted (or not), then 8. the per-task buffer and repeat folding
+    on every handler that writes the records (``active.output_handlers``), each connected
+    only when on."""
+    config = active.config
+    prose.quiet_celery_loggers(inst, config, app)
+    buffering = buffer.apply(config, active.output_handlers, active.loglevel)
+    folding = dedupe.apply(config, active.output_handlers)
     _connect_operating(inst, buffering, folding)
 
 
@@ -383,5 +381,4 @@ def configure(
         app=app,
         plain_format=plain_format,
         redirect_stdouts=None if app is not None else False,
-        configured=inst.configured,
     )
