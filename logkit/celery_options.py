@@ -61,9 +61,9 @@ def _parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
                                          param=param)
         value = list(value)
     try:
-        return check_options({row.name: value})[row.name]
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc).replace("logkit: ", ""), ctx=ctx, param=param) from None
+        return row.parse(value)
+    except ValueError as exc:  # "Invalid value for '--log-x': must be ...; got ..."
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 def _preload_option(row: Option) -> click.Option:

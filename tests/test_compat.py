@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_gates_are_the_running_versions() -> None:
-    assert _compat.CELERY == (celery.VERSION.major, celery.VERSION.minor)
-    assert _compat.PYTHON == sys.version_info[:2]
+    assert (celery.VERSION.major, celery.VERSION.minor) == _compat.CELERY
+    assert sys.version_info[:2] == _compat.PYTHON
     # each as the tests' own table of Celery's differences says (tests/celery_versions.py)
     assert _compat.APPLY_HAS_NO_LINEAGE is APPLY_HAS_NO_LINEAGE
     assert _compat.SHUTDOWN_NOTICE_ON_STDERR is SHUTDOWN_NOTICE_ON_STDERR
