@@ -61,9 +61,11 @@ def _parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
                                          param=param)
         value = list(value)
     try:
-        return row.parse(value)
+        parsed = row.parse(value)
     except ValueError as exc:  # "Invalid value for '--log-x': must be ...; got ..."
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    # other receivers of user_preload_options get a plain dict, as click would give
+    return dict(parsed) if isinstance(parsed, Mapping) else parsed
 
 
 def _preload_option(row: Option) -> click.Option:
