@@ -33,6 +33,7 @@ from logkit.config import ConfigError, LogConfig
 
 BODY = r"""
 import logging
+import os
 import time
 
 import structlog
@@ -41,6 +42,9 @@ from celery.utils.log import get_logger, get_task_logger
 
 import logkit
 
+#: Set in the workers: what only a worker does (the receivers below, the user's logging)
+#: is not done in the test process, which imports this module to send the tasks.
+IN_WORKER = bool(os.environ.get("OPS_WORKER"))
 logkit.install(app, format="json")
 lib = logging.getLogger("ops.lib")      # any logger, not only the task's
 tlog = get_task_logger("ops.tasks")
@@ -134,10 +138,13 @@ def _outside(**_):
     lib.debug("debug outside any task")
 
 
-@signals.celeryd_after_setup.connect(weak=False)
 def _before_the_pool(**_):  # the main process, before it forks the prefork pool
     for _ in range(3):
         lib.warning("main process, before the pool starts")
+
+
+if IN_WORKER:
+    signals.celeryd_after_setup.connect(_before_the_pool, weak=False)
 """
 
 POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4}
@@ -154,21 +161,25 @@ INSTALL = 'logkit.install(app, format="json")\n'
 #: in each pool child (``-f worker-%i.log``: Celery sets logging up again there) ...
 CONFIGURE_AGAIN = f"""{INSTALL}
 
-@signals.setup_logging.connect(weak=False)
 def _own_setup(loglevel=None, logfile=None, **_):
     logkit.configure(loglevel, logfile, format="json", task_buffer={SIZE}, dedupe_window=600)
+
+
+if IN_WORKER:
+    signals.setup_logging.connect(_own_setup, weak=False)
 """
 #: ... and each pool child, configured by fork, uninstalls logkit, installs it again and
 #: configures (the options from the environment).
 REINSTALL = f"""{INSTALL}
 
-@signals.worker_process_init.connect(weak=False)
 def _reinstall(**_):
-    import os
-
     logkit.uninstall()
     logkit.install(app, format="json")
     logkit.configure(int(os.environ["CELERY_LOG_LEVEL"]), os.environ["CELERY_LOG_FILE"])
+
+
+if IN_WORKER:
+    signals.worker_process_init.connect(_reinstall, weak=False)
 """
 #: run -> (pool, concurrency, how logkit is set up, log file)
 RUNS = {
@@ -207,11 +218,11 @@ def outcome(
     appmod = make_app(tmp_path_factory.mktemp(f"ops-{run}"), BODY.replace(INSTALL, setup))
     # every source of the options is exercised: the celery flags, the env vars, configure()
     extra: list[str] = []
-    env = None
+    env = {"OPS_WORKER": "1"}
     if run == "prefork":
         extra = ["--log-task-buffer", str(SIZE), "--log-dedupe-window", "600"]
     elif run != "configure-again":
-        env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+        env.update(LOGKIT_TASK_BUFFER=str(SIZE), LOGKIT_DEDUPE_WINDOW="600")
     worker = start_worker(appmod, pool=pool, concurrency=concurrency, logfile=logfile,
                           extra_args=extra, env=env)
     try:
@@ -395,19 +406,20 @@ class UserLines(logging.Formatter):
 
 
 app.conf.worker_hijack_root_logger = False
-logging.config.dictConfig({
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"lines": {"()": UserLines}},
-    "handlers": {
-        "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
-                      "formatter": "lines"},
-        "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
-                     "formatter": "lines"},
-    },
-    "root": {"handlers": ["root_file"], "level": "INFO"},
-    "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
-})
+if IN_WORKER:
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lines": {"()": UserLines}},
+        "handlers": {
+            "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
+                          "formatter": "lines"},
+            "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
+                         "formatter": "lines"},
+        },
+        "root": {"handlers": ["root_file"], "level": "INFO"},
+        "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
+    })
 logkit.install(app, format="json")
 """
 
@@ -416,7 +428,7 @@ logkit.install(app, format="json")
 def users_outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     body = BODY.replace(INSTALL, USER_HANDLERS) + '\nROUTES["own"] = logging.getLogger("ops.own")\n'
     appmod = make_app(tmp_path_factory.mktemp("ops-user"), body)
-    env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+    env = {"OPS_WORKER": "1", "LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
     worker = start_worker(appmod, pool="prefork", concurrency=2, env=env)
     files = [appmod.workdir / "user.log", appmod.workdir / "own.log"]
 
