@@ -833,3 +833,28 @@ def test_install_after_configure_without_app_keeps_the_tools_per_task_steps(
     lines = [json.loads(line) for line in logfile.read_text().splitlines()]
     assert [(r["message"], r.get("buffered")) for r in lines if r["logger"] == "ops.web"] == [
         ("step 0", True), ("step 1", True), ("step 2", True), ("went wrong", None)]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_handler_an_after_setup_logger_receiver_adds_gets_the_tools(tmp_path: Any) -> None:
+    """Celery's documented way to add a handler (an after_setup_logger receiver): it
+    writes the root's records next to logkit's, and folds them the same."""
+    from celery import signals
+
+    import logkit
+
+    theirs = Kept()
+
+    def add_handler(logger: logging.Logger, **_: Any) -> None:
+        logger.addHandler(theirs)
+
+    signals.after_setup_logger.connect(add_handler, weak=False, dispatch_uid="ops.add_handler")
+    try:
+        logkit.configure("INFO", str(tmp_path / "w.log"), format="json", dedupe_window=60,
+                         task_buffer=5)
+    finally:
+        signals.after_setup_logger.disconnect(dispatch_uid="ops.add_handler")
+    assert theirs in logging.getLogger().handlers and len(_tools(theirs)) == 2
+    for _ in range(3):
+        logging.getLogger("ops.added").warning("again")
+    assert [r.getMessage() for r in theirs.records if r.name == "ops.added"] == ["again"]
