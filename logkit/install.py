@@ -6,7 +6,8 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 1. task context (:mod:`logkit.receivers`): ``task_prerun`` binds it, ``task_postrun``
    restores it, ``before_task_publish`` carries it to the tasks a task sends;
 2. the ``celery`` command line options (:mod:`logkit.celery_options`), and on Celery
-   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them;
+   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them
+   (:mod:`logkit._compat`, where every version difference is);
 3. lifecycle events (:mod:`logkit.events`): one receiver per signal, plus
    ``task_started`` / ``task_finished``, which the context receivers call (see
    :func:`_new_installation`), and the filters on Celery's own lines;
@@ -38,7 +39,7 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, buffer, celery_options, control, dedupe, receivers
+from . import _compat, banner, buffer, celery_options, control, dedupe, receivers
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -78,8 +79,11 @@ def install(app: Any, **options: Any) -> Installation:
     Raises:
         ConfigError: An option is unknown or its value invalid (the message names the
             valid choices).
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     checked = check_options(options)  # a bad option raises before anything is undone
+    _compat.require()
     current = receivers.installation()
     if current is not None and current.app is app and current.options == checked:
         return current
@@ -181,24 +185,22 @@ def _register_at_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
+    """In a forked child: fresh locks for the sinks, fresh queue writers, folds with no
+    window of the parent's (if installed)."""
     if receivers.installation() is not None:
         reset_after_fork()
+        dedupe.reset_after_fork()
 
 
-def _configured(config: LogConfig, app: Any) -> None:
-    """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
-    prose.quiet_celery_loggers(config, app)
-    inst = receivers.installation()
-    if inst is None:
-        return
-    done = inst.active
-    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
-    handlers = list(done.handlers) if done is not None and done.handlers else list(
-        logging.getLogger().handlers)  # the user's own handlers (root_handlers)
-    buffering = buffer.apply(config, handlers, level)
-    folding = dedupe.apply(config, handlers)
+def _configured(inst: Installation, active: Active, app: Any) -> None:
+    """The last step of a process's logging set-up, given what was set up (``active``):
+    Celery's task loggers quieted (or not), then 8. the per-task buffer and repeat folding
+    on every handler that writes the records (``active.output_handlers``), each connected
+    only when on."""
+    config = active.config
+    prose.quiet_celery_loggers(inst, config, app)
+    buffering = buffer.apply(config, active.output_handlers, active.loglevel)
+    folding = dedupe.apply(config, active.output_handlers)
     _connect_operating(inst, buffering, folding)
 
 
@@ -287,7 +289,7 @@ def _connect(inst: Installation) -> None:
         connect(signals.user_preload_options, celery_options.on_user_preload_options,
                 "logkit.preload")
         # Celery 5.3-5.6, while the `celery` command runs: sub-commands that refuse them.
-        celery_options.fill_preload_gaps(inst.app, inst.changes)
+        _compat.fill_preload_gaps(inst.app, inst.changes)
     # 3. Lifecycle events; whether each is emitted is decided per record from the
     # installation's config (events, disabled_events, event_levels).
     event_receivers: tuple[tuple[Any, Any, str], ...] = (
@@ -323,6 +325,9 @@ def _connect(inst: Installation) -> None:
         control.register()
         inst.changes.add("remote control commands (logkit_level, logkit_levels)",
                          control.unregister, key="logkit.control")
+    # Celery 5.3, while the `celery` command runs: `celery control/inspect` take them.
+    _compat.add_control_actions({"control": control.CONTROL_COMMAND,
+                                 "inspect": control.INSPECT_COMMAND}, inst.changes)
 
 
 def configure(
@@ -360,6 +365,8 @@ def configure(
 
     Raises:
         ConfigError: An option is invalid, or the log file cannot be opened for writing.
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     plain_format = None
     if format is not None and "%(" in format:
@@ -367,6 +374,7 @@ def configure(
     if format is not None:
         options["format"] = format
     checked = check_options(options)
+    _compat.require()
     inst = receivers.installation()
     if app is None and inst is not None:
         app = inst.app
@@ -383,5 +391,4 @@ def configure(
         app=app,
         plain_format=plain_format,
         redirect_stdouts=None if app is not None else False,
-        configured=inst.configured,
     )

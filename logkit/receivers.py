@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
-from celery._state import _task_stack
 from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
-from . import context
+from . import _compat, context
 from ._changes import Changes
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
@@ -64,22 +63,6 @@ def _header_of(request: Any) -> Any:
     if type(request) is Context:  # its fields live in the instance __dict__
         return request.__dict__.get(HEADER)
     return getattr(request, HEADER, None)
-
-
-def _eager_lineage(request: Any) -> tuple[Any, Any]:
-    """``(parent_id, root_id)`` of a task run by ``apply()``, as Celery 5.6+ gives them.
-
-    Before 5.6, ``apply()`` inside a task leaves both out of the subtask's request: they
-    come from the calling task's request (the entry below this task on Celery's task
-    stack). A top-level ``apply()`` (no calling task) keeps what its Celery gives.
-    """
-    tasks = _task_stack.stack
-    if len(tasks) < 2:
-        return None, None
-    caller = tasks[-2]
-    requests = caller.request_stack.stack  # the caller's request is below this one's when
-    calling = requests[-2] if caller is tasks[-1] and len(requests) > 1 else requests[-1]
-    return calling.id, getattr(calling, "root_id", None) or calling.id
 
 
 #: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
@@ -157,9 +140,10 @@ class TaskContext:
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
-        if (getattr(request, "is_eager", False) and getattr(request, "parent_id", 1) is None
+        if (_compat.APPLY_HAS_NO_LINEAGE and getattr(request, "is_eager", False)
+                and getattr(request, "parent_id", 1) is None
                 and getattr(request, "root_id", 1) is None):
-            self._fill_lineage(request, values)  # Celery < 5.6 (fill() found neither)
+            self._fill_lineage(values)  # fill() found neither
         if self.trace is not None:  # the task's span: its events carry it whatever the
             ids = self.trace()  # order of OpenTelemetry's task_postrun receiver and ours
             if ids is not None:
@@ -171,11 +155,11 @@ class TaskContext:
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
 
-    def _fill_lineage(self, request: Any, values: dict[str, Any]) -> None:
+    def _fill_lineage(self, values: dict[str, Any]) -> None:
         """The parent and root ids of an eagerly applied task, from its calling task."""
         if not self.lineage_keys:
             return
-        ids = dict(zip(("parent_id", "root_id"), _eager_lineage(request), strict=True))
+        ids = dict(zip(("parent_id", "root_id"), _compat.eager_lineage(), strict=True))
         for out, name in self.lineage_keys:
             if ids[name] is not None:
                 values[out] = ids[name]
@@ -212,8 +196,9 @@ TaskStarted = Callable[["Installation", Any, Any], None]
 #: ``task_finished(installation, task_id, task, retval, state)``: called right before the
 #: task's context is restored.
 TaskFinished = Callable[["Installation", Any, Any, Any, Any], None]
-#: ``configured(config, app)``: called once a process's logging is configured.
-Configured = Callable[[LogConfig, Any], None]
+#: ``configured(installation, active, app)``: called once a process's logging is set up,
+#: with what was set up (before it becomes :attr:`Installation.active`).
+Configured = Callable[["Installation", Active, Any], None]
 #: A per-task step (:attr:`Installation.prerun_hooks`), called with keyword arguments.
 TaskHook = Callable[..., None]
 
@@ -321,10 +306,18 @@ class Installation:
 
     def configure_process(self, config: LogConfig, **options: Any) -> Active:
         """:func:`logkit.setup.configure_process` on this installation's behalf: its
-        changes recorded here, its result kept as :attr:`active`."""
+        changes recorded here, its :attr:`configured` step run with the new
+        :class:`~logkit.setup.Active` (passed to it: :attr:`active` is still the previous
+        one then), the result kept as :attr:`active`."""
+        step = self.configured
+
+        def configured(active: Active, app: Any) -> None:
+            if step is not None:
+                step(self, active, app)
+
         self.active = configure_process(
             config, changes=self.changes, previous=self.active, warnings_hold=self.warnings,
-            **options,
+            configured=configured, **options,
         )
         return self.active
 
@@ -344,11 +337,8 @@ def activate(inst: Installation | None) -> None:
 
 
 def _other_setup_logging_receivers() -> list[Any]:
-    try:
-        live = signals.setup_logging._live_receivers(None)
-    except Exception:
-        live = [r for _, r in signals.setup_logging.receivers]
-    return [r for r in live if r is not on_setup_logging]
+    """The receivers of ``setup_logging`` other than logkit's (the app's own)."""
+    return [r for r in _compat.live_receivers(signals.setup_logging) if r is not on_setup_logging]
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +368,6 @@ def on_setup_logging(
     try:
         inst.configure_process(
             inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
-            configured=inst.configured,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal as _signal
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -18,7 +17,7 @@ from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 
 from .. import context
-from .._safe import cap, safe_repr, safe_str
+from .._safe import cap, iso, safe_repr, safe_str
 from ..receivers import Installation, installation
 from ..trace import ids_from_headers
 from .base import (
@@ -76,14 +75,6 @@ def _duration_ms(task_id: Any) -> float | None:
     if start is None:
         return None
     return round((time.monotonic() - start) * 1000.0, 3)
-
-
-def _iso(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return safe_str(value)
 
 
 def _queue(request: Any) -> Any:
@@ -174,8 +165,8 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         return
     fields = {
         "queue": _queue(request),
-        "eta": _iso(getattr(request, "eta", None)),
-        "expires": _iso(getattr(request, "expires", None)),
+        "eta": iso(getattr(request, "eta", None)),
+        "expires": iso(getattr(request, "expires", None)),
     }
     bind = _bind_for(request.id, getattr(request, "name", None), request)
     # the span the message was published in (its traceparent header), when there is one
@@ -383,7 +374,7 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
         "reason": safe_str(reason) if reason is not None else "cancelled",
         "error": safe_repr(exc) if exc is not None else None,
         "countdown": when if isinstance(when, (int, float)) else None,
-        "eta": _iso(when) if when is not None and not isinstance(when, (int, float)) else None,
+        "eta": iso(when) if when is not None and not isinstance(when, (int, float)) else None,
         "retries": getattr(request, "retries", None),
         "max_retries": getattr(sender, "max_retries", None),
         "duration_ms": _duration_ms(task_id),
