@@ -28,13 +28,14 @@ from logkit.handlers import WATCH_INTERVAL, Sink, SinkHandler
 pytestmark = pytest.mark.contract
 
 BODY = r"""
-import logging
 import time
+
+from celery.utils.log import get_task_logger
 
 import logkit
 
 logkit.install(app, format="json")
-log = logging.getLogger("reentrant.tasks")
+log = get_task_logger("reentrant.tasks")  # through Celery's task logger and its handler
 
 
 @app.task
