@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._fields import BASE_LEN, RESERVED, Fields, FormatException, extra_names
+from ._fields import BASE_LEN, RESERVED, Fields, FormatException, MainThread, extra_names
 from ._safe import cap, safe_str
 from .config import LogConfig
 from .context import current
@@ -81,7 +81,8 @@ class SchemaFields:
         #: the fixed fields built nested (a nesting schema with no attributes object)
         self._prenested = s.nest and s.attributes is None
         self.start: _Start = _fixed_fields_function(s, self.head, self.static,
-                                                    self if self._prenested else None)
+                                                    self if self._prenested else None,
+                                                    always_thread=fields.always_thread)
 
     # -- the record -------------------------------------------------------------------
 
@@ -363,14 +364,17 @@ def compile_function(name: str, params: str, body: str, names: dict[str, Any],
 
 
 def _fixed_fields_function(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
-                           nester: SchemaFields | None = None) -> _Start:
+                           nester: SchemaFields | None = None, *,
+                           always_thread: bool = False) -> _Start:
     """The part of a schema's record every record has -- time, level, message, the
     constant and static fields, logger, process, thread, source location -- as one
     function building ``(out, fields)`` from dict literals: ``fields`` is the object
     the record's own fields go in (``out`` itself, or ``out[schema.attributes]`` once the
     caller puts it there). The keys are the schema's, known when the formatter is built;
-    what ``if schema.x is not None`` decided per record is decided here, once."""
-    names: dict[str, Any] = {"nested": _Nested}
+    what ``if schema.x is not None`` decided per record is decided here, once. The
+    thread's id and name are taken out again for a record of its process's main thread
+    (:class:`~logkit._fields.MainThread`), unless ``always_thread``."""
+    names: dict[str, Any] = {"nested": _Nested, "main": MainThread()}
     top, own = _fixed_fields(s, head, static, names)
     drop_function = ""
     if s.source is not None:
@@ -383,17 +387,48 @@ def _fixed_fields_function(s: Schema, head: Mapping[str, Any], static: Mapping[s
         function = f"{where}[{key!r}]"
         drop_function = (f"    if record.funcName is None and {function} is None:\n"
                          f"        del {function}\n")
-    if nester is not None:  # nested once here, not per record
-        nested = nester.nest_into({}, top + own)
+    nested = nester.nest_into({}, top + own) if nester is not None else None
+    drop_thread = "" if always_thread else _drop_thread(s, static, nested)
+    if nested is not None:  # nested once here, not per record
         body = f"    out = {_literal(nested.items())}\n"
         return compile_function("start", "record, msg, stamp",  # type: ignore[no-any-return]
-                                f"{body}{drop_function}    return out, {{}}\n", names,
-                                f"schema {s.name}")
+                                f"{body}{drop_function}{drop_thread}    return out, {{}}\n",
+                                names, f"schema {s.name}")
     if s.attributes is None:
         body = f"    out = fields = {_literal(top + own)}\n"
     else:
         body = f"    out = {_literal(top)}\n    fields = {_literal(own)}\n"
     start: _Start = compile_function("start", "record, msg, stamp",
-                                     f"{body}{drop_function}    return out, fields\n", names,
-                                     f"schema {s.name}")
+                                     f"{body}{drop_function}{drop_thread}"
+                                     "    return out, fields\n", names, f"schema {s.name}")
     return start
+
+
+def _drop_thread(s: Schema, static: Mapping[str, Any], nested: Mapping[str, Any] | None
+                 ) -> str:
+    """Source that takes the thread's id and name out of the fixed fields for a record of
+    its process's main thread (``main``: a :class:`~logkit._fields.MainThread`). A key a
+    static field took stays (the static value). In ``nested`` fixed fields (ECS's), an
+    object that holds nothing but the thread's keys goes as a whole (``process.thread``)."""
+    keys = [k for k in (s.thread, s.thread_name) if k is not None and k not in static]
+    if not keys:
+        return ""
+    dels: list[str] = []
+    for key in keys:
+        if nested is None or "." not in key or key in s.keep_dotted:
+            dels.append(f"del fields[{key!r}]")
+            continue
+        *parents, leaf = key.split(".")
+        node: Any = nested
+        for part in parents:
+            node = node[part]
+        leaves = {k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == ".".join(parents)}
+        if set(node) == leaves:  # the object is the thread's alone: delete it once
+            *parents, leaf = parents
+        code = "del out" + "".join(f"[{p!r}]" for p in parents) + f"[{leaf!r}]"
+        if code not in dels:
+            dels.append(code)
+    lines = ["    pid = record.process", "    if pid != main.pid:", "        main.refresh(pid)",
+             "    if record.thread == main.ident:"]
+    lines += [f"        {d}" for d in dels]
+    return "\n".join(lines) + "\n"
