@@ -106,8 +106,9 @@ def _compile_fill(fields: list[tuple[str, str]], always: tuple[str, ...]
     """A function that puts the chosen task fields (``(output name, field)``) into a dict.
 
     A field whose value is ``None`` is left out; so are, unless ``always`` (the
-    ``always_fields`` option) names them, ``root_id`` and ``correlation_id`` equal to the task's id when the
-    ``task_id`` is among the fields (it says the same), and ``retries`` of ``0``.
+    ``always_fields`` option) names them, ``root_id`` and ``correlation_id`` equal to the
+    task's id when the ``task_id`` is among the fields (it says the same), and
+    ``retries`` of ``0``.
 
     Written once per config, like attrs writes ``__init__``: one inline attribute
     read per field, instead of a loop calling a getter per field on every task.
