@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "BANNER_MODES",
+    "CONDITIONAL_FIELDS",
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
@@ -66,6 +67,13 @@ CONTEXT_FIELDS: tuple[str, ...] = (
     "queue",
     "correlation_id",
 )
+
+#: Fields a record leaves out where they would repeat another field or say nothing (the
+#: ``always_fields`` option writes them anyway): ``root_id`` equal to the ``task_id`` (a
+#: root task), ``correlation_id`` equal to the ``task_id``, ``retries`` of ``0``, the
+#: ``thread`` id of the process's main thread, and event fields whose value is ``None``
+#: (``nulls``: ``eta``, ``expires``, ...).
+CONDITIONAL_FIELDS: tuple[str, ...] = ("root_id", "correlation_id", "retries", "thread", "nulls")
 
 #: Context keys of a web request (bound by logkit's request middlewares) that stay in the
 #: web process under ``propagate="*"``; name one in ``propagate`` to send it to tasks too.
@@ -227,16 +235,20 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
-def _subset(choices: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+def _subset(choices: tuple[str, ...], *, star: bool = False
+            ) -> Callable[[Any], tuple[str, ...]]:
+    """A list of names from ``choices``; with ``star``, ``*`` stands for all of them."""
+
     def parse(value: Any) -> tuple[str, ...]:
         names = _names(value)
-        bad = [n for n in names if n not in choices]
+        bad = [n for n in names if n not in choices and not (star and n == "*")]
         if bad:
+            valid = (*choices, "*") if star else choices
             raise ValueError(
                 f"unknown name(s) {', '.join(map(repr, bad))}; valid choices: "
-                f"{', '.join(map(repr, choices))}"
+                f"{', '.join(map(repr, valid))}"
             )
-        return names
+        return choices if star and "*" in names else names
 
     return parse
 
@@ -449,6 +461,11 @@ class LogConfig:
     context_fields: tuple[str, ...] = option(
         CONTEXT_FIELDS, _subset(CONTEXT_FIELDS),
         doc="Which task context fields are bound while a task runs.")
+    always_fields: tuple[str, ...] = option(
+        (), _subset(CONDITIONAL_FIELDS, star=True),
+        doc="Fields written on every record even where they repeat another field or say "
+        "nothing (see ``CONDITIONAL_FIELDS``; ``*``: all of them, the field set of records "
+        "before #37). By default each is left out where it is redundant.")
     field_names: Mapping[str, str] = option(
         {}, _renames,
         doc="Renames for output keys: context fields and "

@@ -79,20 +79,42 @@ _EXPRESSIONS: dict[str, str] = {
 }
 
 
-def _compile_fill(fields: list[tuple[str, str]]) -> Callable[[Any, Any, dict[str, Any]], None]:
+#: Task fields left out where they repeat the task's id (``root_id`` of a root task; the
+#: ``correlation_id`` Celery sets to the task id), unless ``always_fields`` names them.
+_SAME_AS_ID = ("root_id", "correlation_id")
+
+
+def _compile_fill(fields: list[tuple[str, str]], always: tuple[str, ...]
+                  ) -> Callable[[Any, Any, dict[str, Any]], None]:
     """A function that puts the chosen task fields (``(output name, field)``) into a dict.
+
+    A field whose value is ``None`` is left out; so are, unless ``always`` (the
+    ``always_fields`` option) names them, ``root_id`` and ``correlation_id`` equal to the
+    task's id when the ``task_id`` is among the fields (it says the same), and
+    ``retries`` of ``0``.
 
     Written once per config, like attrs writes ``__init__``: one inline attribute
     read per field, instead of a loop calling a getter per field on every task.
     """
+    names = {name for _, name in fields}
+    keep = set(always)
+    same_as_id = {n for n in _SAME_AS_ID if n not in keep} if "task_id" in names else set()
     lines = ["def fill(task, req, values):"]
+    if names & same_as_id:
+        lines += ["    try:", "        own = req.id", "    except Exception:",
+                  "        own = None"]
     for out, name in fields:
+        condition = "v is not None"
+        if name in same_as_id:
+            condition += " and v != own"
+        elif name == "retries" and "retries" not in keep:
+            condition += " and v != 0"
         lines += [
             "    try:",
             f"        v = {_EXPRESSIONS[name]}",
             "    except Exception:",
             "        v = None",
-            "    if v is not None:",
+            f"    if {condition}:",
             f"        values[{out!r}] = v",
         ]
     lines.append("    return None")
@@ -109,7 +131,8 @@ class TaskContext:
         names = config.field_names
         self.config = config
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
-        self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields])
+        self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields],
+                                  config.always_fields)
         #: ``(output name, field)`` of parent_id/root_id, if chosen (see :meth:`_fill_lineage`).
         self.lineage_keys = [(names.get(n, n), n) for n in ("parent_id", "root_id")
                              if n in config.context_fields]
@@ -249,6 +272,7 @@ class Installation:
         self._config: LogConfig | None = None
         self._task_context: TaskContext | None = None
         self.redactor: RedactFilter | None = None
+        self.event_nulls = False
         self.scope = context.TaskScope()
         #: structlog.contextvars as they were when a task started, by (task id, thread).
         self.structlog_snapshots: dict[tuple[str, int], dict[str, Any]] = {}
@@ -288,6 +312,8 @@ class Installation:
         #: Redacts the fields of the records logkit builds itself (the lifecycle events),
         #: with the keys the handlers' filters use (``None``: no ``redact_keys``).
         self.redactor = RedactFilter(config.redact_keys) if config.redact_keys else None
+        #: Write the lifecycle events' ``None`` fields (``always_fields`` names ``nulls``).
+        self.event_nulls = "nulls" in config.always_fields
 
     @property
     def task_context(self) -> TaskContext:

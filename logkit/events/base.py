@@ -127,16 +127,21 @@ def emit(
 ) -> None:
     """Log one ``event`` record with ``fields``; ``bind`` is bound in the context for it.
 
+    A field whose value is ``None`` is left out (it says nothing), unless the
+    ``always_fields`` option names ``nulls``.
+
     The record is an ordinary ``LogRecord`` on ``logkit.events``, handled by
     ``Logger.handle`` as any other: every handler and filter on the way sees it, and
     the formatter's one field builder makes its line. ``exc_text`` (an already
     formatted traceback) is used instead of formatting ``exc_info`` again.
     """
+    inst = installation()
+    if None in fields.values() and (inst is None or not inst.event_nulls):
+        fields = {key: value for key, value in fields.items() if value is not None}
     extra: Mapping[str, Any] = {"event": event, **fields}
     if exc_info is None and _stock_records():
         # Born redacted: the fields are redacted here, once, and the record is marked so
         # that the handlers' RedactFilter (same keys) passes it without a second look.
-        inst = installation()
         redactor = inst.redactor if inst is not None else None
         if redactor is not None:
             extra = redactor.redact_fields(extra)
