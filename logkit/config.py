@@ -103,6 +103,8 @@ EVENT_NAMES: tuple[str, ...] = (
     "beat_started",
     "beat_task_sent",
     "log_level_changed",
+    "task_sample_changed",
+    "tasks_sampled_out",
 )
 
 LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -178,6 +180,20 @@ def _non_negative_seconds(value: Any) -> float:
         number = None
     if number is None or not (0.0 <= number < float("inf")):  # NaN fails too
         raise ValueError(f"must be a number of seconds >= 0 (0 = off); got {value!r}")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    """A fraction from 0 to 1 (``task_sample``): a number, or a string such as ``"0.1"``."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not (0.0 <= number <= 1.0):  # NaN fails too
+        raise ValueError(
+            f"must be a number from 0 to 1 (0.1: one workflow in ten; 1: every workflow, "
+            f"the default; 0: only the tasks that go wrong); got {value!r}"
+        )
     return number
 
 
@@ -327,6 +343,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gcp_project": _optional_name,
     "task_buffer": _non_negative_int,
     "dedupe_window": _non_negative_seconds,
+    "task_sample": _fraction,
 }
 
 
@@ -405,6 +422,10 @@ class LogConfig:
     #: Seconds within which a repeat of a written record (same logger, level and message
     #: template) is counted instead of written; one ``repeated: N`` record follows; 0 = off.
     dedupe_window: float = 0.0
+    #: The share of workflows (tasks by their ``root_id``) whose lines below WARNING are
+    #: written; a task outside the sample writes its lines only if it goes wrong (fails,
+    #: retries, logs WARNING or above): then the lines it kept come first. 1 = every task.
+    task_sample: float = 1.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -18,8 +18,9 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 7. the ``logkit_level`` / ``logkit_levels`` remote control commands
    (:mod:`logkit.control`);
 8. once a process's logging is configured (:func:`_configured`), the per-task buffer
-   (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
-   ``dedupe_window``), with their receivers connected only while they are on.
+   (:mod:`logkit.buffer`, ``task_buffer``), repeat folding (:mod:`logkit.dedupe`,
+   ``dedupe_window``) and sampling per workflow (:mod:`logkit.sample`, ``task_sample``),
+   with their steps and receivers connected only while they are on.
 
 Every change is recorded in the installation's ``changes`` with its undo;
 :func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
@@ -31,6 +32,7 @@ nothing while no installation is current).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import time
@@ -38,7 +40,7 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, buffer, celery_options, control, dedupe, receivers
+from . import banner, buffer, celery_options, control, dedupe, receivers, sample
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -188,7 +190,8 @@ def _after_fork_in_child() -> None:
 
 def _configured(config: LogConfig, app: Any) -> None:
     """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
+    not), then 8. the per-task buffer, repeat folding and sampling, each connected only
+    when on."""
     prose.quiet_celery_loggers(config, app)
     inst = receivers.installation()
     if inst is None:
@@ -199,7 +202,13 @@ def _configured(config: LogConfig, app: Any) -> None:
         logging.getLogger().handlers)  # the user's own handlers (root_handlers)
     buffering = buffer.apply(config, handlers, level)
     folding = dedupe.apply(config, handlers)
-    _connect_operating(inst, buffering, folding)
+    sampler = inst.sampler = sample.apply(config, handlers, inst.sampler)
+    sampler.report = worker.tasks_sampled_out
+    sampler.held_received = task.held_received
+    sampler.write_received = task.write_held_received
+    # a logkit_sample command turning sampling on later sets its steps then
+    sampler.on_attach = functools.partial(_connect_operating, inst, buffering, folding, sampler)
+    _connect_operating(inst, buffering, folding, sampler)
 
 
 def _flush_folds(**_: Any) -> None:
@@ -226,26 +235,63 @@ _FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
 )
 
 
+def _report_sampled(**_: Any) -> None:
+    """Write what this process left out (``tasks_sampled_out``), then the queue."""
+    inst = receivers.installation()
+    sampler = inst.sampler if inst is not None else None
+    if sampler is not None and sampler.flush_report():
+        flush_queues()
+
+
+#: (signal, receiver, dispatch_uid) of sampling: what was left out written at shutdown
+#: (a prefork child's at its exit, the main process's at the worker's).
+_SAMPLE_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.worker_process_shutdown, _report_sampled, "logkit.sample.process_shutdown"),
+    (signals.worker_shutdown, _report_sampled, "logkit.sample.shutdown"),
+)
+
+
 def _stop_operating() -> None:
     """Undo 8.: the buffer's wrappers and filters, the folds (their counts written)."""
     buffer.off()
     dedupe.off()
 
 
-def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
-    """8. Set the per-task steps of the buffer and the folds, and connect the folds'
-    shutdown receivers, when on (taken away when off); what :func:`uninstall` must take
-    back is recorded in ``inst.changes``."""
+def _stop_sampling(inst: Installation) -> None:
+    """Undo 8.'s sampling: what was left out reported, the filters taken away."""
+    sampler = inst.sampler
+    if sampler is not None:
+        sampler.flush_report()
+        sampler.detach()
+
+
+def _connect_operating(inst: Installation, buffering: bool, folding: bool,
+                       sampler: sample.Sampler | None = None) -> None:
+    """8. Set the per-task steps of the buffer, the folds and sampling, and connect the
+    folds' and sampling's shutdown receivers, when on (taken away when off); what
+    :func:`uninstall` must take back is recorded in ``inst.changes``."""
+    sampling = sampler is not None and sampler.attached
     prerun: list[Any] = []
     postrun: list[Any] = []
     for on, (before, after) in ((buffering, _BUFFER_HOOKS), (folding, _FOLD_HOOKS)):
         if on:
             prerun += before
             postrun += after
+    if sampling and sampler is not None:  # last after a task: what the buffer wrote is held
+        prerun.append(sampler.prerun)
+        postrun.append(sampler.postrun)
     inst.prerun_hooks, inst.postrun_hooks = tuple(prerun), tuple(postrun)
     if prerun or postrun:
-        inst.changes.add("task_buffer / dedupe_window: per-task steps",
+        inst.changes.add("task_buffer / dedupe_window / task_sample: per-task steps",
                          lambda: _clear_hooks(inst), key="operating.hooks")
+    if sampling:
+        for sig, receiver, uid in _SAMPLE_RECEIVERS:
+            inst.connect(sig, receiver, uid)
+        if inst.changes.add("atexit: write what sampling left out",
+                            lambda: atexit.unregister(_report_sampled), key="atexit.sample"):
+            atexit.register(_report_sampled)
+        inst.changes.add("task_sample: filters on logkit's handlers",
+                         functools.partial(_stop_sampling, inst), key="sample")
     for sig, receiver, uid in _FOLD_RECEIVERS:
         if folding:
             inst.connect(sig, receiver, uid)
