@@ -1,5 +1,6 @@
 """The ``celery`` command line options of logkit: ``--log-format``, ``--log-field``,
-``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``.
+``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``,
+``--log-task-sample``.
 
 * :func:`add_preload_options` (run by :func:`logkit.install`) adds ``--log-format``,
   ``--log-field key=value`` and ``--log-events/--no-log-events`` to every ``celery``
@@ -42,7 +43,7 @@ HELP_GROUP = "Logging Options (logkit)"
 #: Click parameter name -> LogConfig option name.
 _OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events",
                  "log_schema": "schema", "log_task_buffer": "task_buffer",
-                 "log_dedupe_window": "dedupe_window"}
+                 "log_dedupe_window": "dedupe_window", "log_task_sample": "task_sample"}
 
 
 # ---------------------------------------------------------------------------
@@ -107,6 +108,15 @@ def _preload_options() -> list[click.Option]:
             help_group=HELP_GROUP,
             help="Fold repeats of a line within SECONDS into one line with a count "
             "(0 = off, the default).",
+        ),
+        CeleryOption(
+            ["--log-task-sample"],
+            type=click.FloatRange(min=0.0, max=1.0),
+            default=None,
+            metavar="RATE",
+            help_group=HELP_GROUP,
+            help="Write the lines below WARNING of this share of workflows (by root id), "
+            "and of every task that goes wrong (0 to 1; 1 = all, the default).",
         ),
         CeleryOption(
             ["--log-events/--no-log-events"],

@@ -112,6 +112,8 @@ def uninstall() -> bool:
     inst = receivers.installation()
     if inst is None:
         return False
+    if inst.sampler is not None:  # what sampling left out, while its event can be written
+        inst.sampler.flush_report()
     receivers.activate(None)
     if not flush_queues(QUEUE_WAIT):
         logger.debug("logkit: uninstall: the queue was not written out within %ss", QUEUE_WAIT)
