@@ -443,7 +443,8 @@ def test_logkit_sample_changes_running_workers_for_a_while(
 
     proc = celery_cmd(appmod, "control", "-t", "10", "-j", "logkit_sample", "1.0", "6")
     assert proc.returncode == 0, proc.stderr
-    reply = json.loads(proc.stdout)[worker.hostname]["ok"]
+    replies = json.loads(proc.stdout)  # one {node: reply} per node (a list)
+    reply = {k: v for r in replies for k, v in r.items()}[worker.hostname]["ok"]
     assert reply["task_sample"] == 1.0 and reply["previous"] == 0.0 and reply["default"] == 0.0
     assert reply["ttl"] == 6 and reply["until"]
     pids = run("window")
