@@ -469,6 +469,28 @@ def test_logkit_sample_changes_running_workers_for_a_while(
     assert sample == {"rate": 0.0, "default": 0.0, "until": None}
 
 
+def test_a_revoked_task_outside_the_sample_writes_its_received_line_first(
+    app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker],
+) -> None:
+    appmod = app_factory(BODY)
+    worker = worker_factory(appmod, pool="prefork", concurrency=1, logfile="worker.log",
+                            env={"LOGKIT_TASK_SAMPLE": "0"})
+    mod = appmod.load()
+    result = mod.probe.apply_async(("revoked",), countdown=4)
+    # received (its task_received held: no line), waiting for its eta in the main process
+    wait_for(lambda: any(r["request"]["id"] == result.id for node in
+                         (mod.app.control.inspect(timeout=5).scheduled() or {}).values()
+                         for r in node), timeout=30, message=worker.describe)
+    mod.app.control.revoke(result.id)
+    wait_for(lambda: [r for r in worker.json_lines() if r.get("event") == "task_revoked"],
+             timeout=60, message=worker.describe)
+    mine = [r for r in worker.json_lines() if r.get("task_id") == result.id]
+    assert [(r["event"], r.get("sampled_out")) for r in mine] == [
+        ("task_received", True), ("task_revoked", None)]
+    assert mine[0]["timestamp"] < mine[1]["timestamp"] and mine[0]["eta"]
+    assert mine[0]["process"] == worker.pid  # the main process, where it was received
+
+
 def test_bad_rates_and_ttls_get_an_error_reply(
     app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker],
 ) -> None:

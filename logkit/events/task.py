@@ -222,30 +222,39 @@ def _hold_received(sampler: Sampler, request: Any) -> bool:
     return True
 
 
-def held_received(task: Any) -> Any:
-    """The note of a task whose ``task_received`` the main process held (``None`` if it
-    wrote it, or if the note is an earlier delivery's, carried in a retry's headers)."""
-    request = task.request
-    fields = request.__dict__ if type(request) is Context else None
-    get = fields.get if fields is not None else (lambda key: getattr(request, key, None))
+def _note(get: Any) -> Any:
+    """The held ``task_received`` note read with ``get`` (a request's field getter), or
+    ``None``: none, or an earlier delivery's (carried in a retry's headers)."""
     note = get(HELD_RECEIVED)
     if not isinstance(note, (list, tuple)) or len(note) != 3 or note[2] != get(RECEIVED):
         return None
     return note
 
 
+def held_received(task: Any) -> Any:
+    """The note of a task whose ``task_received`` the main process held (``None`` if it
+    wrote it)."""
+    request = task.request
+    fields = request.__dict__ if type(request) is Context else None
+    return _note(fields.get if fields is not None
+                 else (lambda key: getattr(request, key, None)))
+
+
 def write_held_received(task_id: Any, task: Any, note: Any) -> None:
     """Write the ``task_received`` the main process held for a task outside the sample
     that went wrong: its time and process, the fields it would have had, ``sampled_out``."""
+    request = task.request
+    _write_held(task_id, getattr(task, "name", None), request,
+                request.__dict__ if type(request) is Context else None, note)
+
+
+def _write_held(task_id: Any, name: Any, request: Any, headers: Any, note: Any) -> None:
     level = level_of("task_received")
     if level is None:
         return
-    request = task.request
     created, pid = float(note[0]), note[1]
     fields = {**_received_fields(request), SAMPLED_OUT: True}
-    bind = _bind_for(task_id, getattr(task, "name", None), request)
-    headers = request.__dict__ if type(request) is Context else None
-    bind = _with_publish_span(bind, headers)
+    bind = _with_publish_span(_bind_for(task_id, name, request), headers)
     emit("task_received", level, fields, bind=bind, created=created,
          process=pid if isinstance(pid, int) else None)
 
@@ -464,7 +473,11 @@ def on_task_revoked(
     expired: Any = None,
     **_: Any,
 ) -> None:
-    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``."""
+    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``.
+
+    A task outside the sample (``task_sample``) whose ``task_received`` was held: that
+    line is written first (the task's other lines are in the process that ran it).
+    """
     level = level_of("task_revoked")
     if level is None or request is None:
         return
@@ -477,8 +490,15 @@ def on_task_revoked(
         "expired": bool(expired),
     }
     task_name = getattr(sender, "name", None) or getattr(request, "task", None)
-    emit("task_revoked", level, fields,
-         bind=_bind_for(getattr(request, "id", None), task_name, request))
+    task_id = getattr(request, "id", None)
+    # a Context (Celery's own revoke) or a worker Request: its fields as a dict
+    fields = request.__dict__ if type(request) is Context else getattr(
+        request, "request_dict", None)
+    if isinstance(fields, dict) and HELD_RECEIVED in fields:
+        note = _note(fields.get)  # a task outside the sample: what it kept first
+        if note is not None:
+            _write_held(task_id, task_name, request, fields, note)
+    emit("task_revoked", level, fields, bind=_bind_for(task_id, task_name, request))
 
 
 @_guarded
