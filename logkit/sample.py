@@ -81,7 +81,8 @@ _from_bytes = int.from_bytes
 
 def _position(root_id: Any) -> int:
     """``root_id``'s place in [0, 2**64): the first 8 bytes of BLAKE2b, big-endian."""
-    return _from_bytes(_blake2b(str(root_id).encode("utf-8"), digest_size=8).digest(), "big")
+    text = root_id if type(root_id) is str else str(root_id)
+    return _from_bytes(_blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 def in_sample(root_id: Any, rate: float) -> bool:
