@@ -488,6 +488,7 @@ def test_a_revoked_task_outside_the_sample_writes_its_received_line_first(
     assert [(r["event"], r.get("sampled_out")) for r in mine] == [
         ("task_received", True), ("task_revoked", None)]
     assert mine[0]["timestamp"] < mine[1]["timestamp"] and mine[0]["eta"]
+    assert (mine[1]["reason"], mine[1]["terminated"]) == ("revoked", False)
     assert mine[0]["process"] == worker.pid  # the main process, where it was received
 
 

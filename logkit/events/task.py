@@ -492,12 +492,12 @@ def on_task_revoked(
     task_name = getattr(sender, "name", None) or getattr(request, "task", None)
     task_id = getattr(request, "id", None)
     # a Context (Celery's own revoke) or a worker Request: its fields as a dict
-    fields = request.__dict__ if type(request) is Context else getattr(
+    own = request.__dict__ if type(request) is Context else getattr(
         request, "request_dict", None)
-    if isinstance(fields, dict) and HELD_RECEIVED in fields:
-        note = _note(fields.get)  # a task outside the sample: what it kept first
+    if isinstance(own, dict) and HELD_RECEIVED in own:
+        note = _note(own.get)  # a task outside the sample: what it kept first
         if note is not None:
-            _write_held(task_id, task_name, request, fields, note)
+            _write_held(task_id, task_name, request, own, note)
     emit("task_revoked", level, fields, bind=_bind_for(task_id, task_name, request))
 
 
