@@ -152,5 +152,13 @@ def tasks_sampled_out(fields: Mapping[str, Any], hostname: Any = None) -> None:
     level = level_of("tasks_sampled_out")
     if level is None:
         return
-    out = {**fields, "since": _iso(fields.get("since")), "pid": os.getpid()}
+    out = {
+        "tasks": fields["tasks"],
+        "lines": fields["lines"],
+        "by_task": fields["by_task"],
+        "overflowed": fields["overflowed"],
+        "task_sample": fields["task_sample"],
+        "since": _iso(fields["since"]),
+        "pid": os.getpid(),
+    }
     emit("tasks_sampled_out", level, out, bind=_worker_bind(hostname))
