@@ -37,7 +37,7 @@ from typing import Any
 
 from .context import current
 
-__all__ = ["Slot", "Trigger", "apply", "off", "on_task_postrun", "on_task_prerun"]
+__all__ = ["Slot", "Trigger", "apply", "keeping", "off", "on_task_postrun", "on_task_prerun"]
 
 #: States of ``task_postrun`` that write the buffer.
 _WRITE_STATES = frozenset({"FAILURE", "RETRY"})
@@ -107,6 +107,12 @@ class Slot:
 
 
 _SLOT: ContextVar[Slot | None] = ContextVar("logkit_task_buffer", default=None)
+
+
+def keeping() -> bool:
+    """Whether a call below the level made now is kept: the buffer is on and a task runs
+    (structlog's level checks ask, so a task's structlog calls are kept too)."""
+    return _SLOT.get() is not None
 
 
 def write(slot: Slot) -> None:

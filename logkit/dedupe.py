@@ -29,7 +29,7 @@ from typing import Any
 
 from .context import current
 
-__all__ = ["Fold", "apply", "flush", "folds", "off"]
+__all__ = ["Fold", "apply", "flush", "folds", "off", "reset_after_fork"]
 
 #: Loggers whose records are never folded: one line per task, each about another task.
 NEVER_FOLDED: frozenset[str] = frozenset(
@@ -151,6 +151,17 @@ class Fold(logging.Filter):
             self._write(summary)
         return len(due or ())
 
+    def forget(self) -> None:
+        """In a forked child: drop the windows (and their counts) and take a fresh lock.
+
+        The windows were opened, and their first records written, by the parent process,
+        which writes their counts too: written from the child as well, every count would
+        be written once more per child (each process folds its own records).
+        """
+        self._lock = threading.Lock()
+        self._windows = OrderedDict()
+        self._deadline = _NEVER
+
     def _write(self, summary: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # never break a log call because of a summary
             self.handler.handle(summary)
@@ -201,3 +212,12 @@ def flush(now: float | None = None) -> int:
     Returns how many summary records were written.
     """
     return sum(fold.flush(now) for fold in list(_folds))
+
+
+def reset_after_fork() -> None:
+    """In a forked child: every fold starts with no window (see :meth:`Fold.forget`).
+
+    Run by the installation's at-fork hook (:mod:`logkit.install`).
+    """
+    for fold in list(_folds):
+        fold.forget()

@@ -185,24 +185,22 @@ def _register_at_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
+    """In a forked child: fresh locks for the sinks, fresh queue writers, folds with no
+    window of the parent's (if installed)."""
     if receivers.installation() is not None:
         reset_after_fork()
+        dedupe.reset_after_fork()
 
 
-def _configured(config: LogConfig, app: Any) -> None:
-    """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 8. the per-task buffer, repeat folding and sampling, each connected only
-    when on."""
-    prose.quiet_celery_loggers(config, app)
-    inst = receivers.installation()
-    if inst is None:
-        return
-    done = inst.active
-    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
-    handlers = list(done.handlers) if done is not None and done.handlers else list(
-        logging.getLogger().handlers)  # the user's own handlers (root_handlers)
-    buffering = buffer.apply(config, handlers, level)
+def _configured(inst: Installation, active: Active, app: Any) -> None:
+    """The last step of a process's logging set-up, given what was set up (``active``):
+    Celery's task loggers quieted (or not), then 8. the per-task buffer, repeat folding
+    and sampling on every handler that writes the records (``active.output_handlers``),
+    each connected only when on."""
+    config = active.config
+    prose.quiet_celery_loggers(inst, config, app)
+    handlers = active.output_handlers
+    buffering = buffer.apply(config, handlers, active.loglevel)
     folding = dedupe.apply(config, handlers)
     sampler = inst.sampler = sample.apply(config, handlers, inst.sampler)
     sampler.report = worker.tasks_sampled_out
@@ -431,5 +429,4 @@ def configure(
         app=app,
         plain_format=plain_format,
         redirect_stdouts=None if app is not None else False,
-        configured=inst.configured,
     )

@@ -213,8 +213,9 @@ TaskStarted = Callable[["Installation", Any, Any], None]
 #: ``task_finished(installation, task_id, task, retval, state)``: called right before the
 #: task's context is restored.
 TaskFinished = Callable[["Installation", Any, Any, Any, Any], None]
-#: ``configured(config, app)``: called once a process's logging is configured.
-Configured = Callable[[LogConfig, Any], None]
+#: ``configured(installation, active, app)``: called once a process's logging is set up,
+#: with what was set up (before it becomes :attr:`Installation.active`).
+Configured = Callable[["Installation", Active, Any], None]
 #: A per-task step (:attr:`Installation.prerun_hooks`), called with keyword arguments.
 TaskHook = Callable[..., None]
 
@@ -326,10 +327,18 @@ class Installation:
 
     def configure_process(self, config: LogConfig, **options: Any) -> Active:
         """:func:`logkit.setup.configure_process` on this installation's behalf: its
-        changes recorded here, its result kept as :attr:`active`."""
+        changes recorded here, its :attr:`configured` step run with the new
+        :class:`~logkit.setup.Active` (passed to it: :attr:`active` is still the previous
+        one then), the result kept as :attr:`active`."""
+        step = self.configured
+
+        def configured(active: Active, app: Any) -> None:
+            if step is not None:
+                step(self, active, app)
+
         self.active = configure_process(
             config, changes=self.changes, previous=self.active, warnings_hold=self.warnings,
-            **options,
+            configured=configured, **options,
         )
         return self.active
 
@@ -383,7 +392,6 @@ def on_setup_logging(
     try:
         inst.configure_process(
             inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
-            configured=inst.configured,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.

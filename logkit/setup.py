@@ -63,6 +63,12 @@ class Active:
     root_owner: str = "logkit"
     #: The background writer of ``queue=True`` (``None`` without the queue).
     writer: _Writer | None = None
+    #: Every handler that writes this configuration's records: logkit's (:attr:`handlers`),
+    #: the others on the root and ``celery.task`` loggers (an ``after_setup_logger``
+    #: receiver's), and, when the user's handlers write (:attr:`root_owner` ``user`` or
+    #: ``both``), every handler of theirs that logkit's context filter joins. The
+    #: operating tools (``task_buffer``, ``dedupe_window``) go on each of them.
+    output_handlers: list[logging.Handler] = field(default_factory=list)
 
 
 def resolve_format(config: LogConfig, sink: Sink) -> str:
@@ -307,6 +313,22 @@ def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any)
             mp_logger.addHandler(handler)
 
 
+def _output_handlers(
+    handlers: list[logging.Handler], owner: str, *loggers: logging.Logger
+) -> list[logging.Handler]:
+    """:attr:`Active.output_handlers`: ``handlers`` (logkit's), those of ``loggers``, and
+    when the user's handlers write (``owner`` ``user``/``both``) all of theirs; each once."""
+    found = [*handlers]
+    for target in loggers:
+        found += target.handlers
+    if owner != "logkit":
+        found += _user_handlers()
+    unique: dict[int, logging.Handler] = {}
+    for handler in found:
+        unique.setdefault(id(handler), handler)
+    return list(unique.values())
+
+
 def _user_handlers() -> list[logging.Handler]:
     """The handlers of every logger (the root first) that logkit did not add."""
     loggers: list[Any] = [logging.getLogger()]
@@ -362,7 +384,7 @@ def configure_process(
     plain_format: str | None = None,
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
-    configured: Callable[[LogConfig, Any], None] | None = None,
+    configured: Callable[[Active, Any], None] | None = None,
     previous: Active | None = None,
     warnings_hold: WarningHold | None = None,
 ) -> Active:
@@ -370,10 +392,13 @@ def configure_process(
 
     Every change to the process is recorded in ``changes`` with its undo (the
     installation's record: :func:`logkit.uninstall` runs them). ``previous`` is what
-    the last call set up (its sink is closed if replaced, its queue writer reused);
+    the last call set up (its queue writer reused; its sink closed once this call is
+    done, so what its handlers still write, such as pending repeat counts, is written);
     ``warnings_hold`` holds the warnings given before now (replayed as records).
-    ``configured(config, app)`` runs once the loggers are set up (the installation's last
-    step: :mod:`logkit.events.prose` decides about Celery's own task lines there).
+    ``configured(active, app)`` runs once the loggers are set up, with what this call
+    set up (the installation's last step: Celery's own task lines, the operating tools
+    on :attr:`Active.output_handlers`); it is given the new :class:`Active`, never left
+    to read it back from where the caller keeps it (which still holds ``previous``).
 
     Raises :class:`ConfigError` if the log file cannot be opened (the message names
     the path and the reason).
@@ -408,8 +433,6 @@ def configure_process(
     for target in (root, task_logger, celery_logger, redirected, mp_logger):
         if target is not None:
             _remove_handlers(target, only_logkit=not replace_all or target is mp_logger)
-    if previous is not None and previous.sink is not sink:
-        previous.sink.close()
 
     fmt = resolve_format(config, sink)
     color = fmt == "console" and decide_color(colorize, sink)
@@ -489,9 +512,14 @@ def configure_process(
         redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
         _redirect(changes, app, redirected, redirect_level)
 
-    active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer)
-    if configured is not None:
-        configured(config, app)
+    active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer,
+                    _output_handlers(handlers, owner, root, task_logger))
+    try:
+        if configured is not None:
+            configured(active, app)
+    finally:
+        if previous is not None and previous.sink is not sink:
+            _close_previous(previous)
     logger.debug(
         "logkit configured logging: format=%s level=%s logfile=%s",
         fmt,
@@ -499,6 +527,20 @@ def configure_process(
         logfile,
     )
     return active
+
+
+#: Seconds a new configuration waits for the queue (``queue=True``) to write what the
+#: previous one's handlers queued, before their sink is closed.
+PREVIOUS_QUEUE_WAIT = 2.0
+
+
+def _close_previous(previous: Active) -> None:
+    """Close the previous configuration's sink, once what its handlers queued is written
+    (waiting at most :data:`PREVIOUS_QUEUE_WAIT` seconds; a record still queued then is
+    counted as dropped when its write fails, and reported)."""
+    if previous.writer is not None:
+        previous.writer.flush(PREVIOUS_QUEUE_WAIT)
+    previous.sink.close()
 
 
 #: Environment variables Celery's ``redirect_stdouts`` sets (for its child processes).
