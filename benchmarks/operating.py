@@ -189,6 +189,7 @@ def counted_child(variant: str, calls: int) -> None:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGKIT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONHASHSEED"] = "0"  # the same dict/set layouts in every run (exact counts)
     return env
 
 
