@@ -155,7 +155,8 @@ def run_once(mode: str, tasks: int, rate: float, fail_every: int, redis: Redis,
             run.checks = check(text, ids, rate, fail_every)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(logfile, keep / f"{mode.split(',')[0].replace(' ', '_')}.log")
+            slug = "".join(c if c.isalnum() or c in "._=" else "-" for c in mode)
+            shutil.copy(logfile, keep / f"{slug}.log")
         return run
     finally:
         if proc is not None and proc.poll() is None:
