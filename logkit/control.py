@@ -694,6 +694,12 @@ def sampled(root_id: Any, rate: float | None = None) -> bool:
         else:
             inst = installation()
             rate = inst.config.task_sample if inst is not None else 1.0
-    elif isinstance(rate, bool) or not (0.0 <= float(rate) <= 1.0):
-        raise ValueError(f"rate must be a number from 0 to 1; got {rate!r}")
+    else:
+        try:
+            number = float(rate) if not isinstance(rate, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not (0.0 <= number <= 1.0):
+            raise ValueError(f"rate must be a number from 0 to 1; got {rate!r}")
+        rate = number
     return in_sample(root_id, float(rate))

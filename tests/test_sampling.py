@@ -56,8 +56,9 @@ def test_the_decision_is_a_stable_hash_of_the_root_id() -> None:
     out = subprocess.run([sys.executable, "-c", code], input="\n".join(ids[:3000]), env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "".join("1" if logkit.sampled(i, 0.1) else "0" for i in ids[:3000])
-    with pytest.raises(ValueError, match="from 0 to 1"):
-        logkit.sampled("x", 1.5)
+    for bad in (1.5, -1, "lots", float("nan"), True):
+        with pytest.raises(ValueError, match="from 0 to 1"):
+            logkit.sampled("x", bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [1.5, -0.1, "lots", float("nan"), True, "2"])
