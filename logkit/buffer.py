@@ -35,6 +35,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
+from ._compat import LOGGING_START
 from .context import current
 
 __all__ = ["Slot", "Trigger", "apply", "keeping", "off", "on_task_postrun", "on_task_prerun"]
@@ -46,7 +47,6 @@ _TRIGGER_EVENTS = frozenset({"task_failed", "task_retried"})
 #: The ``Logger`` methods of a level, wrapped when that level is below the worker's.
 _METHODS = (("debug", logging.DEBUG), ("info", logging.INFO), ("warning", logging.WARNING))
 _SRCFILE = logging.__file__
-_start_time: float = logging._startTime  # type: ignore[attr-defined]
 
 #: One kept call: logger, level, msg, args, exc_info, extra, stack_info text, the
 #: caller's code object (``None``: unknown) and line, time, context.
@@ -128,7 +128,7 @@ def write(slot: Slot) -> None:
             fields = record.__dict__
             fields["created"] = ct
             fields["msecs"] = int((ct - int(ct)) * 1000) + 0.0
-            fields["relativeCreated"] = (ct - _start_time) * 1000
+            fields["relativeCreated"] = (ct - LOGGING_START) * 1000
             fields["_logkit_ctx"] = ctx
             fields["buffered"] = True
             fields["buffer_dropped"] = dropped
@@ -139,8 +139,6 @@ def write(slot: Slot) -> None:
 
 class Trigger(logging.Filter):
     """On logkit's handlers: an ERROR (or a failure/retry event) writes the buffer first."""
-
-    fast_path_safe = True  # passes every record unchanged (logkit.events.fast)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR or record.__dict__.get("event") in _TRIGGER_EVENTS:

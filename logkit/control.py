@@ -37,13 +37,13 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-import celery
 from celery import signals
-from celery.worker.control import Panel, control_command, inspect_command
+from celery.worker.control import control_command, inspect_command
 
+from ._compat import remove_control_command
+from ._safe import iso
 from .config import LEVEL_NAMES
 from .events.base import _guarded
 from .events.worker import log_level_changed, task_sample_changed
@@ -135,14 +135,6 @@ def _logger(name: str) -> logging.Logger:
 
 def _name_of(level: int) -> str:
     return logging.getLevelName(level)
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
 
 
 class _SharedPage:
@@ -241,7 +233,7 @@ class LevelSwitch:
             else:
                 self.changes[name] = (new, until)
             kept = ttl if until is not None else None
-            event = (self.hostname, name, new, previous, kept, _iso(until), reason)
+            event = (self.hostname, name, new, previous, kept, iso(until), reason)
             # logged while the more verbose of the two levels is in force
             if new < previous:
                 self._apply({name: new, **{r: new for r in related}})
@@ -258,7 +250,7 @@ class LevelSwitch:
                 timer.start()
         return {
             "logger": name, "level": _name_of(new), "previous": _name_of(previous),
-            "default": _name_of(default), "ttl": kept, "until": _iso(until),
+            "default": _name_of(default), "ttl": kept, "until": iso(until),
         }
 
     def _related(self, name: str) -> list[str]:
@@ -309,7 +301,7 @@ class LevelSwitch:
             self.sample_until = until
             self.sample_changed = True
             kept = ttl if until is not None else None
-            task_sample_changed(self.hostname, new, previous, kept, _iso(until), reason)
+            task_sample_changed(self.hostname, new, previous, kept, iso(until), reason)
             self._publish()
             if until is not None and ttl is not None:
                 timer = threading.Timer(ttl, self._expire_sample, args=(self._serial,))
@@ -318,7 +310,7 @@ class LevelSwitch:
                 self._sample_timer = timer
                 timer.start()
         return {"task_sample": new, "previous": previous, "default": default, "ttl": kept,
-                "until": _iso(until)}
+                "until": iso(until)}
 
     def _expire_sample(self, token: int) -> None:
         try:
@@ -348,13 +340,13 @@ class LevelSwitch:
                 default = self.defaults.get(name, level)
                 until = self.changes.get(name, (level, None))[1]
                 out[name] = {
-                    "level": _name_of(level), "default": _name_of(default), "until": _iso(until),
+                    "level": _name_of(level), "default": _name_of(default), "until": iso(until),
                 }
             reply: dict[str, Any] = {"loggers": out, "pid": os.getpid()}
             sampler = _sampler()
             if sampler is not None:
                 reply["task_sample"] = {"rate": sampler.rate, "default": sampler.default,
-                                        "until": _iso(self.sample_until)}
+                                        "until": iso(self.sample_until)}
         return reply
 
     def stop(self) -> None:
@@ -455,9 +447,6 @@ def _logkit_levels(state: Any, **_: Any) -> dict[str, Any]:
     return current.levels()
 
 
-_COMMANDS = (CONTROL_COMMAND, INSPECT_COMMAND, SAMPLE_COMMAND)
-
-
 @_guarded
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """``worker_init`` (main process, before the pool starts): make the shared page."""
@@ -508,59 +497,19 @@ def register() -> LevelSwitch:
     signals.worker_process_init.connect(
         _on_worker_process_init, weak=False, dispatch_uid="logkit.levels.child"
     )
-    _fill_cli_gaps()
     return _switch
-
-
-#: What :func:`_fill_cli_gaps` changed in ``celery control`` (Celery 5.3): undone by
-#: :func:`unregister`.
-_cli_undo: list[Any] = []
-
-
-def _fill_cli_gaps() -> None:
-    """Let ``celery control logkit_level ...`` (and ``logkit_sample``) work on Celery 5.3 too.
-
-    Only when the ``celery`` command is running (``celery.bin.control`` imported: the
-    app module is loaded before the subcommand's arguments are parsed), never otherwise:
-    Celery 5.3 fixes the choices of ``celery control``'s and ``celery inspect``'s
-    command argument when their module is imported, before the app registers any
-    command: ``logkit_level``, ``logkit_sample`` and ``logkit_levels`` are added to them.
-
-    (Celery 5.3 to 5.6 also hand an app's preload options to ``control()``, which takes
-    none: :func:`logkit.celery_options.fill_preload_gaps` takes them off, for every
-    ``celery`` sub-command that refuses them.)
-    """
-    import sys
-
-    if _cli_undo or celery.VERSION[:2] >= (5, 6):
-        return
-    module = sys.modules.get("celery.bin.control")
-    command = getattr(module, "control", None)
-    if command is None:
-        return
-    inspect = getattr(module, "inspect", None)
-    for cli, name in ((command, CONTROL_COMMAND), (command, SAMPLE_COMMAND),
-                      (inspect, INSPECT_COMMAND)):
-        for param in getattr(cli, "params", ()):
-            choices = getattr(param.type, "choices", None)
-            if param.name == "action" and choices is not None and name not in choices:
-                param.type.choices = [*choices, name]
-                _cli_undo.append(lambda p=param, c=choices: setattr(p.type, "choices", c))
 
 
 def unregister() -> None:
     """Remove the commands and receivers :func:`register` added; cancel revert timers."""
     global _switch
-    for name in _COMMANDS:
-        if Panel.data.get(name) in (_logkit_level, _logkit_levels, _logkit_sample):
-            del Panel.data[name]
-            Panel.meta.pop(name, None)
+    remove_control_command(CONTROL_COMMAND, _logkit_level)
+    remove_control_command(INSPECT_COMMAND, _logkit_levels)
+    remove_control_command(SAMPLE_COMMAND, _logkit_sample)
     signals.worker_init.disconnect(_on_worker_init, dispatch_uid="logkit.levels.init")
     signals.worker_process_init.disconnect(
         _on_worker_process_init, dispatch_uid="logkit.levels.child"
     )
-    while _cli_undo:
-        _cli_undo.pop()()
     inst = installation()
     if _switch is not None:
         if inst is not None and inst.before_task == _switch.sync:

@@ -48,8 +48,6 @@ _NEVER = float("inf")
 class Fold(logging.Filter):
     """Count repeats of written records on one handler; write the counts when due."""
 
-    fast_path_safe = True  # lifecycle events are never folded (logkit.events.fast)
-
     def __init__(self, handler: logging.Handler, window: float) -> None:
         super().__init__()
         self.handler = handler

@@ -6,7 +6,8 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 1. task context (:mod:`logkit.receivers`): ``task_prerun`` binds it, ``task_postrun``
    restores it, ``before_task_publish`` carries it to the tasks a task sends;
 2. the ``celery`` command line options (:mod:`logkit.celery_options`), and on Celery
-   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them;
+   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them
+   (:mod:`logkit._compat`, where every version difference is);
 3. lifecycle events (:mod:`logkit.events`): one receiver per signal, plus
    ``task_started`` / ``task_finished``, which the context receivers call (see
    :func:`_new_installation`), and the filters on Celery's own lines;
@@ -40,7 +41,7 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, buffer, celery_options, control, dedupe, receivers, sample
+from . import _compat, banner, buffer, celery_options, control, dedupe, receivers, sample
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -80,8 +81,11 @@ def install(app: Any, **options: Any) -> Installation:
     Raises:
         ConfigError: An option is unknown or its value invalid (the message names the
             valid choices).
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     checked = check_options(options)  # a bad option raises before anything is undone
+    _compat.require()
     current = receivers.installation()
     if current is not None and current.app is app and current.options == checked:
         return current
@@ -333,7 +337,7 @@ def _connect(inst: Installation) -> None:
         connect(signals.user_preload_options, celery_options.on_user_preload_options,
                 "logkit.preload")
         # Celery 5.3-5.6, while the `celery` command runs: sub-commands that refuse them.
-        celery_options.fill_preload_gaps(inst.app, inst.changes)
+        _compat.fill_preload_gaps(inst.app, inst.changes)
     # 3. Lifecycle events; whether each is emitted is decided per record from the
     # installation's config (events, disabled_events, event_levels).
     event_receivers: tuple[tuple[Any, Any, str], ...] = (
@@ -367,8 +371,11 @@ def _connect(inst: Installation) -> None:
     # 7. Levels over remote control.
     if "logkit.control" not in inst.changes:
         control.register()
-        inst.changes.add("remote control commands (logkit_level, logkit_levels)",
+        inst.changes.add("remote control commands (logkit_level, logkit_levels, logkit_sample)",
                          control.unregister, key="logkit.control")
+    # Celery 5.3, while the `celery` command runs: `celery control/inspect` take them.
+    _compat.add_control_actions({"control": (control.CONTROL_COMMAND, control.SAMPLE_COMMAND),
+                                 "inspect": (control.INSPECT_COMMAND,)}, inst.changes)
 
 
 def configure(
@@ -406,6 +413,8 @@ def configure(
 
     Raises:
         ConfigError: An option is invalid, or the log file cannot be opened for writing.
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     plain_format = None
     if format is not None and "%(" in format:
@@ -413,6 +422,7 @@ def configure(
     if format is not None:
         options["format"] = format
     checked = check_options(options)
+    _compat.require()
     inst = receivers.installation()
     if app is None and inst is not None:
         app = inst.app

@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
-from celery._state import _task_stack
 from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 
-from . import context
+from . import _compat, context
 from ._changes import Changes
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
@@ -65,22 +64,6 @@ def _header_of(request: Any) -> Any:
     if type(request) is Context:  # its fields live in the instance __dict__
         return request.__dict__.get(HEADER)
     return getattr(request, HEADER, None)
-
-
-def _eager_lineage(request: Any) -> tuple[Any, Any]:
-    """``(parent_id, root_id)`` of a task run by ``apply()``, as Celery 5.6+ gives them.
-
-    Before 5.6, ``apply()`` inside a task leaves both out of the subtask's request: they
-    come from the calling task's request (the entry below this task on Celery's task
-    stack). A top-level ``apply()`` (no calling task) keeps what its Celery gives.
-    """
-    tasks = _task_stack.stack
-    if len(tasks) < 2:
-        return None, None
-    caller = tasks[-2]
-    requests = caller.request_stack.stack  # the caller's request is below this one's when
-    calling = requests[-2] if caller is tasks[-1] and len(requests) > 1 else requests[-1]
-    return calling.id, getattr(calling, "root_id", None) or calling.id
 
 
 #: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
@@ -158,9 +141,10 @@ class TaskContext:
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
-        if (getattr(request, "is_eager", False) and getattr(request, "parent_id", 1) is None
+        if (_compat.APPLY_HAS_NO_LINEAGE and getattr(request, "is_eager", False)
+                and getattr(request, "parent_id", 1) is None
                 and getattr(request, "root_id", 1) is None):
-            self._fill_lineage(request, values)  # Celery < 5.6 (fill() found neither)
+            self._fill_lineage(values)  # fill() found neither
         if self.trace is not None:  # the task's span: its events carry it whatever the
             ids = self.trace()  # order of OpenTelemetry's task_postrun receiver and ours
             if ids is not None:
@@ -172,11 +156,11 @@ class TaskContext:
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
 
-    def _fill_lineage(self, request: Any, values: dict[str, Any]) -> None:
+    def _fill_lineage(self, values: dict[str, Any]) -> None:
         """The parent and root ids of an eagerly applied task, from its calling task."""
         if not self.lineage_keys:
             return
-        ids = dict(zip(("parent_id", "root_id"), _eager_lineage(request), strict=True))
+        ids = dict(zip(("parent_id", "root_id"), _compat.eager_lineage(), strict=True))
         for out, name in self.lineage_keys:
             if ids[name] is not None:
                 values[out] = ids[name]
@@ -358,11 +342,8 @@ def activate(inst: Installation | None) -> None:
 
 
 def _other_setup_logging_receivers() -> list[Any]:
-    try:
-        live = signals.setup_logging._live_receivers(None)
-    except Exception:
-        live = [r for _, r in signals.setup_logging.receivers]
-    return [r for r in live if r is not on_setup_logging]
+    """The receivers of ``setup_logging`` other than logkit's (the app's own)."""
+    return [r for r in _compat.live_receivers(signals.setup_logging) if r is not on_setup_logging]
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from celery.utils.log import LoggingProxy, get_multiprocessing_logger, mlevel
 
 from ._changes import Changes
 from ._structlog import configure_structlog
-from .config import ConfigError, LogConfig
+from .config import ConfigError, LogConfig, decide_format
 from .early import WarningHold
 from .filters import add_context_filter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter, _TextFormatter
@@ -72,10 +72,8 @@ class Active:
 
 
 def resolve_format(config: LogConfig, sink: Sink) -> str:
-    """``auto`` becomes ``console`` on a terminal and ``json`` anywhere else."""
-    if config.format != "auto":
-        return config.format
-    return "console" if sink.path is None and sink.isatty() else "json"
+    """The output format of ``config`` on ``sink`` (:func:`logkit.config.decide_format`)."""
+    return decide_format(config.format, sink.path, sink.isatty)
 
 
 def decide_color(colorize: bool | None, sink: Sink, env: Any = None) -> bool:

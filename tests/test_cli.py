@@ -289,6 +289,9 @@ def test_help_without_install_has_no_options(tmp_path: Path) -> None:
             "Invalid value for '--log-field': expected KEY=VALUE; got 'nokey'",
         ),
         (["--log-field", "=v"], "expected KEY=VALUE; got '=v'"),
+        # the option's own parser, as for LOGKIT_TASK_BUFFER (the option table)
+        (["--log-task-buffer", "lots"],
+         "Invalid value for '--log-task-buffer': must be an integer >= 0 (0 = off); got 'lots'"),
     ],
 )
 def test_bad_values_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:

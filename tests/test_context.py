@@ -709,15 +709,22 @@ def test_task_context_selected_and_renamed_fields_and_inherited_header() -> None
 
 
 @pytest.mark.parametrize("same_task", [False, True], ids=["other-task", "same-task"])
-def test_an_applied_subtask_without_lineage_takes_it_from_its_caller(same_task: bool) -> None:
+def test_an_applied_subtask_without_lineage_takes_it_from_its_caller(
+    same_task: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Celery < 5.6: ``apply()`` inside a task leaves parent_id/root_id out of the request.
 
     Built as Celery 5.3's tracer builds it (each task on Celery's task stack, a fresh
-    request on the task's request stack), so it runs on every Celery; the real worker's
-    check is ``nested-inner`` in the workflow above.
+    request on the task's request stack), with the shim's gate on
+    (``logkit._compat.APPLY_HAS_NO_LINEAGE``), so it runs on every Celery; the real
+    worker's check is ``nested-inner`` in the workflow above.
     """
     from celery._state import pop_current_task, push_current_task
     from celery.app.task import Context
+
+    from logkit import _compat
+
+    monkeypatch.setattr(_compat, "APPLY_HAS_NO_LINEAGE", True)
 
     app = Celery("lineage", set_as_current=False)
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from logkit import LogConfig, bound
-from logkit.config import EVENT_NAMES
+from logkit.config import EVENT_NAMES, OPTIONS
 from logkit.formatters import JsonFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +64,53 @@ def test_every_option_is_in_the_reference(name: str) -> None:
     assert f"`logkit_{name}`" in row and f"`LOGKIT_{name.upper()}`" in row
 
 
-@pytest.mark.parametrize(
-    "option",
-    [f for f in dataclasses.fields(LogConfig) if isinstance(f.default, (bool, int, str))],
-    ids=lambda f: f.name,
-)
-def test_scalar_defaults_are_documented(option: dataclasses.Field[Any]) -> None:
-    body = section(read(CONFIG_PAGE), f"### {option.name}")
-    assert f"**Default:** `{option.default}`" in body
+def _shown(value: Any) -> str:
+    """A scalar default as the reference shows it (``0.0`` as ``0``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_the_reference_says_what_the_option_table_declares(name: str) -> None:
+    """The summary row and the section of each option: its keys, env var, flag (or none),
+    choices and default, as its row of the option table (logkit.config.OPTIONS) has them."""
+    row = OPTIONS[name]
+    text = read(CONFIG_PAGE)
+    body = section(text, f"### {name}")
+    summary = next(line for line in text.splitlines() if line.startswith(f"| [{name}](#{name})"))
+    cells = [cell.strip() for cell in summary.strip().strip("|").split("|")]
+    assert cells[1:4] == [f"`{name}`", f"`{row.settings[0]}`", f"`{row.env}`"], summary
+    flags = row.flag.split("/") if row.flag else []
+    for flag in flags:
+        assert f"`{flag}" in cells[4], summary
+        assert f"`{flag}" in body, f"{flag} missing from ### {name}"
+    if row.metavar is not None:
+        assert row.metavar in cells[4], summary
+    if not flags:
+        assert cells[4] == "—", summary
+        assert "--log-" not in body and "CLI" not in body, f"### {name} names a flag"
+    if row.choices is not None:
+        listed = re.search(r"^- type: one of (.*)$", body, re.M)
+        assert listed is not None, f"### {name} lists no choices"
+        assert re.findall(r"`(\w+)`", listed.group(1)) == list(row.choices)
+    if isinstance(row.default, (bool, int, float, str)):
+        shown = _shown(row.default)
+        assert f"**Default:** `{shown}`" in body
+        quoted = f'"{shown}"' if isinstance(row.default, str) else shown
+        assert cells[5].startswith(f"`{quoted}`"), summary
+
+
+def test_the_option_table_is_the_config_s_fields() -> None:
+    """One declaration: the table is LogConfig's fields, each with its type and default."""
+    fields = {f.name: f for f in dataclasses.fields(LogConfig)}
+    assert list(OPTIONS) == list(fields) == list(LogConfig.option_names())
+    defaults = LogConfig()
+    for name, row in OPTIONS.items():
+        assert row.type == fields[name].type
+        assert getattr(defaults, name) == row.default
+        assert row.env == f"LOGKIT_{name.upper()}"
+        assert row.doc and not row.doc.startswith(" ")
 
 
 def test_no_unknown_option_is_documented() -> None:
@@ -749,7 +788,9 @@ def test_public_calls_document_their_arguments_and_results() -> None:
     pytest.importorskip("griffe_sphinx")  # the `#:` comments of attributes, as the site reads them
     package = griffe.load(
         "logkit", search_paths=[str(ROOT)], docstring_parser="google",
-        extensions=griffe.load_extensions("griffe_sphinx"),
+        # the options' docs, as the site reads them (docs/griffe_options.py)
+        extensions=griffe.load_extensions("griffe_sphinx",
+                                          f"{DOCS / 'griffe_options.py'}:OptionDocs"),
     )
 
     def documented(obj: Any) -> tuple[set[str], bool, str]:

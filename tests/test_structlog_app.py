@@ -99,7 +99,8 @@ def test_worker_keeps_the_apps_structlog_processors(
     # the app's filter_by_level lets a task's DEBUG calls reach the buffer: an ERROR writes them
     assert steps.get(timeout=30) == "ok"
     mine = [(r["level"], r["message"], r.get("i"), r.get("buffered"), r.get("tenant"))
-            for r in worker.json_lines() if r.get("task_id") == steps.id and r["logger"] == "tenant.tasks"]
+            for r in worker.json_lines()
+            if r.get("task_id") == steps.id and r["logger"] == "tenant.tasks"]
     assert mine == [*(("DEBUG", "step", i, True, "acme") for i in range(3)),
                     ("ERROR", "went wrong", None, None, "acme")]
 

@@ -28,6 +28,7 @@ from typing import Any
 from celery.app.task import Context
 
 from .. import context
+from .._compat import PY312, PY313
 from .._safe import safe_str
 from ..config import EVENT_NAMES
 from ..receivers import HEADER, Installation, installation
@@ -218,7 +219,7 @@ class _Templates:
         d = record.__dict__
         d.update(template)
         start = logging._startTime  # type: ignore[attr-defined]
-        if type(start) is int:  # Python 3.13+: nanoseconds, as LogRecord computes them
+        if PY313:  # nanoseconds, as LogRecord computes them
             ns = time.time_ns()
             d["created"] = ns / 1e9
             d["msecs"] = (ns % 1_000_000_000) // 1_000_000 + 0.0
@@ -231,7 +232,7 @@ class _Templates:
         # looked up on the module each time, as LogRecord does: gevent/eventlet patch them
         d["thread"] = threading.get_ident()
         d["threadName"] = threading.current_thread().name
-        if "taskName" in d and getattr(logging, "logAsyncioTasks", False):
+        if PY312 and logging.logAsyncioTasks:  # type: ignore[attr-defined,unused-ignore]
             asyncio = sys.modules.get("asyncio")
             if asyncio is not None:
                 with contextlib.suppress(Exception):  # no running loop: None, as LogRecord

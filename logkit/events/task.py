@@ -11,7 +11,6 @@ import os
 import signal as _signal
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -20,7 +19,7 @@ from celery.exceptions import Reject
 from celery.utils.saferepr import saferepr
 
 from .. import context
-from .._safe import cap, safe_repr, safe_str
+from .._safe import cap, iso, safe_repr, safe_str
 from ..receivers import Installation, installation
 from ..sample import HELD_RECEIVED, SAMPLED_OUT, Sampler
 from ..trace import ids_from_headers
@@ -81,14 +80,6 @@ def _duration_ms(task_id: Any) -> float | None:
     if start is None:
         return None
     return round((time.monotonic() - start) * 1000.0, 3)
-
-
-def _iso(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return safe_str(value)
 
 
 def _queue(request: Any) -> Any:
@@ -173,8 +164,8 @@ def _message_request(message: Any, hostname: Any) -> Any:
 def _received_fields(request: Any) -> dict[str, Any]:
     return {
         "queue": _queue(request),
-        "eta": _iso(getattr(request, "eta", None)),
-        "expires": _iso(getattr(request, "expires", None)),
+        "eta": iso(getattr(request, "eta", None)),
+        "expires": iso(getattr(request, "expires", None)),
     }
 
 
@@ -455,7 +446,7 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
         "reason": safe_str(reason) if reason is not None else "cancelled",
         "error": safe_repr(exc) if exc is not None else None,
         "countdown": when if isinstance(when, (int, float)) else None,
-        "eta": _iso(when) if when is not None and not isinstance(when, (int, float)) else None,
+        "eta": iso(when) if when is not None and not isinstance(when, (int, float)) else None,
         "retries": getattr(request, "retries", None),
         "max_retries": getattr(sender, "max_retries", None),
         "duration_ms": _duration_ms(task_id),
