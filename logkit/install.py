@@ -16,7 +16,7 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 5. flushing the non-blocking queue when a process shuts down (and at interpreter exit);
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`);
-7. the ``logkit_level`` / ``logkit_levels`` remote control commands
+7. the ``logkit_level`` / ``logkit_levels`` / ``logkit_sample`` remote control commands
    (:mod:`logkit.control`);
 8. once a process's logging is configured (:func:`_configured`), the per-task buffer
    (:mod:`logkit.buffer`, ``task_buffer``), repeat folding (:mod:`logkit.dedupe`,
@@ -368,7 +368,7 @@ def _connect(inst: Installation) -> None:
     connect(signals.worker_shutdown, _flush, "logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
     banner.connect(inst)
-    # 7. Levels over remote control.
+    # 7. Levels and the sample rate over remote control.
     if "logkit.control" not in inst.changes:
         control.register()
         inst.changes.add("remote control commands (logkit_level, logkit_levels, logkit_sample)",
