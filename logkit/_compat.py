@@ -1,6 +1,6 @@
 """Every difference between the Celery and Python versions logkit supports, in one place.
 
-logkit supports Celery 5.3 to 5.7 on Python 3.11 to 3.13 (docs/compatibility.md). Where
+logkit supports Celery 5.3 to 5.7 on Python 3.11 to 3.15 (docs/compatibility.md). Where
 those versions differ, or where logkit needs a part of Celery that is not public API,
 the code is here and nowhere else:
 

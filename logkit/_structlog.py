@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 
 from ._changes import Changes
-from .buffer import keeping
+from .buffer import installed as buffer_installed
+from .buffer import keeping, task_slot
 from .context import current
 from .formatters import RESERVED
 
@@ -80,7 +81,7 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             enabled = lg._cache[_DEBUG] and not lg.disabled  # type: ignore[attr-defined]
         except (KeyError, AttributeError):  # not cached yet, or not a stdlib logger
             enabled = self._enabled(_DEBUG)
-        if not enabled and not keeping():
+        if not enabled and (not buffer_installed.size or task_slot() is None):
             return None
         return super()._proxy_to_logger("debug", event, *args, **kw)
 
@@ -91,7 +92,7 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             enabled = lg._cache[_INFO] and not lg.disabled  # type: ignore[attr-defined]
         except (KeyError, AttributeError):
             enabled = self._enabled(_INFO)
-        if not enabled and not keeping():
+        if not enabled and (not buffer_installed.size or task_slot() is None):
             return None
         return super()._proxy_to_logger("info", event, *args, **kw)
 

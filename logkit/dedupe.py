@@ -16,7 +16,10 @@ ends and when the process shuts down (``worker_shutting_down``,
 :func:`logkit.install.install`), so a count is never lost.
 
 Lifecycle events (``logkit.events``) and Celery's per-task lines are never folded:
-each names another task.
+each names another task. Each process folds its own records: a forked child starts
+with no window (:func:`reset_after_fork`), and the folds go on every handler that
+writes the records, again each time logging is configured (:func:`apply`, given them
+by the installation's ``configured`` step).
 """
 
 from __future__ import annotations

@@ -160,6 +160,8 @@ def _new_installation(
     if take_over is not None:  # its changes, what it set up, its state: now inst's
         inst.changes, inst.active = take_over.changes, take_over.active
         inst.quieted, inst.warnings = take_over.quieted, take_over.warnings
+        # the per-task steps of the tools it turned on (8.), which its changes undo
+        inst.prerun_hooks, inst.postrun_hooks = take_over.prerun_hooks, take_over.postrun_hooks
     if inst.changes.add("atexit: write out the queue", lambda: atexit.unregister(_at_exit),
                         key="atexit"):
         atexit.register(_at_exit)

@@ -40,3 +40,9 @@ SUBCOMMANDS_REFUSE_PRELOAD_OPTIONS = CELERY < (5, 7)
 #: sends no ``user_preload_options`` with them; logkit leaves a command that takes them as
 #: Celery has it. (5.3.0/5.3.1's refuses them: logkit sends the signal, as 5.7 does.)
 REPORT_SENDS_NO_PRELOAD_OPTIONS = tuple(celery.VERSION[:3]) >= (5, 3, 4) and CELERY < (5, 7)
+
+#: Celery 5.7 can start the prefork pool's children as new interpreters
+#: (``worker_pool_start_method = "spawn"``, ``--pool-start-method spawn``); before, they
+#: are always forked (billiard's default on Linux, whatever multiprocessing's default is:
+#: forkserver from Python 3.14 on).
+POOL_START_METHOD = CELERY >= (5, 7)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -425,9 +424,13 @@ def flow(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterato
             node = node.parent
         ids.reverse()
         root_id = ids[0]
-        for worker in workers:
-            wait_for(lambda w=worker: '"event":"task_succeeded"' in w.read_log(), timeout=10)
-        time.sleep(0.3)
+        def succeeded() -> set[str]:
+            return {r.get("task_id", "") for w in workers for r in w.json_lines()
+                    if r.get("event") == "task_succeeded"}
+
+        # each task's task_succeeded line (the last it writes) is in the files
+        wait_for(lambda: {*ids, other.id} <= succeeded(), timeout=30,
+                 message=lambda: "\n".join(w.describe() for w in workers))
         files = [w.logfile for w in workers]
         assert all(f is not None for f in files)
         yield Flow([Path(str(f)) for f in files], root_id, ids, other.id)

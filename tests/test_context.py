@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,9 +276,11 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             truth = {p.stem: json.loads(p.read_text()) for p in truth_dir.glob("*.json")}
             if set(truth) != expected_tags:
                 return False
-            # every task's postrun probe is written: nothing more to come
-            probed = {r.get("probe_for") for r in worker.json_lines()}
-            return {t["id"] for t in truth.values()} <= probed
+            # every run's postrun probe is written (a retried task: one per attempt, under
+            # one id): nothing more to come
+            runs = Counter(t["id"] for t in truth.values())
+            probed = Counter(r["probe_for"] for r in worker.json_lines() if "probe_for" in r)
+            return all(probed[task_id] >= n for task_id, n in runs.items())
 
         wait_for(complete, timeout=30, message=lambda: worker.describe())
         yield Run(worker, appmod, pool, results, redis=name in REDIS_RUNS)

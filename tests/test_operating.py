@@ -33,6 +33,7 @@ from logkit.config import ConfigError, LogConfig
 
 BODY = r"""
 import logging
+import os
 import time
 
 import structlog
@@ -41,6 +42,9 @@ from celery.utils.log import get_logger, get_task_logger
 
 import logkit
 
+#: Set in the workers: what only a worker does (the receivers below, the user's logging)
+#: is not done in the test process, which imports this module to send the tasks.
+IN_WORKER = bool(os.environ.get("OPS_WORKER"))
 logkit.install(app, format="json")
 lib = logging.getLogger("ops.lib")      # any logger, not only the task's
 tlog = get_task_logger("ops.tasks")
@@ -134,10 +138,13 @@ def _outside(**_):
     lib.debug("debug outside any task")
 
 
-@signals.celeryd_after_setup.connect(weak=False)
 def _before_the_pool(**_):  # the main process, before it forks the prefork pool
     for _ in range(3):
         lib.warning("main process, before the pool starts")
+
+
+if IN_WORKER:
+    signals.celeryd_after_setup.connect(_before_the_pool, weak=False)
 """
 
 POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4}
@@ -154,21 +161,25 @@ INSTALL = 'logkit.install(app, format="json")\n'
 #: in each pool child (``-f worker-%i.log``: Celery sets logging up again there) ...
 CONFIGURE_AGAIN = f"""{INSTALL}
 
-@signals.setup_logging.connect(weak=False)
 def _own_setup(loglevel=None, logfile=None, **_):
     logkit.configure(loglevel, logfile, format="json", task_buffer={SIZE}, dedupe_window=600)
+
+
+if IN_WORKER:
+    signals.setup_logging.connect(_own_setup, weak=False)
 """
 #: ... and each pool child, configured by fork, uninstalls logkit, installs it again and
 #: configures (the options from the environment).
 REINSTALL = f"""{INSTALL}
 
-@signals.worker_process_init.connect(weak=False)
 def _reinstall(**_):
-    import os
-
     logkit.uninstall()
     logkit.install(app, format="json")
     logkit.configure(int(os.environ["CELERY_LOG_LEVEL"]), os.environ["CELERY_LOG_FILE"])
+
+
+if IN_WORKER:
+    signals.worker_process_init.connect(_reinstall, weak=False)
 """
 #: run -> (pool, concurrency, how logkit is set up, log file)
 RUNS = {
@@ -207,11 +218,11 @@ def outcome(
     appmod = make_app(tmp_path_factory.mktemp(f"ops-{run}"), BODY.replace(INSTALL, setup))
     # every source of the options is exercised: the celery flags, the env vars, configure()
     extra: list[str] = []
-    env = None
+    env = {"OPS_WORKER": "1"}
     if run == "prefork":
         extra = ["--log-task-buffer", str(SIZE), "--log-dedupe-window", "600"]
     elif run != "configure-again":
-        env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+        env.update(LOGKIT_TASK_BUFFER=str(SIZE), LOGKIT_DEDUPE_WINDOW="600")
     worker = start_worker(appmod, pool=pool, concurrency=concurrency, logfile=logfile,
                           extra_args=extra, env=env)
     try:
@@ -395,19 +406,20 @@ class UserLines(logging.Formatter):
 
 
 app.conf.worker_hijack_root_logger = False
-logging.config.dictConfig({
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"lines": {"()": UserLines}},
-    "handlers": {
-        "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
-                      "formatter": "lines"},
-        "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
-                     "formatter": "lines"},
-    },
-    "root": {"handlers": ["root_file"], "level": "INFO"},
-    "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
-})
+if IN_WORKER:
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lines": {"()": UserLines}},
+        "handlers": {
+            "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
+                          "formatter": "lines"},
+            "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
+                         "formatter": "lines"},
+        },
+        "root": {"handlers": ["root_file"], "level": "INFO"},
+        "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
+    })
 logkit.install(app, format="json")
 """
 
@@ -416,7 +428,7 @@ logkit.install(app, format="json")
 def users_outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     body = BODY.replace(INSTALL, USER_HANDLERS) + '\nROUTES["own"] = logging.getLogger("ops.own")\n'
     appmod = make_app(tmp_path_factory.mktemp("ops-user"), body)
-    env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+    env = {"OPS_WORKER": "1", "LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
     worker = start_worker(appmod, pool="prefork", concurrency=2, env=env)
     files = [appmod.workdir / "user.log", appmod.workdir / "own.log"]
 
@@ -787,3 +799,62 @@ def test_the_users_handlers_get_the_tools_next_to_logkits(tmp_path: Any) -> None
     for _ in range(3):
         logging.getLogger("ops.both").warning("again")
     assert [r.getMessage() for r in users.records if r.name == "ops.both"] == ["again"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_install_after_configure_without_app_keeps_the_tools_per_task_steps(
+    tmp_path: Any,
+) -> None:
+    """A web process configures logging with the tools on, then its Celery app module calls
+    install(app), which takes that configuration over: the buffer's and the folds'
+    per-task steps go on running (a task's DEBUG lines are kept until its ERROR)."""
+    import json
+
+    from celery import Celery
+
+    import logkit
+    from logkit.receivers import installation
+
+    logfile = tmp_path / "web.log"
+    logkit.configure("INFO", str(logfile), format="json", task_buffer=5, dedupe_window=60)
+    app = Celery("ops_take_over", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://")
+
+    @app.task
+    def steps() -> None:
+        for i in range(3):
+            logging.getLogger("ops.web").debug("step %d", i)
+        logging.getLogger("ops.web").error("went wrong")
+
+    inst = logkit.install(app)
+    assert installation() is inst and inst.active is not None  # taken over
+    assert inst.prerun_hooks and inst.postrun_hooks
+    steps.apply()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+    assert [(r["message"], r.get("buffered")) for r in lines if r["logger"] == "ops.web"] == [
+        ("step 0", True), ("step 1", True), ("step 2", True), ("went wrong", None)]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_handler_an_after_setup_logger_receiver_adds_gets_the_tools(tmp_path: Any) -> None:
+    """Celery's documented way to add a handler (an after_setup_logger receiver): it
+    writes the root's records next to logkit's, and folds them the same."""
+    from celery import signals
+
+    import logkit
+
+    theirs = Kept()
+
+    def add_handler(logger: logging.Logger, **_: Any) -> None:
+        logger.addHandler(theirs)
+
+    signals.after_setup_logger.connect(add_handler, weak=False, dispatch_uid="ops.add_handler")
+    try:
+        logkit.configure("INFO", str(tmp_path / "w.log"), format="json", dedupe_window=60,
+                         task_buffer=5)
+    finally:
+        signals.after_setup_logger.disconnect(dispatch_uid="ops.add_handler")
+    assert theirs in logging.getLogger().handlers and len(_tools(theirs)) == 2
+    for _ in range(3):
+        logging.getLogger("ops.added").warning("again")
+    assert [r.getMessage() for r in theirs.records if r.name == "ops.added"] == ["again"]
