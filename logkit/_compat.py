@@ -27,7 +27,7 @@ import importlib
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,9 +145,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("celery.bin.base", "handle_preload_options", SUBCOMMANDS_REFUSE_PRELOAD_OPTIONS,
              "letting every celery sub-command take the --log-* options"),
     Internal("celery.worker.control", "Panel.data", True,
-             "taking the logkit_level and logkit_levels commands out at uninstall()"),
+             "taking the logkit_level, logkit_levels, logkit_sample commands out at uninstall()"),
     Internal("celery.worker.control", "Panel.meta", True,
-             "taking the logkit_level and logkit_levels commands out at uninstall()"),
+             "taking the logkit_level, logkit_levels, logkit_sample commands out at uninstall()"),
     Internal("celery.utils.dispatch.signal", "Signal._live_receivers", True,
              "knowing whether the app connected its own setup_logging receiver"),
     Internal("celery.apps.worker", "install_worker_term_handler.keywords", True,
@@ -233,10 +233,10 @@ def remove_control_command(name: str, handler: Callable[..., Any]) -> None:
         Panel.meta.pop(name, None)
 
 
-def add_control_actions(names: Mapping[str, str], changes: Changes) -> list[str]:
+def add_control_actions(names: Mapping[str, Sequence[str]], changes: Changes) -> list[str]:
     """Let ``celery control``/``celery inspect`` take logkit's commands on Celery 5.3.
 
-    ``names``: the ``celery`` sub-command (``control``, ``inspect``) -> logkit's command.
+    ``names``: the ``celery`` sub-command (``control``, ``inspect``) -> logkit's commands.
     Only while the ``celery`` command runs (``celery.bin.control`` imported: the app
     module is loaded before the sub-command's arguments are parsed) and only on Celery
     5.3 (:data:`CONTROL_ACTIONS_FIXED`), which fixes the choices of their action argument
@@ -250,15 +250,16 @@ def add_control_actions(names: Mapping[str, str], changes: Changes) -> list[str]
         return []
     module = sys.modules.get("celery.bin.control")
     done: list[str] = []
-    for command, name in names.items():
+    for command, ours in names.items():
         for param in getattr(getattr(module, command, None), "params", ()):
             choices = getattr(param.type, "choices", None)
-            if param.name != "action" or choices is None or name in choices:
+            if param.name != "action" or choices is None:
                 continue
-            if changes.add(f"celery {command}: {name} among its actions",
-                           functools.partial(setattr, param.type, "choices", choices),
-                           key=("celery actions", command)):
-                param.type.choices = [*choices, name]
+            new = [name for name in ours if name not in choices]
+            if new and changes.add(f"celery {command}: {', '.join(new)} among its actions",
+                                   functools.partial(setattr, param.type, "choices", choices),
+                                   key=("celery actions", command)):
+                param.type.choices = [*choices, *new]
                 done.append(command)
     return done
 

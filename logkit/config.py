@@ -119,6 +119,8 @@ EVENT_NAMES: tuple[str, ...] = (
     "beat_started",
     "beat_task_sent",
     "log_level_changed",
+    "task_sample_changed",
+    "tasks_sampled_out",
 )
 
 LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -192,6 +194,20 @@ def _non_negative_seconds(value: Any) -> float:
         number = None
     if number is None or not (0.0 <= number < float("inf")):  # NaN fails too
         raise ValueError(f"must be a number of seconds >= 0 (0 = off); got {value!r}")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    """A fraction from 0 to 1 (``task_sample``): a number, or a string such as ``"0.1"``."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not (0.0 <= number <= 1.0):  # NaN fails too
+        raise ValueError(
+            f"must be a number from 0 to 1 (0.1: one workflow in ten; 1: every workflow, "
+            f"the default; 0: only the tasks that go wrong); got {value!r}"
+        )
     return number
 
 
@@ -527,6 +543,12 @@ class LogConfig:
         0.0, _non_negative_seconds, flag="--log-dedupe-window", metavar="SECONDS",
         doc="Fold repeats of a line (same logger, level and message template) within "
         "SECONDS into one line with a repeated count (0 = off, the default).")
+    task_sample: float = option(
+        1.0, _fraction, flag="--log-task-sample", metavar="RATE",
+        doc="Write the lines below WARNING of this share of workflows (by root id), and "
+        "of every task that goes wrong: a task outside the sample keeps them and writes "
+        "them first (marked sampled_out) only if it fails, retries or logs a WARNING "
+        "(0 to 1; 1 = every task, the default).")
 
     def __post_init__(self) -> None:
         for name in OPTIONS:

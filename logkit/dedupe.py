@@ -63,7 +63,8 @@ class Fold(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = record.__dict__
-        if record.name in NEVER_FOLDED or "repeated" in fields or "buffered" in fields:
+        if (record.name in NEVER_FOLDED or "repeated" in fields or "buffered" in fields
+                or "sampled_out" in fields):  # what a task kept, written as it was logged
             return True
         exc = record.exc_info
         key = (record.name, record.levelno, record.msg, exc[0] if exc else None)

@@ -16,11 +16,12 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 5. flushing the non-blocking queue when a process shuts down (and at interpreter exit);
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`);
-7. the ``logkit_level`` / ``logkit_levels`` remote control commands
+7. the ``logkit_level`` / ``logkit_levels`` / ``logkit_sample`` remote control commands
    (:mod:`logkit.control`);
 8. once a process's logging is configured (:func:`_configured`), the per-task buffer
-   (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
-   ``dedupe_window``), with their receivers connected only while they are on.
+   (:mod:`logkit.buffer`, ``task_buffer``), repeat folding (:mod:`logkit.dedupe`,
+   ``dedupe_window``) and sampling per workflow (:mod:`logkit.sample`, ``task_sample``),
+   with their steps and receivers connected only while they are on.
 
 Every change is recorded in the installation's ``changes`` with its undo;
 :func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
@@ -32,6 +33,7 @@ nothing while no installation is current).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import time
@@ -39,7 +41,7 @@ from typing import Any
 
 from celery import signals
 
-from . import _compat, banner, buffer, celery_options, control, dedupe, receivers
+from . import _compat, banner, buffer, celery_options, control, dedupe, receivers, sample
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
@@ -114,6 +116,8 @@ def uninstall() -> bool:
     inst = receivers.installation()
     if inst is None:
         return False
+    if inst.sampler is not None:  # what sampling left out, while its event can be written
+        inst.sampler.flush_report()
     receivers.activate(None)
     if not flush_queues(QUEUE_WAIT):
         logger.debug("logkit: uninstall: the queue was not written out within %ss", QUEUE_WAIT)
@@ -196,14 +200,21 @@ def _after_fork_in_child() -> None:
 
 def _configured(inst: Installation, active: Active, app: Any) -> None:
     """The last step of a process's logging set-up, given what was set up (``active``):
-    Celery's task loggers quieted (or not), then 8. the per-task buffer and repeat folding
-    on every handler that writes the records (``active.output_handlers``), each connected
-    only when on."""
+    Celery's task loggers quieted (or not), then 8. the per-task buffer, repeat folding
+    and sampling on every handler that writes the records (``active.output_handlers``),
+    each connected only when on."""
     config = active.config
     prose.quiet_celery_loggers(inst, config, app)
-    buffering = buffer.apply(config, active.output_handlers, active.loglevel)
-    folding = dedupe.apply(config, active.output_handlers)
-    _connect_operating(inst, buffering, folding)
+    handlers = active.output_handlers
+    buffering = buffer.apply(config, handlers, active.loglevel)
+    folding = dedupe.apply(config, handlers)
+    sampler = inst.sampler = sample.apply(config, handlers, inst.sampler)
+    sampler.report = worker.tasks_sampled_out
+    sampler.held_received = task.held_received
+    sampler.write_received = task.write_held_received
+    # a logkit_sample command turning sampling on later sets its steps then
+    sampler.on_attach = functools.partial(_connect_operating, inst, buffering, folding, sampler)
+    _connect_operating(inst, buffering, folding, sampler)
 
 
 def _flush_folds(**_: Any) -> None:
@@ -230,26 +241,63 @@ _FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
 )
 
 
+def _report_sampled(**_: Any) -> None:
+    """Write what this process left out (``tasks_sampled_out``), then the queue."""
+    inst = receivers.installation()
+    sampler = inst.sampler if inst is not None else None
+    if sampler is not None and sampler.flush_report():
+        flush_queues()
+
+
+#: (signal, receiver, dispatch_uid) of sampling: what was left out written at shutdown
+#: (a prefork child's at its exit, the main process's at the worker's).
+_SAMPLE_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.worker_process_shutdown, _report_sampled, "logkit.sample.process_shutdown"),
+    (signals.worker_shutdown, _report_sampled, "logkit.sample.shutdown"),
+)
+
+
 def _stop_operating() -> None:
     """Undo 8.: the buffer's wrappers and filters, the folds (their counts written)."""
     buffer.off()
     dedupe.off()
 
 
-def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
-    """8. Set the per-task steps of the buffer and the folds, and connect the folds'
-    shutdown receivers, when on (taken away when off); what :func:`uninstall` must take
-    back is recorded in ``inst.changes``."""
+def _stop_sampling(inst: Installation) -> None:
+    """Undo 8.'s sampling: what was left out reported, the filters taken away."""
+    sampler = inst.sampler
+    if sampler is not None:
+        sampler.flush_report()
+        sampler.detach()
+
+
+def _connect_operating(inst: Installation, buffering: bool, folding: bool,
+                       sampler: sample.Sampler | None = None) -> None:
+    """8. Set the per-task steps of the buffer, the folds and sampling, and connect the
+    folds' and sampling's shutdown receivers, when on (taken away when off); what
+    :func:`uninstall` must take back is recorded in ``inst.changes``."""
+    sampling = sampler is not None and sampler.attached
     prerun: list[Any] = []
     postrun: list[Any] = []
     for on, (before, after) in ((buffering, _BUFFER_HOOKS), (folding, _FOLD_HOOKS)):
         if on:
             prerun += before
             postrun += after
+    if sampling and sampler is not None:  # last after a task: what the buffer wrote is held
+        prerun.append(sampler.prerun)
+        postrun.append(sampler.postrun)
     inst.prerun_hooks, inst.postrun_hooks = tuple(prerun), tuple(postrun)
     if prerun or postrun:
-        inst.changes.add("task_buffer / dedupe_window: per-task steps",
+        inst.changes.add("task_buffer / dedupe_window / task_sample: per-task steps",
                          lambda: _clear_hooks(inst), key="operating.hooks")
+    if sampling:
+        for sig, receiver, uid in _SAMPLE_RECEIVERS:
+            inst.connect(sig, receiver, uid)
+        if inst.changes.add("atexit: write what sampling left out",
+                            lambda: atexit.unregister(_report_sampled), key="atexit.sample"):
+            atexit.register(_report_sampled)
+        inst.changes.add("task_sample: filters on logkit's handlers",
+                         functools.partial(_stop_sampling, inst), key="sample")
     for sig, receiver, uid in _FOLD_RECEIVERS:
         if folding:
             inst.connect(sig, receiver, uid)
@@ -322,14 +370,14 @@ def _connect(inst: Installation) -> None:
     connect(signals.worker_shutdown, _flush, "logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
     banner.connect(inst)
-    # 7. Levels over remote control.
+    # 7. Levels and the sample rate over remote control.
     if "logkit.control" not in inst.changes:
         control.register()
-        inst.changes.add("remote control commands (logkit_level, logkit_levels)",
+        inst.changes.add("remote control commands (logkit_level, logkit_levels, logkit_sample)",
                          control.unregister, key="logkit.control")
     # Celery 5.3, while the `celery` command runs: `celery control/inspect` take them.
-    _compat.add_control_actions({"control": control.CONTROL_COMMAND,
-                                 "inspect": control.INSPECT_COMMAND}, inst.changes)
+    _compat.add_control_actions({"control": (control.CONTROL_COMMAND, control.SAMPLE_COMMAND),
+                                 "inspect": (control.INSPECT_COMMAND,)}, inst.changes)
 
 
 def configure(

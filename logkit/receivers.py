@@ -31,6 +31,7 @@ from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import WarningHold, intended_format, report_failure
 from .formatters import cap, safe_repr
 from .redaction import RedactFilter, has_sensitive_key, redact, redact_positional
+from .sample import Sampler
 from .setup import Active, configure_process
 from .trace import Ids, span_lookup
 
@@ -287,16 +288,20 @@ class Installation:
         #: Called first thing in ``task_prerun`` when set (prefork children: pick up a
         #: level changed by remote control, :mod:`logkit.control`).
         self.before_task: Callable[[], None] | None = None
-        #: Per-task steps of the options that have them (``task_buffer``, ``dedupe_window``):
-        #: called by logkit's own ``task_prerun`` receiver once the task's context is bound
-        #: (``hook(task_id=...)``) and by its ``task_postrun`` receiver once the context is
-        #: restored (``hook(task_id=..., state=...)``). One receiver per signal for all of
+        #: Per-task steps of the options that have them (``task_buffer``, ``dedupe_window``,
+        #: ``task_sample``): called by logkit's own ``task_prerun`` receiver once the task's
+        #: context is bound, before ``task_started`` (``hook(task_id=..., task=...)``), and
+        #: by its ``task_postrun`` receiver once the context is restored
+        #: (``hook(task_id=..., state=..., task=...)``). One receiver per signal for all of
         #: them: each receiver costs Celery's dispatch about as much as a short log call.
         self.prerun_hooks: tuple[TaskHook, ...] = ()
         self.postrun_hooks: tuple[TaskHook, ...] = ()
         #: Start time (``time.monotonic()``) and queue times (``queued_ms``, ``wait_ms``)
         #: of each task running in this process, by task id (the task events).
         self.running: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
+        #: ``task_sample`` in this process (:mod:`logkit.sample`): made when the process's
+        #: logging is configured; its filters and steps are on only while it samples.
+        self.sampler: Sampler | None = None
 
     @property
     def config(self) -> LogConfig:
@@ -421,11 +426,11 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     inst.scope.enter(key, values, task_context.task_keys)
     if task_context.structlog:  # what the task binds with structlog.contextvars ends with it too
         inst.structlog_snapshots[(key, threading.get_ident())] = contextvars_snapshot()
+    if inst.prerun_hooks:  # before task_started: its event is the task's first record
+        _run_hooks(inst.prerun_hooks, task_id=task_id, task=task)
     started = inst.task_started
     if started is not None:
         started(inst, task_id, task)
-    if inst.prerun_hooks:
-        _run_hooks(inst.prerun_hooks, task_id=task_id)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = None,
@@ -443,7 +448,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = 
         if snapshot is not None:
             restore_contextvars(snapshot)
     if inst.postrun_hooks:
-        _run_hooks(inst.postrun_hooks, task_id=task_id, state=state)
+        _run_hooks(inst.postrun_hooks, task_id=task_id, state=state, task=task)
 
 
 def _target(receiver: Any) -> Any:

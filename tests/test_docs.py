@@ -124,9 +124,10 @@ def test_no_unknown_option_is_documented() -> None:
         for key in re.findall(r"\blogkit_([a-z][a-z_]*)\b", text):
             # logkit_context (the header), logkit_error (a record field), logkit_records
             # (the pytest fixture), logkit_level(s) (remote control commands) and
-            # logkit_published/logkit_received (queue time stamps) are not options
+            # logkit_published/logkit_received (queue time stamps), logkit_sample (a remote
+            # control command) are not options
             not_options = ("context", "error", "records", "level", "levels", "published",
-                           "received")
+                           "received", "sample")
             assert key in options or key in not_options, (
                 f"{path.name}: logkit_{key}"
             )

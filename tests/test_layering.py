@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"logkit._compat"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
     {"logkit.buffer", "logkit.dedupe"},  # task_buffer, dedupe_window (#29): filters on handlers
+    {"logkit.sample"},  # task_sample (#38): its filter goes after the buffer's trigger
     {"logkit._fields"},  # a record's fields: the field pipeline, logkit's own JSON builder
     {"logkit._schema_fields"},  # a schema applied to a record: its field builder
     {"logkit.formatters", "logkit.filters", "logkit._request"},

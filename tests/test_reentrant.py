@@ -3,10 +3,12 @@ handled -- are written, on every Python the matrix runs (``-m contract``: 3.11 t
 
 Python 3.13.4 briefly made ``Logger.isEnabledFor()`` false while a record of the same
 logger was being handled (python/cpython#131812, undone in 3.13.5), so such a record was
-lost. logkit writes four: a buffer flush (an ERROR writes the task's kept DEBUG lines,
+lost. logkit writes five: a buffer flush (an ERROR writes the task's kept DEBUG lines,
 through the same logger, from a filter of the ERROR's handler), a repeat count (the repeat
 after the window writes the count from the fold's filter), a drop report (the first record
-a sink writes again brings the report of those it dropped), and ``log_level_changed``.
+a sink writes again brings the report of those it dropped), ``log_level_changed``, and
+what a task outside the sample kept (``task_sample``: its ``task_failed`` writes its held
+``task_received`` on the same logger, and its lines, from a filter of its handler).
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def fails_after_debug():
     log.debug("kept 1")
     log.debug("kept 2")
     log.error("the error that writes them")  # the kept lines: same logger, mid-handling
+
+
+@app.task
+def fails_after_info():
+    log.info("kept info")
+    raise ValueError("boom")  # task_failed writes what the task kept, mid-handling
 
 
 @app.task
@@ -125,3 +133,18 @@ def test_a_drop_report_is_written_with_the_first_record_after(
     assert [r["message"] for r in records][:1] == ["after"], records
     (report,) = [r for r in records if r.get("event") == "log_records_dropped"]
     assert report["count"] == 3 and report["reason"] == "No space left on device"
+
+
+def test_what_a_task_outside_the_sample_kept_is_written(
+    app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
+) -> None:
+    appmod = app_factory(BODY)
+    w = worker_factory(appmod, logfile="worker.log", concurrency=1,
+                       extra_args=["--log-task-sample", "0"])  # no workflow in the sample
+    result = appmod.load().fails_after_info.delay()
+    result.get(timeout=60, propagate=False)
+    wait_for(lambda: any(r.get("event") == "task_failed" for r in _records(w)), timeout=30,
+             message=w.describe)
+    mine = [(r.get("event") or r["message"], r.get("sampled_out"))
+            for r in _records(w) if r.get("task_id") == result.id]
+    assert mine == [("task_received", True), ("kept info", True), ("task_failed", None)], mine

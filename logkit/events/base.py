@@ -71,6 +71,10 @@ DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
         "beat_task_sent": _I,
         # WARNING: seen at -l WARNING too, where an operator's change is most surprising
         "log_level_changed": _W,
+        # WARNING, as log_level_changed: an operator's change of what is written
+        "task_sample_changed": _W,
+        # INFO: what a process did not write, for volumes and error rates (task_sample)
+        "tasks_sampled_out": _I,
     }
 )
 
@@ -94,6 +98,8 @@ MESSAGES: Mapping[str, str] = MappingProxyType(
         "beat_started": "Beat started",
         "beat_task_sent": "Beat sent due task",
         "log_level_changed": "Log level changed",
+        "task_sample_changed": "Task sampling changed",
+        "tasks_sampled_out": "Tasks sampled out",
     }
 )
 
@@ -124,6 +130,8 @@ def emit(
     bind: Mapping[str, Any] | None = None,
     exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | None = None,
     exc_text: str | None = None,
+    created: float | None = None,
+    process: int | None = None,
 ) -> None:
     """Log one ``event`` record with ``fields``; ``bind`` is bound in the context for it.
 
@@ -133,13 +141,15 @@ def emit(
     The record is an ordinary ``LogRecord`` on ``logkit.events``, handled by
     ``Logger.handle`` as any other: every handler and filter on the way sees it, and
     the formatter's one field builder makes its line. ``exc_text`` (an already
-    formatted traceback) is used instead of formatting ``exc_info`` again.
+    formatted traceback) is used instead of formatting ``exc_info`` again. ``created``
+    and ``process``: the time and process of an event written later than it happened,
+    elsewhere (a held ``task_received``, :mod:`logkit.sample`).
     """
     inst = installation()
     if None in fields.values() and (inst is None or not inst.event_nulls):
         fields = {key: value for key, value in fields.items() if value is not None}
     extra: Mapping[str, Any] = {"event": event, **fields}
-    if exc_info is None and _stock_records():
+    if exc_info is None and created is None and _stock_records():
         # Born redacted: the fields are redacted here, once, and the record is marked so
         # that the handlers' RedactFilter (same keys) passes it without a second look.
         redactor = inst.redactor if inst is not None else None
@@ -153,10 +163,24 @@ def emit(
                                    extra=extra)
     if exc_text:
         record.exc_text = exc_text
+    if created is not None:
+        _written_later(record, created, process)
     if bind:
         context.call_bound(bind, logger.handle, record)
     else:
         logger.handle(record)
+
+
+def _written_later(record: logging.LogRecord, created: float, process: int | None) -> None:
+    """Give ``record`` the time (and the process) of an event that happened earlier."""
+    d = record.__dict__
+    d["created"] = created
+    d["msecs"] = int((created - int(created)) * 1000) + 0.0
+    start = logging._startTime  # type: ignore[attr-defined]
+    d["relativeCreated"] = (created - (start / 1e9 if type(start) is int else start)) * 1000
+    if process is not None and process != d.get("process"):
+        d["process"] = process
+        d["processName"] = "MainProcess"
 
 
 _LogRecord = logging.LogRecord
