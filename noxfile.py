@@ -1,14 +1,17 @@
 """The version matrix: ``nox -l`` lists the sessions, ``nox -s lowest`` runs one.
 
-- ``tests``: today's newest release of every dependency, the whole suite (what the
-  README's two commands do on a fresh machine).
+- ``tests-3.11``, ``tests-3.14``: today's newest release of every dependency, the whole
+  suite (what the README's two commands do on a fresh machine), on the oldest Python and
+  on 3.14.
 - ``lowest``: every direct runtime dependency at the lower bound ``pyproject.toml``
   declares (pinned through a constraints file generated from it), the whole suite.
-- ``celery-3.11(5.3)`` ... ``celery-3.13(5.7)``: one Celery minor (with the kombu it
-  resolves) on one Python version each, every pair: the real-worker contract tests
-  (``-m contract``): the ``setup_logging`` contract and override, ``after_setup_*``
-  kwargs, context in prefork and threads, lifecycle events. (The whole suite runs on
-  Python 3.11, in ``tests`` and ``lowest``.)
+- ``celery-3.11(5.3)`` ... ``celery-3.15(5.7)``: one Celery minor (with the kombu it
+  resolves) on one Python version each: the real-worker contract tests (``-m contract``):
+  the ``setup_logging`` contract and override, ``after_setup_*`` kwargs, context in
+  prefork and threads, lifecycle events. Every pair on Python 3.11 to 3.13; on 3.14 and
+  3.15 the newest Celery and 5.6 (``CONTRACT``: the others skip, saying so).
+- ``sentry2``: sentry-sdk 2 (the newest 2.x; ``.[dev]`` resolves 3): the tests of logkit
+  beside Sentry, whose wire format changed between the two majors.
 - ``package``: sdist and wheel build, ``twine check``, the wheel installed alone (no
   checkout on the path) runs ``python -m logkit demo --format json`` and ``logkit view``.
 - ``celery_integration`` (not run by a bare ``nox``; ``nox -s celery_integration``):
@@ -18,8 +21,9 @@
   naming every test whose outcome differs (``tests/celery_integration/compare.py``).
 
 Sessions use uv to build their virtual environments when it is installed (fast), pip
-otherwise. Python 3.12 and 3.13 are found as ``python3.12``/``python3.13`` on ``PATH``
-(with pyenv: ``PYENV_VERSION=3.11.7:3.12.1:3.13.0``, as ``.ci/run`` sets it).
+otherwise. Python 3.12 to 3.15 are found as ``python3.12`` ... ``python3.15`` on ``PATH``
+(with pyenv: ``PYENV_VERSION=3.11.7:3.12.1:3.13.0``, as ``.ci/run`` sets it; ``.ci/run``
+runs the 3.14 and 3.15 sessions in a Debian sid chroot that has them: ``.ci/sid``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CELERY_MINORS = ["5.3", "5.4", "5.5", "5.6", "5.7"]
 #: The Python versions logkit supports, the whole suite's first (keep in step with the
 #: classifiers in pyproject.toml and the README's table).
-PYTHONS = ["3.11", "3.12", "3.13"]
+PYTHONS = ["3.11", "3.12", "3.13", "3.14", "3.15"]
+#: The Pythons the whole suite runs on: the oldest, and 3.14 (Debian sid's, .ci/sid).
+WHOLE_SUITE = ["3.11", "3.14"]
+#: The ``(Python, Celery minor)`` pairs of the contract tests: every minor on 3.11 to
+#: 3.13; on 3.14 and 3.15 the newest and 5.6 (the one Debian sid ships as python3-celery).
+CONTRACT = [(python, minor) for python in PYTHONS for minor in CELERY_MINORS
+            if python in ("3.11", "3.12", "3.13") or minor in ("5.6", CELERY_MINORS[-1])]
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = False
@@ -76,7 +86,7 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs)
 
 
-@nox.session(python=PYTHONS[0])
+@nox.session(python=WHOLE_SUITE)
 def tests(session: nox.Session) -> None:
     """Newest releases of everything, the whole suite."""
     with _checkout(session):
@@ -102,10 +112,22 @@ def lowest(session: nox.Session) -> None:
 @nox.parametrize("celery", CELERY_MINORS, ids=CELERY_MINORS)
 def celery(session: nox.Session, celery: str) -> None:
     """One Celery minor (and the kombu it resolves): the real-worker contract tests."""
+    if (session.python, celery) not in CONTRACT:
+        session.skip(f"Celery {celery} is not in the matrix on Python {session.python}: "
+                     "there, the newest Celery and 5.6")
     with _checkout(session):
         session.install("-e", ".[dev]", f"celery=={celery}.*")
     _versions(session)
     _pytest(session, "-m", "contract")
+
+
+@nox.session(python=PYTHONS[0])
+def sentry2(session: nox.Session) -> None:
+    """sentry-sdk 2 (``.[dev]`` resolves 3): logkit beside Sentry, Sentry's other major."""
+    with _checkout(session):
+        session.install("-e", ".[dev]", "sentry-sdk<3")
+    _versions(session, "sentry-sdk")
+    _pytest(session, "tests/test_other_libraries.py", "-k", "sentry")
 
 
 @nox.session(python=PYTHONS[0])
@@ -149,14 +171,15 @@ def celery_integration(session: nox.Session) -> None:
         session.install("-e", ".[dev]")
     # what Celery's integration suite imports and its markers need (requirements/test*.txt)
     session.install("pydantic", "pytest-rerunfailures", "pytest-timeout", "redis")
-    _versions(session)
+    _versions(session, "redis")
     work = Path(session.create_tmp()).resolve() / "celery-integration"
     session.run("python", str(ROOT / "tests" / "celery_integration" / "compare.py"),
                 "--work", str(work), *session.posargs)
 
 
-def _versions(session: nox.Session) -> None:
+def _versions(session: nox.Session, *more: str) -> None:
     """Print the versions this session resolved (the matrix's evidence)."""
-    names = ["celery", "kombu", "structlog", "python-json-logger", "orjson", "colorama", "pytest"]
+    names = ["celery", "kombu", "structlog", "python-json-logger", "orjson", "colorama", "pytest",
+             *more]
     session.run("python", "-c", "import importlib.metadata as m, sys; print(sys.version.split()[0],"
                 f" *(n + '==' + m.version(n) for n in {names!r}))")

@@ -201,6 +201,39 @@ def _per_task_targets(groups: dict[str, list[Any]], measure: str, value: Callabl
     return lines
 
 
+def _worker_targets(setup: worker.Setup, summaries: list[worker.Summary]
+                    ) -> list[tuple[str, str, float, bool | None]]:
+    """The worker's targets in one setup: tasks/s against Celery's logging (#28), bytes per
+    task against Celery's own text (#37) and, in #37's worker (``light``), parity of the
+    whole worker's CPU per task and tasks/s (#37)."""
+    rows = {s.mode: s for s in summaries}
+    celery, logkit = rows.get(worker.CELERY), rows.get(worker.LOGKIT)
+    if celery is None or logkit is None:
+        return []
+    lines: list[tuple[str, str, float, bool | None]] = []
+    ratio = logkit.median_rate / celery.median_rate
+    floor = rows.get(worker.FLOOR)
+    note = (f"; floor, Celery at WARNING: {floor.median_rate / celery.median_rate:.2f}{TIMES}"
+            if floor else "")
+    what = f"{setup.name} ({setup.describe()})"
+    for goal, kind in ((1.0, "required"), (1.25, "the goal")):
+        lines.append((f"worker tasks/s, {what}, logkit json / Celery's logging, both at INFO "
+                      f"({kind}, #28){note}", f"≥ {goal:g}{TIMES}", ratio, ratio >= goal))
+    volume = worker.bytes_per_task(logkit) / worker.bytes_per_task(celery)
+    for goal, kind in ((3.0, "required"), (2.5, "the goal")):
+        lines.append((f"log bytes per task, {setup.name}, logkit json / Celery's text, both at "
+                      f"INFO ({kind}, #37)", f"≤ {goal:g}{TIMES}", volume, volume <= goal))
+    if setup.name == "light":
+        cpu = worker.cpu_per_task(logkit) / worker.cpu_per_task(celery)
+        runs = len(logkit.runs)
+        lines.append((f"worker CPU per task (main + pool), light, logkit json / Celery's "
+                      f"logging, median of {runs} alternating runs (#37)", f"≤ 1.03{TIMES}",
+                      cpu, cpu <= 1.03))
+        lines.append((f"worker tasks/s, light, logkit json / Celery's logging, median of "
+                      f"{runs} alternating runs (#37)", f"≥ 0.95{TIMES}", ratio, ratio >= 0.95))
+    return lines
+
+
 def _schema_goal(name: str, ratio: float) -> bool | None:
     """A schema's 1.1x of logkit's own JSON; ``None`` (withdrawn) for ``ecs``: #27 set its
     goal against ecs-logging's own formatter instead (at least 5x faster)."""
@@ -273,16 +306,8 @@ def targets(fmt: dict[str, list[Result]] | None, task: dict[str, list[Result]] |
             lines.append(("format() instructions, ecs-logging StdlibFormatter / logkit "
                           "schema=ecs", f"≥ 5{TIMES}", speedup, speedup >= 5))
     for setup in worker.SETUPS if work else ():
-        rates = {s.mode: s.median_rate for s in work or () if s.setup == setup.name and s.runs}
-        if worker.CELERY in rates and worker.LOGKIT in rates:
-            ratio = rates[worker.LOGKIT] / rates[worker.CELERY]
-            floor = rates.get(worker.FLOOR)
-            note = (f"; floor, Celery at WARNING: {floor / rates[worker.CELERY]:.2f}{TIMES}"
-                    if floor else "")
-            for goal, kind in ((1.0, "required"), (1.25, "the goal")):
-                lines.append((f"worker tasks/s, {setup.name} ({setup.describe()}), logkit json "
-                              f"/ Celery's logging, both at INFO ({kind}){note}",
-                              f"≥ {goal:g}{TIMES}", ratio, ratio >= goal))
+        lines += _worker_targets(setup, [s for s in work or ()
+                                         if s.setup == setup.name and s.runs])
     if not lines:
         return ""
     out = ["### Targets (ratios from this run)", "",

@@ -47,7 +47,8 @@ def _child(variant: str, calls: int) -> None:
             if variant == VARIANTS[2]:
                 page = switch.page
                 assert page is not None
-                levels = [{"root": 20, "celery.task": 20}, {"root": 20, "celery.task": 21}]
+                levels = [{"levels": {"root": 20, "celery.task": 20}},
+                          {"levels": {"root": 20, "celery.task": 21}}]
 
                 def flip(i: int) -> None:  # what the main process would write
                     page.write(levels[i % 2])

@@ -1,6 +1,6 @@
 """What ``task_buffer`` and ``dedupe_window`` cost (#29), side by side, in one run.
 
-``python -m benchmarks.operating [--rounds R] [--calls N] [--no-valgrind]``
+``python -m benchmarks.operating [--rounds R] [--calls N] [--no-valgrind] [--only TEXT]``
 
 Every variant runs in a fresh interpreter (the buffer and the folds are per-process
 state), set up as a user's process is: ``logkit.install(app, format="json", ...)`` and
@@ -18,6 +18,14 @@ Per task (``task.apply()``, eager, -l INFO):
   same with ``task_buffer=50`` (10 records made and kept, then dropped: it succeeds);
 * an empty task, buffer off, and with ``task_buffer=50`` (what the buffer costs a task
   that logs nothing below the level).
+
+Per task with ``task_sample`` (#38; a task logging 3 INFO lines and 2 DEBUG lines,
+``task_buffer=50``, its id chosen in or outside a sample of 0.1):
+
+* the buffer alone (the baseline), with ``task_sample=1`` said outright (off: nothing
+  is put on), and with ``task_sample=0.1`` for a workflow in the sample (the decision
+  and the filter, every line written) and for one outside it (its lines held, then
+  dropped: it succeeds).
 
 Per record (``logger.warning()`` through logkit's JSON handler to ``/dev/null``):
 
@@ -51,16 +59,28 @@ RECORD_FOLDED = "logger.warning(), dedupe_window=60, repeats folded (not written
 RECORD_NEW = ("logger.warning(), dedupe_window=60, a new message every record "
               "(10,000 windows open, the oldest closed early)")
 
+SAMPLE_BUFFER = "task logging 3 INFO + 2 DEBUG lines, task_buffer=50 (sampling off)"
+SAMPLE_ONE = "the same, task_sample=1 (off)"
+SAMPLE_IN = "the same, task_sample=0.1, a workflow in the sample (every line written)"
+SAMPLE_OUT = "the same, task_sample=0.1, a workflow outside it (held, then dropped)"
+
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("per task, task.apply()", (TASK_DEBUG_OFF, TASK_DEBUG_ON, TASK_EMPTY_OFF, TASK_EMPTY_ON)),
+    ("per task with task_sample, task.apply()",
+     (SAMPLE_BUFFER, SAMPLE_ONE, SAMPLE_IN, SAMPLE_OUT)),
     ("per record, JSON to /dev/null", (RECORD_OFF, RECORD_ON, RECORD_FOLDED, RECORD_NEW)),
 )
 _OPTIONS: dict[str, dict[str, Any]] = {
     TASK_DEBUG_OFF: {}, TASK_DEBUG_ON: {"task_buffer": 50},
     TASK_EMPTY_OFF: {}, TASK_EMPTY_ON: {"task_buffer": 50},
+    SAMPLE_BUFFER: {"task_buffer": 50}, SAMPLE_ONE: {"task_buffer": 50, "task_sample": 1.0},
+    SAMPLE_IN: {"task_buffer": 50, "task_sample": 0.1},
+    SAMPLE_OUT: {"task_buffer": 50, "task_sample": 0.1},
     RECORD_OFF: {}, RECORD_ON: {"dedupe_window": 1e-9}, RECORD_FOLDED: {"dedupe_window": 60},
     RECORD_NEW: {"dedupe_window": 60},
 }
+#: Each row's ratio is against this row (default: the first of its group).
+_BASE = {TASK_EMPTY_OFF: TASK_EMPTY_OFF, TASK_EMPTY_ON: TASK_EMPTY_OFF}
 N1, N2 = 100, 600
 
 
@@ -91,12 +111,34 @@ def call_of(variant: str) -> Any:
     def empty_task() -> None:
         return None
 
+    @app.task(name="bench.sampled")  # type: ignore[misc]
+    def sampled_task(n: int) -> None:
+        lib.info("order %s: charging", n)
+        lib.debug("card %s", "4242")
+        lib.info("order %s: charged %s", n, 12.5)
+        lib.debug("receipt queued")
+        lib.info("order %s: done", n)
+
     logkit.install(app, format="json", **_OPTIONS[variant])
     logkit.configure(loglevel="INFO", logfile=os.devnull, format="json", app=app)
     if variant in (TASK_DEBUG_OFF, TASK_DEBUG_ON):
         return debug_task.apply
     if variant in (TASK_EMPTY_OFF, TASK_EMPTY_ON):
         return empty_task.apply
+    if variant in (SAMPLE_BUFFER, SAMPLE_ONE, SAMPLE_IN, SAMPLE_OUT):
+        # root ids in (or, for SAMPLE_OUT, outside) a sample of 0.1: every variant runs
+        # the same ids-given call; the ids differ only in where they fall
+        inside = variant != SAMPLE_OUT
+        ids = [i for i in (f"bench-{n:08d}" for n in range(200000))
+               if logkit.sampled(i, 0.1) == inside][:1000]
+        turn = iter(range(1 << 62))
+        apply = sampled_task.apply
+
+        def sampled() -> None:
+            n = next(turn)
+            apply((n,), task_id=ids[n % 1000])
+
+        return sampled
     warning = lib.warning
     if variant == RECORD_NEW:  # 20,000 templates in turn: each record opens a window
         templates = [f"connection {i} to %s refused" for i in range(20000)]
@@ -147,6 +189,7 @@ def counted_child(variant: str, calls: int) -> None:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGKIT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONHASHSEED"] = "0"  # the same dict/set layouts in every run (exact counts)
     return env
 
 
@@ -170,9 +213,15 @@ def _instructions(variant: str, calls: int) -> int:
     return int(match.group(1))
 
 
-def run(rounds: int, calls: int, valgrind: bool) -> dict[str, dict[str, float]]:
+def _groups(only: list[str] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The tables whose title contains one of ``only`` (every table: ``None``)."""
+    return tuple(g for g in GROUPS if not only or any(o in g[0] for o in only))
+
+
+def run(rounds: int, calls: int, valgrind: bool,
+        only: list[str] | None = None) -> dict[str, dict[str, float]]:
     """``{variant: {"cpu_us": median, "cpu_min": .., "cpu_max": .., "instructions": ..}}``."""
-    variants = [v for _, names in GROUPS for v in names]
+    variants = [v for _, names in _groups(only) for v in names]
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
         for v in variants if r % 2 == 0 else list(reversed(variants)):
@@ -200,13 +249,13 @@ def run(rounds: int, calls: int, valgrind: bool) -> dict[str, dict[str, float]]:
 def render(results: dict[str, dict[str, float]]) -> str:
     lines = []
     for title, names in GROUPS:
+        if not all(name in results for name in names):
+            continue
         lines += [f"#### {title}", "",
                   "| case | instructions/call | ratio | CPU µs/call (median, min-max) | ratio |",
                   "|---|---:|---:|---:|---:|"]
-        for i, name in enumerate(names):
-            base = names[0] if i < 2 or not name.startswith(("empty",)) else names[2]
-            if name.startswith("logger"):
-                base = names[0]
+        for name in names:
+            base = _BASE.get(name, names[0])
             r, b = results[name], results[base]
             ins = r.get("instructions")
             ins_text = f"{ins:,.0f}" if ins is not None else "n/a"
@@ -218,8 +267,8 @@ def render(results: dict[str, dict[str, float]]) -> str:
                 f"({r['cpu_min']:.1f}-{r['cpu_max']:.1f}) | {cpu_ratio:.3f}{TIMES} |"
             )
         lines.append("")
-    lines.append("Ratios: each row against the first of its pair (the empty task against the "
-                 "empty task with the buffer off).")
+    lines.append("Ratios: each row against the first of its table (the empty task with the "
+                 "buffer against the empty task with it off).")
     return "\n".join(lines)
 
 
@@ -228,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--no-valgrind", action="store_true")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only the tables whose title contains TEXT (repeatable), e.g. "
+                        "--only task_sample")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--counted", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -238,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.counted:
         counted_child(args.counted[0], int(args.counted[1]))
         return
-    print(render(run(args.rounds, args.calls, not args.no_valgrind)))
+    print(render(run(args.rounds, args.calls, not args.no_valgrind, args.only)))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
-"""Worker throughput: a real ``celery worker`` (prefork, 2 processes) draining N tiny tasks.
+"""Worker throughput and log volume: a real ``celery worker`` (prefork, 2 processes)
+draining N tiny tasks.
 
-For each configuration (:data:`SETUPS`) and each logging mode (:data:`MODES`: Celery's
-own logging at INFO, logkit's defaults at INFO, Celery at WARNING as the floor), in
-alternating runs, each a fresh worker:
+For each configuration (:data:`SETUPS`) and each of its logging modes (:data:`MODES`:
+Celery's own logging at INFO, logkit's defaults at INFO, logkit with each backend schema
+at INFO, Celery at WARNING as the floor), in alternating runs, each a fresh worker:
 
 1. write an app module in a fresh temp dir (a private ``redis-server`` as broker and
    result backend, or ``--broker filesystem``: kombu's filesystem transport in that dir);
-2. publish N tasks (``bench.tiny(i)``: three ``logger.info`` lines, then one
-   ``os.write`` of a byte to a shared ``O_APPEND`` counter file: the completion mark);
+2. publish N tasks (``bench.tiny(i)``: three ``logger.info`` lines, on a module logger or
+   Celery's task logger as the setup says, then one ``os.write`` of a byte to a shared
+   ``O_APPEND`` counter file: the completion mark);
 3. start ``celery worker -P prefork -c 2 -l LEVEL -f worker.log --without-gossip
    --without-mingle --without-heartbeat``; its ``worker_ready`` receiver writes the
    ready time;
 4. wait until the counter file holds N bytes; throughput = N / (time of the last
    write - ready time); CPU time of the main process and of the pool processes (from
-   ``/proc``) over the same span; then stop the worker and count the log's lines and bytes.
+   ``/proc``) over the same span; then stop the worker and count the log's lines and
+   bytes: what the run would send to a log backend, per line and per task.
 
 At INFO both write 5 lines a task: Celery's "Received task" + the task's 3 lines +
 "succeeded", logkit's ``task_received`` + the 3 lines + ``task_succeeded``
@@ -40,35 +43,52 @@ from pathlib import Path
 from .timing import TIMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: The logging modes, in the order of the table: Celery's own logging at INFO (the
-#: baseline), logkit's defaults at INFO, and Celery at WARNING (no task lines: the floor).
+#: The logging modes, in the order of the tables: Celery's own logging at INFO (the
+#: baseline), logkit's defaults at INFO, logkit with each backend schema at INFO, and
+#: Celery at WARNING (no task lines: the floor).
 CELERY = "celery logging, INFO"
 LOGKIT = "logkit json, INFO"
+SCHEMAS = ("ecs", "gcp", "datadog", "otel")
+SCHEMA_MODES = tuple(f"logkit json, schema={name}, INFO" for name in SCHEMAS)
 FLOOR = "celery logging, WARNING (floor)"
-MODES = (CELERY, LOGKIT, FLOOR)
+MODES = (CELERY, LOGKIT, *SCHEMA_MODES, FLOOR)
 #: ``celery worker -l`` of each mode.
-LEVELS = {CELERY: "INFO", LOGKIT: "INFO", FLOOR: "WARNING"}
+LEVELS = {mode: "WARNING" if mode == FLOOR else "INFO" for mode in MODES}
+
+
+def schema_of(mode: str) -> str | None:
+    """The ``schema`` option of a logkit mode (``None``: logkit's own keys, or Celery)."""
+    return mode.partition("schema=")[2].partition(",")[0] or None
 
 
 @dataclass(frozen=True)
 class Setup:
-    """One worker configuration: tasks per run, prefetch multiplier, results stored or not."""
+    """One worker configuration: tasks per run, prefetch multiplier, results stored or not,
+    the task's logger, and the logging modes measured."""
 
     name: str
     tasks: int
     prefetch: int
     ignore_result: bool
+    #: ``module``: ``logging.getLogger(__name__)`` (Celery's text line: its worker format,
+    #: no task id); ``task``: Celery's ``get_task_logger`` (its task format: name and id).
+    logger: str = "task"
+    modes: tuple[str, ...] = (CELERY, LOGKIT, FLOOR)
 
     def describe(self) -> str:
         results = "ignore_result" if self.ignore_result else "results stored in the backend"
-        return f"prefetch multiplier {self.prefetch}, {results}"
+        logger = ("a module logger" if self.logger == "module"
+                  else "Celery's task logger")
+        return f"prefetch multiplier {self.prefetch}, {results}, 3 lines on {logger}"
 
 
-#: The two configurations measured side by side: the one of issue #28 (little broker work
-#: per task: the logging cost shows plainly) and the suite's usual one (Celery's default
-#: prefetch, each task's result stored in the backend).
+#: The two configurations measured side by side: issue #37's worker (issue #28's setup:
+#: little broker work per task, so the logging cost shows plainly; the task logs on a
+#: module logger, so Celery's own lines are its shortest; every logging mode, the backend
+#: schemas included) and the suite's usual one (Celery's default prefetch, each task's
+#: result stored in the backend, the task logging on Celery's task logger).
 SETUPS = (
-    Setup("light", 6000, 16, True),
+    Setup("light", 6000, 16, True, logger="module", modes=MODES),
     Setup("results", 20000, 4, False),
 )
 
@@ -83,6 +103,7 @@ from celery.utils.log import get_task_logger
 
 WORKDIR = {workdir!r}
 MODE = {mode!r}
+SCHEMA = {schema!r}
 app = Celery("bench_worker_app")
 if {broker_url!r} == "filesystem://":
     from kombu.transport import filesystem
@@ -107,9 +128,9 @@ app.conf.update(
 )
 if MODE.startswith("logkit"):
     import logkit
-    logkit.install(app, format="json")
+    logkit.install(app, format="json", **({{"schema": SCHEMA}} if SCHEMA else {{}}))
 
-logger = get_task_logger(__name__)
+logger = get_task_logger(__name__) if {task_logger!r} else logging.getLogger(__name__)
 _fd = None
 
 
@@ -228,6 +249,7 @@ def _write_app(workdir: Path, mode: str, setup: Setup, broker_url: str | None) -
         workdir=str(workdir), mode=mode, broker_url=broker_url,
         transport_options=transport_options, backend=None if setup.ignore_result else backend,
         ignore_result=setup.ignore_result, prefetch=setup.prefetch,
+        schema=schema_of(mode), task_logger=setup.logger == "task",
     )
     (workdir / "bench_worker_app.py").write_text(textwrap.dedent(source))
 
@@ -344,19 +366,19 @@ def _worker_pid(pid: int) -> int:
 
 def run(tasks: int | None = None, repeats: int = 2, broker: str = "redis",
         setups: Sequence[Setup] = SETUPS) -> list[Summary]:
-    """For each setup, alternate the modes ``repeats`` times; a summary per setup and mode.
+    """For each setup, alternate its modes ``repeats`` times; a summary per setup and mode.
 
     ``tasks``: tasks per run for every setup (default: each setup's own).
     """
-    summaries = {(s.name, mode): Summary(mode, setup=s.name) for s in setups for mode in MODES}
+    summaries = {(s.name, mode): Summary(mode, setup=s.name) for s in setups for mode in s.modes}
     redis = None
     tmp = Path(tempfile.mkdtemp(prefix="logkit-bench-redis-"))
     try:
         if broker == "redis":
             redis = Redis(tmp)
         for r in range(repeats):
-            order = MODES if r % 2 == 0 else tuple(reversed(MODES))
             for s in setups:
+                order = s.modes if r % 2 == 0 else tuple(reversed(s.modes))
                 for mode in order:
                     summaries[(s.name, mode)].runs.append(
                         run_once(mode, tasks or s.tasks, setup=s, broker=broker, redis=redis))
@@ -371,23 +393,42 @@ def _per_task_us(run: Run, cpu: float) -> float:
     return cpu / run.tasks * 1e6
 
 
+def cpu_per_task(summary: Summary) -> float:
+    """CPU µs per task of all the worker's processes (main + pool), median of the runs."""
+    return summary.median(lambda r: _per_task_us(r, r.main_cpu + r.pool_cpu))
+
+
+def bytes_per_task(summary: Summary) -> float:
+    """Bytes of the log file per task (startup and shutdown lines included), median."""
+    return summary.median(lambda r: r.log_bytes / r.tasks)
+
+
+def bytes_per_line(summary: Summary) -> float:
+    """Bytes of the log file per line, median of the runs (0 for an empty log)."""
+    return summary.median(lambda r: r.log_bytes / r.log_lines if r.log_lines else 0.0)
+
+
 def render(summaries: list[Summary], broker: str = "filesystem") -> str:
     """Markdown tables, one per setup: tasks/s per mode (median of the runs), ratio to
-    Celery's logging at INFO, CPU per task of each process kind, log lines and bytes."""
+    Celery's logging at INFO, CPU per task of each process kind and of the whole worker
+    against Celery's, log lines per task, and the log's bytes per line and per task
+    against Celery's own text."""
     out: list[str] = []
     for setup in SETUPS:
         rows = {s.mode: s for s in summaries if s.setup == setup.name and s.runs}
         if CELERY not in rows:
             continue
-        base = rows[CELERY].median_rate
-        tasks = rows[CELERY].runs[0].tasks
+        base = rows[CELERY]
+        tasks = base.runs[0].tasks
+        base_bytes = bytes_per_task(base)
         out += [
             f"#### worker throughput, {setup.name}: {tasks} tiny tasks, prefork -c 2, "
             f"{broker} broker, {setup.describe()}",
             "",
             "| logging | tasks/s (median) | runs (tasks/s) | ratio | main process CPU µs/task "
-            "| pool CPU µs/task | log lines/task | bytes/line |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| pool CPU µs/task | worker CPU/task ratio | log lines/task | bytes/line "
+            "| bytes/task | bytes/task ratio |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode in MODES:
             s = rows.get(mode)
@@ -397,16 +438,25 @@ def render(summaries: list[Summary], broker: str = "filesystem") -> str:
             per_task = statistics.mean(r.log_lines / r.tasks for r in s.runs)
             main = s.median(lambda r: _per_task_us(r, r.main_cpu))
             pool = s.median(lambda r: _per_task_us(r, r.pool_cpu))
-            size = s.median(lambda r: r.log_bytes / r.log_lines if r.log_lines else 0.0)
-            out.append(f"| {mode} | {s.median_rate:.0f} | {runs} | "
-                       f"{s.median_rate / base:.2f}{TIMES} | {main:.0f} | {pool:.0f} | "
-                       f"{per_task:.1f} | {f'{size:.0f}' if size else '—'} |")
+            cpu = cpu_per_task(s) / cpu_per_task(base)
+            size, volume = bytes_per_line(s), bytes_per_task(s)
+            written = per_task >= 0.5  # the floor writes no task lines
+            out.append(
+                f"| {mode} | {s.median_rate:.0f} | {runs} | "
+                f"{s.median_rate / base.median_rate:.2f}{TIMES} | {main:.0f} | {pool:.0f} | "
+                f"{cpu:.3f}{TIMES} | {per_task:.1f} | {f'{size:.0f}' if written else '—'} | "
+                f"{f'{volume:.0f}' if written else '—'} | "
+                f"{f'{volume / base_bytes:.2f}{TIMES}' if written else '—'} |")
         out.append("")
     out += [
         "CPU columns: user + system time of the worker's main process and of its pool "
         "processes from `worker_ready` to the last task, per task (medians of the runs; "
-        "clock ticks of 10 ms, so a few µs of resolution at these counts). The main process "
-        "(reading the broker, writing `task_received`, feeding the pool) is what limits the "
-        "rate. Bytes/line: the log file's size over its lines (startup lines included).",
+        "clock ticks of 10 ms, so a few µs of resolution at these counts); the worker's "
+        "ratio is main + pool against Celery's logging. The main process (reading the "
+        "broker, writing `task_received`, feeding the pool) is what limits the rate. "
+        "Bytes: the log file's size over its lines and over the tasks (startup and "
+        "shutdown lines included: a fraction of a byte per task at these counts), medians "
+        "of the runs; the bytes/task ratio is to Celery's own text in the same setup: what "
+        "a log backend ingests (and bills) for the same work.",
     ]
     return "\n".join(out) + "\n"

@@ -44,15 +44,33 @@ MARKER = re.compile(r"^<!-- example: ([\w-]+) -->\n```json\n(.*?)^```$", re.M | 
 
 TASK_ID = "549b196b-40be-48a3-aec7-a861ca38d423"
 FAILED_ID = "3237b17b-48f6-46e2-9a60-6af866a2723e"
+CHILD_ID = "0c5d3a1e-8f1b-4f6e-9b7a-2d6c4e9f1a33"
 DEMO_ID = "e01ac828-33ab-4931-9ae4-3009b29502d4"
 
 
-def _task(task_id: str, name: str, worker: str = "celery@vm") -> dict[str, Any]:
-    """The task context a worker binds while ``name`` runs (a task without a parent)."""
-    return {
-        "task_id": task_id, "task_name": name, "root_id": task_id, "retries": 0,
-        "worker": worker, "queue": "celery", "correlation_id": task_id,
-    }
+def _task(task_id: str, name: str, worker: str = "celery@vm", **request: Any
+          ) -> dict[str, Any]:
+    """The task context a worker binds while ``name`` runs: by default a task without a
+    parent on its first try (``root_id`` and ``correlation_id`` are its own id, ``retries``
+    0), ``request`` changes its request (``parent_id=``, ``root_id=``, ``retries=``)."""
+    from logkit.receivers import TaskContext
+
+    class Request:
+        id = correlation_id = root_id = task_id
+        parent_id = None
+        retries = 0
+        hostname = worker
+        delivery_info = {"routing_key": "celery"}
+
+    for key, value in request.items():
+        setattr(Request, key, value)
+
+    class Task:
+        pass
+
+    task = Task()
+    task.name, task.request = name, Request()  # type: ignore[attr-defined]
+    return TaskContext(LogConfig()).for_task(task)
 
 
 def _time(text: str) -> float:
@@ -70,9 +88,10 @@ def record(
     config: LogConfig | None = None,
     error: Callable[[], object] | None = None,
     process: int = 11042,
-    thread: int = 139627635960704,
+    thread: int | None = None,
 ) -> dict[str, Any]:
-    """One record as ``JsonFormatter(config)`` writes it, from fixed inputs."""
+    """One record as ``JsonFormatter(config)`` writes it, from fixed inputs; ``thread``
+    ``None``: made in the process's main thread (a prefork child's task: no ``thread``)."""
     log = logging.getLogger(logger)
     exc_info = None
     if error is not None:
@@ -83,9 +102,11 @@ def record(
     rec = log.makeRecord(logger, level, "tasks.py", 1, message, (), exc_info, extra=extra)
     rec.created = _time(at)
     rec.msecs = round(rec.created % 1 * 1000)
-    rec.process, rec.thread = process, thread
-    with bound(**(context or {})):
+    if thread is not None:
+        rec.thread = thread
+    with bound(**(context or {})):  # made in this process (its main thread is known)...
         out: dict[str, Any] = json.loads(JsonFormatter(config or LogConfig()).format(rec))
+    out["process"] = process  # ... shown with a fixed pid, in the same place
     exception = out.get("exception")
     if isinstance(exception, dict) and "traceback" in exception:
         lines = exception["traceback"].splitlines()
@@ -113,6 +134,14 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
         context={"request_id": "r-42", **_task(TASK_ID, "proj.charge")},
         extra={"amount": 12.5},
     ),
+    # records: a chain's second link, on its second try
+    "task-record-child": lambda: record(
+        logger="proj", message="shipping order 7", at="2026-11-25T02:09:46.212",
+        config=BILLING,
+        context={"request_id": "r-42", **_task(CHILD_ID, "proj.ship", parent_id=TASK_ID,
+                                                root_id=TASK_ID, retries=1)},
+        process=11043,
+    ),
     "task-record-readme": lambda: record(
         logger="proj", message="charging alice",
         context={"request_id": "r-42", **_task(TASK_ID, "proj.charge")},
@@ -122,12 +151,11 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
         logger="proj.tasks", message="charge failed", level=logging.ERROR, config=BILLING,
         at="2026-11-25T02:08:31.301",
         context={"request_id": "r-1", **_task(FAILED_ID, "proj.tasks.charge", "celery@web-1")},
-        error=_zero_division, process=9180, thread=140095281494912,
+        error=_zero_division, process=9180,
     ),
     "exception-record": lambda: record(
         logger="app", message="failed", level=logging.ERROR, at="2026-11-25T02:08:31.301",
-        context=_task(FAILED_ID, "app.boom"), error=_zero_division,
-        process=9180, thread=140095281494912,
+        context=_task(FAILED_ID, "app.boom"), error=_zero_division, process=9180,
     ),
     # lifecycle events: checked against the demo worker's own (tests/test_docs.py)
     "task_succeeded": lambda: record(
@@ -138,7 +166,7 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
             "event": "task_succeeded", "duration_ms": 14.599, "queued_ms": 63.81,
             "wait_ms": 4.206, "result": "'hello ada'",
         },
-        process=16229, thread=139870381177728,
+        process=16229,
     ),
     "worker_ready": lambda: record(
         logger="logkit.events", message="Worker ready", at="2026-11-29T19:19:25.543",
@@ -150,7 +178,7 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
             "queues": ["celery"], "tasks": ["proj.add"],
             "platform": "Linux-6.18.44-x86_64-with-glibc2.36",
         },
-        process=18508, thread=140109267356544,
+        process=18508,
     ),
     # the message (119 characters) is given in the page's text
     "log_records_dropped": lambda: without(record(
@@ -174,7 +202,7 @@ EXAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
         config=LogConfig(
             field_names={"timestamp": "@timestamp", "level": "severity", "message": "msg"}
         ),
-        process=4242, thread=1402,
+        process=4242,
     ),
 }
 

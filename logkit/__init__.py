@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .config import ConfigError, LogConfig
 from .context import bind, bound, clear, get_context, unbind
-from .control import set_level
+from .control import sampled, set_level, set_sample
 from .filters import ContextFilter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter
 from .install import configure, install, uninstall
@@ -39,7 +39,9 @@ __all__ = [
     "configure",
     "get_context",
     "install",
+    "sampled",
     "set_level",
+    "set_sample",
     "unbind",
     "uninstall",
 ]

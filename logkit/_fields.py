@@ -18,6 +18,8 @@ every line logkit writes is built by one of them.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "RESERVED",
     "Fields",
     "JsonFields",
+    "MainThread",
     "context_of",
     "extra_names",
     "formatter_config",
@@ -78,6 +81,29 @@ def context_of(record: logging.LogRecord) -> Mapping[str, Any]:
     return current() if ctx is None else ctx
 
 
+class MainThread:
+    """The id of the main thread of the process a record was made in, looked up once per
+    process id: a record of that thread leaves its ``thread`` out (it would say the same
+    on every line of a prefork child or a solo worker). A forked child's main thread is
+    the thread that forked, so the id is looked up again for a new pid; a record of
+    another process (its pid not ours) gets ``ident`` ``None``: its thread is written.
+
+    Per formatter: ``if record.process != main.pid: main.refresh(record.process)``, then
+    compare ``record.thread`` with ``main.ident``.
+    """
+
+    __slots__ = ("ident", "pid")
+
+    def __init__(self) -> None:
+        self.pid: Any = -1
+        self.ident: int | None = None
+
+    def refresh(self, pid: Any) -> None:
+        """Look up the main thread's id for records of process ``pid``."""
+        self.ident = threading.main_thread().ident if pid == os.getpid() else None
+        self.pid = pid
+
+
 class Fields:
     """Field names and limits decided once from a :class:`LogConfig`, and the steps every
     formatter takes from a record (message, ``extra`` fields, exception)."""
@@ -97,6 +123,8 @@ class Fields:
         self.task_name = names.get("task_name", "task_name")
         #: Context keys that the console/plain prefix shows, or hides as too noisy.
         self.task_keys = frozenset(names.get(n, n) for n in CONTEXT_FIELDS)
+        #: Write the thread id of a process's main thread too (``always_fields``).
+        self.always_thread = "thread" in config.always_fields
 
     def message_of(self, record: logging.LogRecord) -> str:
         """The record's message, never raising, capped."""
@@ -179,9 +207,10 @@ class JsonFields:
 
     Keys, in order: ``timestamp`` (ISO 8601, UTC, ms), ``level``, ``logger``, ``message``,
     the static fields, the log context, the record's ``extra`` fields, the current span's
-    ``trace_id``/``span_id``, ``process``, ``thread``, and when there is one
-    ``exception`` (``type``, ``message``, ``traceback``) and ``stack``. A context key named
-    like a base field (``level``...) never replaces it.
+    ``trace_id``/``span_id``, ``process``, ``thread`` (but not the process's main
+    thread, unless ``always_fields`` names it), and when there is one ``exception``
+    (``type``, ``message``, ``traceback``) and ``stack``. A context key named like a base
+    field (``level``...) never replaces it.
     """
 
     def __init__(self, fields: Fields, format_exception: FormatException) -> None:
@@ -196,6 +225,8 @@ class JsonFields:
         self._add_extras = f.add_extras
         self._process = names.get("process", "process")
         self._thread = names.get("thread", "thread")
+        self._always_thread = f.always_thread
+        self._main = MainThread()
         #: The last context dict seen and whether it has a key named like a base field;
         #: context dicts are never mutated, so identity is enough to reuse the answer.
         self._last_ctx: tuple[Mapping[str, Any] | None, bool] = (None, False)
@@ -231,8 +262,13 @@ class JsonFields:
             if ids is not None:
                 out[self._trace_keys[0]] = ids[0]
                 out[self._trace_keys[1]] = ids[1]
-        out[self._process] = record.process
-        out[self._thread] = record.thread
+        pid = out[self._process] = record.process
+        thread = record.thread
+        main = self._main
+        if pid != main.pid:
+            main.refresh(pid)
+        if (thread != main.ident and thread is not None) or self._always_thread:
+            out[self._thread] = thread
         if record.exc_info or record.exc_text:
             exc = self.fields.exception_of(self._format_exception, record)
             if exc is not None:
@@ -258,6 +294,7 @@ class JsonFields:
 #: ``logging.config.dictConfig``'s ``()`` key, Django's ``LOGGING``, or code).
 FORMATTER_OPTIONS: tuple[str, ...] = (
     "fields", "field_names", "max_field_length", "schema", "service_name", "gcp_project",
+    "always_fields",
 )
 
 

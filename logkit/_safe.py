@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ __all__ = [
     "cap",
     "clean",
     "indent_continuation",
+    "iso",
     "json_default",
     "log_exception",
     "safe_repr",
@@ -54,6 +56,23 @@ def safe_str(value: Any) -> str:
         return str(value)
     except Exception:
         return safe_repr(value)
+
+
+def iso(when: Any) -> str | None:
+    """A time as ISO 8601 text: a Unix time (seconds) in UTC with milliseconds and a
+    ``Z``, a ``datetime`` by its ``isoformat()``; ``None`` stays ``None``; anything else
+    (Celery's ``eta`` header is text already) its :func:`safe_str`."""
+    if when is None:
+        return None
+    if isinstance(when, datetime):
+        return when.isoformat()
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        try:
+            stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+        except (OverflowError, OSError, ValueError):  # out of datetime's range, or NaN
+            return safe_str(when)
+        return stamp.replace("+00:00", "Z")
+    return safe_str(when)
 
 
 def cap(text: str, limit: int) -> str:

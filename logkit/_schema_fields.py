@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._fields import BASE_LEN, RESERVED, Fields, FormatException, extra_names
+from ._fields import BASE_LEN, RESERVED, Fields, FormatException, MainThread, extra_names
 from ._safe import cap, safe_str
 from .config import LogConfig
 from .context import current
@@ -81,7 +81,8 @@ class SchemaFields:
         #: the fixed fields built nested (a nesting schema with no attributes object)
         self._prenested = s.nest and s.attributes is None
         self.start: _Start = _fixed_fields_function(s, self.head, self.static,
-                                                    self if self._prenested else None)
+                                                    self if self._prenested else None,
+                                                    always_thread=fields.always_thread)
 
     # -- the record -------------------------------------------------------------------
 
@@ -363,37 +364,109 @@ def compile_function(name: str, params: str, body: str, names: dict[str, Any],
 
 
 def _fixed_fields_function(s: Schema, head: Mapping[str, Any], static: Mapping[str, Any],
-                           nester: SchemaFields | None = None) -> _Start:
+                           nester: SchemaFields | None = None, *,
+                           always_thread: bool = False) -> _Start:
     """The part of a schema's record every record has -- time, level, message, the
     constant and static fields, logger, process, thread, source location -- as one
     function building ``(out, fields)`` from dict literals: ``fields`` is the object
     the record's own fields go in (``out`` itself, or ``out[schema.attributes]`` once the
     caller puts it there). The keys are the schema's, known when the formatter is built;
-    what ``if schema.x is not None`` decided per record is decided here, once."""
-    names: dict[str, Any] = {"nested": _Nested}
+    what ``if schema.x is not None`` decided per record is decided here, once.
+
+    Taken out again where they would say nothing: the thread's id and name for a record
+    of its process's main thread (:class:`~logkit._fields.MainThread`; unless
+    ``always_thread``), the function of a record without one, and the whole source
+    location of a record without a line (``lineno`` 0 and no function: a lifecycle event,
+    a record made by hand). A key a static field took stays."""
+    names: dict[str, Any] = {"nested": _Nested, "main": MainThread()}
     top, own = _fixed_fields(s, head, static, names)
-    drop_function = ""
-    if s.source is not None:
-        where = "fields" if s.source_key is None else f"fields[{s.source_key!r}]"
-        key = s.source[2]
-        if nester is not None and "." in key and key not in s.keep_dotted:
-            *parents, key = key.split(".")  # its place in the nested fixed fields
-            where = "out" + "".join(f"[{p!r}]" for p in parents)
-        # no function (a record made by hand): no key, unless a static field has it
-        function = f"{where}[{key!r}]"
-        drop_function = (f"    if record.funcName is None and {function} is None:\n"
-                         f"        del {function}\n")
-    if nester is not None:  # nested once here, not per record
-        nested = nester.nest_into({}, top + own)
+    nested = nester.nest_into({}, top + own) if nester is not None else None
+    drops = _drop_source(s, static, nested)
+    if not always_thread:
+        drops += _drop_thread(s, static, nested)
+    if nested is not None:  # nested once here, not per record
         body = f"    out = {_literal(nested.items())}\n"
         return compile_function("start", "record, msg, stamp",  # type: ignore[no-any-return]
-                                f"{body}{drop_function}    return out, {{}}\n", names,
+                                f"{body}{drops}    return out, {{}}\n", names,
                                 f"schema {s.name}")
     if s.attributes is None:
         body = f"    out = fields = {_literal(top + own)}\n"
     else:
         body = f"    out = {_literal(top)}\n    fields = {_literal(own)}\n"
     start: _Start = compile_function("start", "record, msg, stamp",
-                                     f"{body}{drop_function}    return out, fields\n", names,
+                                     f"{body}{drops}    return out, fields\n", names,
                                      f"schema {s.name}")
     return start
+
+
+def _deletions(s: Schema, keys: list[str], nested: Mapping[str, Any] | None) -> list[str]:
+    """``del`` statements taking ``keys`` out of the fixed fields: of ``fields`` (flat), or
+    of ``out`` when the fixed fields are ``nested``; there, an object holding nothing but
+    some of ``keys`` goes as a whole (ECS's ``process.thread``, ``log.origin``)."""
+    if nested is None:
+        return [f"del fields[{key!r}]" for key in keys]
+    wanted = set(keys)
+    out: list[str] = []
+    for key in keys:
+        parts = [key] if "." not in key or key in s.keep_dotted else key.split(".")
+        cut = len(parts)
+        while cut > 1:  # climb while the parent object holds only keys taken out
+            node: Any = nested
+            for part in parts[:cut - 1]:
+                node = node[part]
+            if not set(_leaves(node, ".".join(parts[:cut - 1]))) <= wanted:
+                break
+            cut -= 1
+        code = "del out" + "".join(f"[{p!r}]" for p in parts[:cut])
+        if code not in out:
+            out.append(code)
+    return out
+
+
+def _leaves(node: Mapping[str, Any], prefix: str) -> list[str]:
+    """The dotted keys of the values under a nested object (``prefix``: its own key)."""
+    out: list[str] = []
+    for key, value in node.items():
+        if type(value) is _Nested:
+            out += _leaves(value, f"{prefix}.{key}")
+        else:
+            out.append(f"{prefix}.{key}")
+    return out
+
+
+def _drop_source(s: Schema, static: Mapping[str, Any], nested: Mapping[str, Any] | None
+                 ) -> str:
+    """Source that takes the function out of the fixed fields for a record without one,
+    and the whole source location for a record without a line either."""
+    if s.source is None:
+        return ""
+    if s.source_key is not None:  # one object: gone as a whole
+        if s.source_key in static:
+            return ""
+        where = f"fields[{s.source_key!r}]"
+        function = f"{where}[{s.source[2]!r}]"
+        location = [f"del {where}"]
+    else:
+        keys = [k for k in s.source if k not in static]
+        if s.source[2] not in keys:
+            return ""
+        (function_del,) = _deletions(s, [s.source[2]], nested)
+        function = function_del.removeprefix("del ")
+        location = _deletions(s, keys, nested)
+    lines = ["    if record.funcName is None:", "        if not record.lineno:"]
+    lines += [f"            {d}" for d in location]
+    lines += ["        else:", f"            del {function}"]
+    return "\n".join(lines) + "\n"
+
+
+def _drop_thread(s: Schema, static: Mapping[str, Any], nested: Mapping[str, Any] | None
+                 ) -> str:
+    """Source that takes the thread's id and name out of the fixed fields for a record of
+    its process's main thread (``main``: a :class:`~logkit._fields.MainThread`)."""
+    keys = [k for k in (s.thread, s.thread_name) if k is not None and k not in static]
+    if not keys:
+        return ""
+    lines = ["    pid = record.process", "    if pid != main.pid:", "        main.refresh(pid)",
+             "    if record.thread == main.ident:"]
+    lines += [f"        {d}" for d in _deletions(s, keys, nested)]
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 
 from ._changes import Changes
+from .buffer import installed as buffer_installed
+from .buffer import keeping, task_slot
 from .context import current
 from .formatters import RESERVED
 
@@ -64,7 +66,9 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
 
     A disabled ``log.debug(...)`` then costs one ``isEnabledFor`` (cached by the stdlib),
     as a disabled stdlib call does, instead of copying the context and running the chain
-    up to ``filter_by_level``.
+    up to ``filter_by_level``. In a task while ``task_buffer`` keeps its calls below the
+    level (:func:`logkit.buffer.keeping`), the call goes on to the stdlib logger's method,
+    which keeps it.
     """
 
     # debug()/info() are the calls most often filtered out: the stdlib's level cache is
@@ -77,7 +81,7 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             enabled = lg._cache[_DEBUG] and not lg.disabled  # type: ignore[attr-defined]
         except (KeyError, AttributeError):  # not cached yet, or not a stdlib logger
             enabled = self._enabled(_DEBUG)
-        if not enabled:
+        if not enabled and (not buffer_installed.size or task_slot() is None):
             return None
         return super()._proxy_to_logger("debug", event, *args, **kw)
 
@@ -88,7 +92,7 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             enabled = lg._cache[_INFO] and not lg.disabled  # type: ignore[attr-defined]
         except (KeyError, AttributeError):
             enabled = self._enabled(_INFO)
-        if not enabled:
+        if not enabled and (not buffer_installed.size or task_slot() is None):
             return None
         return super()._proxy_to_logger("info", event, *args, **kw)
 
@@ -96,7 +100,7 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
         self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
     ) -> Any:
         level = _METHOD_LEVELS.get(method_name)
-        if level is not None and not self._enabled(level):
+        if level is not None and not self._enabled(level) and not keeping():
             return None
         return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
 
@@ -105,6 +109,15 @@ class LevelCheckedLogger(structlog.stdlib.BoundLogger):
             return bool(self._logger.isEnabledFor(level))
         except Exception:  # not a stdlib logger: let filter_by_level decide
             return True
+
+
+def filter_by_level(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """``structlog.stdlib.filter_by_level``, except that while ``task_buffer`` keeps a
+    task's calls below the level (:func:`logkit.buffer.keeping`) the event goes on to
+    the stdlib logger's method, which keeps it (it raises ``DropEvent`` otherwise)."""
+    if keeping():
+        return event_dict
+    return structlog.stdlib.filter_by_level(logger, method_name, event_dict)
 
 
 #: Final processors that already hand the event dict to a stdlib logger as logkit wants it.
@@ -124,7 +137,7 @@ def merge_task_context(logger: Any, method_name: str, event_dict: Any) -> Any:
 def _logkit_config() -> dict[str, Any]:
     return {
         "processors": [
-            structlog.stdlib.filter_by_level,
+            filter_by_level,
             structlog.contextvars.merge_contextvars,
             to_stdlib_call,
         ],
@@ -137,13 +150,17 @@ def _logkit_config() -> dict[str, Any]:
 def _app_config(app: dict[str, Any], own_output: bool) -> dict[str, Any]:
     """The app's structlog configuration with only what logkit needs added.
 
-    ``own_output`` (logkit's handlers write the records): the final step (a renderer, or
+    structlog's ``filter_by_level`` becomes logkit's :func:`filter_by_level` (the same,
+    but a task's calls below the level reach ``task_buffer``). ``own_output`` (logkit's
+    handlers write the records): the final step (a renderer, or
     ``ProcessorFormatter.wrap_for_formatter``) becomes :func:`to_stdlib_call`, so
     logkit's formatter renders the event dict (``event`` as the message, the other keys
     as fields, one line per call) on a stdlib logger. Otherwise (the app's own handlers
     write): :func:`merge_task_context` before the final step, which stays.
     """
-    processors = list(app["processors"])
+    # structlog's level filter, as logkit's: a task's calls below the level reach the buffer
+    processors = [filter_by_level if p is structlog.stdlib.filter_by_level else p
+                  for p in app["processors"]]
     if not processors:
         processors = [to_stdlib_call]
     elif own_output:
@@ -182,7 +199,29 @@ def configure_structlog(changes: Changes, *, own_output: bool = True) -> None:
         changes.add("structlog.configure()", undo, key="structlog",
                     data=before if was_configured else None)
     app = changes.data("structlog")
+    logger_class = logging.getLoggerClass()
     structlog.configure(**(_logkit_config() if app is None else _app_config(app, own_output)))
+    _keep_logger_class(changes, logger_class)
+
+
+def _keep_logger_class(changes: Changes, before: type[logging.Logger]) -> None:
+    """After a ``structlog.stdlib.LoggerFactory()`` was made: it sets structlog's own
+    ``Logger`` subclass as the class of every logger made afterwards
+    (``logging.setLoggerClass``; its ``findCaller`` skips structlog's frames). Over the
+    stdlib's own class that is recorded with its undo (``before`` again, if the class is
+    still structlog's); a class someone else set (``before``) is put back at once."""
+    ours = logging.getLoggerClass()
+    if ours is before:
+        return
+    if before is not logging.Logger:
+        logging.setLoggerClass(before)
+        return
+
+    def undo() -> None:
+        if logging.getLoggerClass() is ours:
+            logging.setLoggerClass(before)
+
+    changes.add("logging.setLoggerClass (structlog's LoggerFactory)", undo, key="loggerClass")
 
 
 _REGISTRY: dict[str, Any] | None

@@ -14,10 +14,11 @@ How the text is suppressed, with no Celery class patched globally:
   before ``Worker.on_start`` prints the banner when ``quiet`` is false: the
   receiver sets that worker's ``quiet``. The plain "worker: Warm shutdown
   (MainProcess)" line is dropped too (that worker's shutdown handlers are
-  installed with ``verbose=False``; the ``worker_shutting_down`` event says it).
+  installed with ``verbose=False``; the ``worker_shutting_down`` event says it;
+  recorded in the installation's changes, put back by ``uninstall()``).
   Celery 5.3 and 5.4 have no ``verbose``: logkit installs the same handlers without
-  the line, and on 5.3, which prints it on stderr, does so in JSON mode whatever
-  the ``banner`` option says.
+  the line (:mod:`logkit._compat`), and on 5.3, which prints it on stderr, does so in
+  JSON mode whatever the ``banner`` option says.
 * beat: ``Beat.run`` prints its banner before configuring logging and no signal
   fires in between, so logkit gives the app a ``Beat`` subclass (this app only,
   set by the ``user_preload_options`` receiver of ``celery beat``) whose
@@ -30,7 +31,7 @@ The same signals start holding Python warnings until logging is configured
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import platform
 from collections.abc import Callable
 from typing import Any
@@ -38,11 +39,16 @@ from typing import Any
 import celery
 from celery import signals
 
-from .config import ConfigError
-from .early import intended_format
+from . import _compat
+from ._changes import Changes
+from ._safe import log_exception
+from .config import ConfigError, decide_format
+from .early import intended_format, stderr_isatty
 from .receivers import Installation, _other_setup_logging_receivers, installation
 
 __all__ = ["beat_fields", "connect", "replaces_text", "worker_fields"]
+
+logger = logging.getLogger("logkit")
 
 
 def replaces_text(mode: str, fmt: str) -> bool:
@@ -149,57 +155,31 @@ def beat_fields(service: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def _quiet_shutdown_lines(worker: Any) -> None:
-    """Install this worker's SIGTERM/SIGQUIT handlers without their plain text line."""
+def _quiet_shutdown_lines(worker: Any, changes: Changes) -> None:
+    """Have ``worker`` install its SIGTERM/SIGQUIT handlers without their text notice
+    (:func:`logkit._compat.install_quiet_shutdown_handlers`), right after Celery's own
+    (``Worker.install_platform_tweaks``, called once the banner is printed). The wrapper
+    and the handlers are recorded in ``changes`` with their undo."""
     original = worker.install_platform_tweaks
+    had = vars(worker).get("install_platform_tweaks")
 
     def install_platform_tweaks(target: Any) -> None:
         original(target)
-        from celery.apps import worker as program
+        try:
+            _compat.install_quiet_shutdown_handlers(target, changes)
+        except Exception:  # the worker starts whatever becomes of its notice
+            log_exception(logger, logging.WARNING, "logkit: the worker's shutdown notice stays")
 
-        for install in (program.install_worker_term_handler,
-                        program.install_worker_term_hard_handler):
-            with contextlib.suppress(Exception):
-                try:
-                    install(target, verbose=False)
-                except TypeError:  # Celery < 5.5: no ``verbose``
-                    _install_quiet_shutdown_handler(target, **install.keywords)
+    def undo() -> None:
+        if vars(worker).get("install_platform_tweaks") is install_platform_tweaks:
+            if had is None:
+                del worker.install_platform_tweaks
+            else:
+                worker.install_platform_tweaks = had
 
-    worker.install_platform_tweaks = install_platform_tweaks
-
-
-def _install_quiet_shutdown_handler(
-    worker: Any, sig: str, how: str, exitcode: int = 0, callback: Any = None
-) -> None:
-    """Celery 5.3/5.4's shutdown handler for ``sig``, without its plain text line.
-
-    What ``celery.apps.worker._shutdown_handler`` installs there, less the
-    ``safe_say``: the ``worker_shutting_down`` signal (logkit's event of that name
-    says it as a record) and the worker state's stop flag. Celery 5.5+ does this
-    itself with ``verbose=False``.
-    """
-    from billiard.process import current_process
-    from celery import platforms
-    from celery.utils.log import in_sighandler
-
-    def _handle_request(*_: Any) -> None:
-        with in_sighandler():
-            from celery.worker import state
-
-            if current_process()._name == "MainProcess":
-                if callback:
-                    callback(worker)
-                signals.worker_shutting_down.send(
-                    sender=worker.hostname, sig=sig, how=how, exitcode=exitcode
-                )
-            setattr(state, {"Warm": "should_stop", "Cold": "should_terminate"}[how], exitcode)
-
-    _handle_request.__name__ = f"worker_{how}"
-    platforms.signals[sig] = _handle_request
-
-
-#: Celery 5.3 prints its shutdown notice on stderr, where JSON output goes (5.4+: stdout).
-_NOTICE_ON_STDERR = tuple(celery.VERSION[:2]) < (5, 4)
+    if changes.add("worker.install_platform_tweaks: shutdown handlers without their notice",
+                   undo, key=("install_platform_tweaks", id(worker))):
+        worker.install_platform_tweaks = install_platform_tweaks
 
 
 def _hold_if_logkit_configures(inst: Installation) -> None:
@@ -232,9 +212,9 @@ def on_celeryd_after_setup(sender: Any = None, instance: Any = None, **_: Any) -
         return
     if replaces_text(*decided):
         instance.quiet = True
-        _quiet_shutdown_lines(instance)
-    elif decided[1] == "json" and _NOTICE_ON_STDERR:  # keep stderr all JSON
-        _quiet_shutdown_lines(instance)
+        _quiet_shutdown_lines(instance, inst.changes)
+    elif decided[1] == "json" and _compat.SHUTDOWN_NOTICE_ON_STDERR:  # keep stderr all JSON
+        _quiet_shutdown_lines(instance, inst.changes)
 
 
 # ---------------------------------------------------------------------------
@@ -250,16 +230,7 @@ def _beat_replaces_text(inst: Installation, logfile: Any) -> bool:
         fmt = inst.config.format
     except ConfigError:  # reported (as JSON if intended) when logging is configured
         fmt = intended_format(inst.app, inst.options, inst.cli)
-    if fmt == "auto":  # as setup.resolve_format decides it
-        fmt = "json" if logfile or not _stderr_isatty() else "console"
-    return replaces_text(_mode(inst), fmt)
-
-
-def _stderr_isatty() -> bool:
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
+    return replaces_text(_mode(inst), decide_format(fmt, logfile, stderr_isatty))
 
 
 def _quiet_beat_class(base: Any) -> Any:
@@ -275,13 +246,13 @@ def _quiet_beat_class(base: Any) -> Any:
                                           "__module__": base.__module__})
 
 
-def on_user_preload_options(app: Any = None, **_: Any) -> None:
+def on_command_start(app: Any = None, **_: Any) -> None:
     """``user_preload_options`` (a ``celery`` command starts): hold warnings; quiet beat."""
     inst = installation()
     if inst is None or app is None or app is not inst.app:
         return
     _hold_if_logkit_configures(inst)
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(AttributeError, ImportError, TypeError):  # no Beat to quiet
         if not getattr(app.Beat, "_logkit_banner", False):
             original = app.Beat
             app.Beat = quiet = _quiet_beat_class(original)
@@ -305,7 +276,7 @@ def on_beat_init(**_: Any) -> None:
 
 def connect(inst: Installation) -> None:
     """Connect the receivers above for ``inst`` (idempotent); called by :func:`logkit.install`."""
-    inst.connect(signals.user_preload_options, on_user_preload_options, "logkit.banner.preload")
+    inst.connect(signals.user_preload_options, on_command_start, "logkit.banner.preload")
     inst.connect(signals.celeryd_init, on_celeryd_init, "logkit.banner.init")
     inst.connect(signals.celeryd_after_setup, on_celeryd_after_setup,
                  "logkit.banner.after_setup")

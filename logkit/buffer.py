@@ -20,9 +20,14 @@ How (see :func:`apply`, called once a process's logging is configured):
   reset by ``task_postrun``: every thread, greenlet and process has its own, and the
   bounded deque is only made for the first call kept.
 * The records are made when they are written: a record at ERROR or above, or a
-  ``task_failed`` / ``task_retried`` event, reaching one of logkit's handlers writes
-  the buffer first (a :class:`Trigger` filter, so the order is kept); ``task_postrun``
-  writes what is left for a FAILURE or RETRY and drops it otherwise.
+  ``task_failed`` / ``task_retried`` event, reaching a handler that writes the records
+  (logkit's on the root and ``celery.task``, the user's when theirs write: the
+  configuration's ``output_handlers``) writes the buffer first (a :class:`Trigger`
+  filter, so the order is kept); ``task_postrun`` writes what is left for a FAILURE or
+  RETRY and drops it otherwise.
+* structlog's level checks (logkit's :class:`~logkit._structlog.LevelCheckedLogger`
+  and ``filter_by_level``) ask :func:`task_slot` before they drop a call, so a task's
+  structlog calls below the level reach the wrapped ``Logger`` methods and are kept too.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
+from ._compat import LOGGING_START
 from .context import current
 
-__all__ = ["Slot", "Trigger", "apply", "off", "on_task_postrun", "on_task_prerun"]
+__all__ = [
+    "Installed", "Slot", "Trigger", "apply", "installed", "keeping", "off", "on_task_postrun",
+    "on_task_prerun", "task_slot",
+]
 
 #: States of ``task_postrun`` that write the buffer.
 _WRITE_STATES = frozenset({"FAILURE", "RETRY"})
@@ -46,7 +55,6 @@ _TRIGGER_EVENTS = frozenset({"task_failed", "task_retried"})
 #: The ``Logger`` methods of a level, wrapped when that level is below the worker's.
 _METHODS = (("debug", logging.DEBUG), ("info", logging.INFO), ("warning", logging.WARNING))
 _SRCFILE = logging.__file__
-_start_time: float = logging._startTime  # type: ignore[attr-defined]
 
 #: One kept call: logger, level, msg, args, exc_info, extra, stack_info text, the
 #: caller's code object (``None``: unknown) and line, time, context.
@@ -109,6 +117,17 @@ class Slot:
 _SLOT: ContextVar[Slot | None] = ContextVar("logkit_task_buffer", default=None)
 
 
+#: ``task_slot()``: the running task's buffer, ``None`` when no call below the level would
+#: be kept now (the buffer is off, or no task runs). structlog's level checks ask it (a C
+#: call, no Python frame: it is on the path of every disabled structlog call).
+task_slot: Callable[[], Slot | None] = _SLOT.get
+
+
+def keeping() -> bool:
+    """Whether a call below the level made now is kept: the buffer is on and a task runs."""
+    return _SLOT.get() is not None
+
+
 def write(slot: Slot) -> None:
     """Make the records of the calls kept in ``slot`` and write them, oldest first, through
     their loggers' handlers, marked ``buffered`` with the ``buffer_dropped`` count."""
@@ -122,7 +141,7 @@ def write(slot: Slot) -> None:
             fields = record.__dict__
             fields["created"] = ct
             fields["msecs"] = int((ct - int(ct)) * 1000) + 0.0
-            fields["relativeCreated"] = (ct - _start_time) * 1000
+            fields["relativeCreated"] = (ct - LOGGING_START) * 1000
             fields["_logkit_ctx"] = ctx
             fields["buffered"] = True
             fields["buffer_dropped"] = dropped
@@ -133,8 +152,6 @@ def write(slot: Slot) -> None:
 
 class Trigger(logging.Filter):
     """On logkit's handlers: an ERROR (or a failure/retry event) writes the buffer first."""
-
-    fast_path_safe = True  # passes every record unchanged (logkit.events.fast)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR or record.__dict__.get("event") in _TRIGGER_EVENTS:
@@ -190,8 +207,9 @@ def _log_wrapper(below: int, previous: Any) -> Callable[..., None]:
     return log
 
 
-class _State:
-    """What :func:`apply` changed in this process, to undo it."""
+class Installed:
+    """The buffer's size in this process (0: off), and what :func:`apply` changed, to
+    undo it."""
 
     def __init__(self) -> None:
         self.size = 0
@@ -200,12 +218,14 @@ class _State:
         self.triggers: list[tuple[logging.Handler, Trigger]] = []
 
 
-_state = _State()
+#: What the buffer installed in this process (``installed.size``: read where a check must
+#: cost little).
+installed = Installed()
 
 
 def size() -> int:
     """The buffer's size in this process (0: off)."""
-    return _state.size
+    return installed.size
 
 
 def apply(config: Any, handlers: list[logging.Handler], level: int) -> bool:
@@ -216,7 +236,7 @@ def apply(config: Any, handlers: list[logging.Handler], level: int) -> bool:
     _undo()
     if not config.task_buffer or level <= logging.DEBUG:
         return False
-    _state.size = config.task_buffer
+    installed.size = config.task_buffer
     for name, method_level in (*_METHODS, ("log", logging.NOTSET)):
         if method_level >= level:  # enabled at the worker's level: left as it is
             continue
@@ -224,11 +244,11 @@ def apply(config: Any, handlers: list[logging.Handler], level: int) -> bool:
         wrapper = (_log_wrapper(level, previous) if name == "log"
                    else _wrapper(method_level, previous))
         setattr(logging.Logger, name, wrapper)
-        _state.wrapped[name] = (wrapper, previous)
+        installed.wrapped[name] = (wrapper, previous)
     for handler in handlers:
         trigger = Trigger()
         handler.filters.insert(0, trigger)
-        _state.triggers.append((handler, trigger))
+        installed.triggers.append((handler, trigger))
     return True
 
 
@@ -240,19 +260,19 @@ def off() -> None:
 def _undo() -> None:
     """Put back what :func:`apply` changed; a wrapper another library put on top of ours
     stays, and ours below it passes every call on (the buffer is off)."""
-    _state.size = 0
-    for name, (wrapper, previous) in _state.wrapped.items():
+    installed.size = 0
+    for name, (wrapper, previous) in installed.wrapped.items():
         if vars(logging.Logger).get(name) is wrapper:
             setattr(logging.Logger, name, previous)
-    _state.wrapped.clear()
-    for handler, trigger in _state.triggers:
+    installed.wrapped.clear()
+    for handler, trigger in installed.triggers:
         handler.removeFilter(trigger)
-    _state.triggers.clear()
+    installed.triggers.clear()
 
 
 def on_task_prerun(task_id: Any = None, **_: Any) -> None:
     """``task_prerun``: an empty buffer for the task (the deque comes with its first call)."""
-    size = _state.size
+    size = installed.size
     if size:
         slot = Slot(task_id, size)
         slot.token = _SLOT.set(slot)

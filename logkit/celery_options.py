@@ -1,38 +1,31 @@
-"""The ``celery`` command line options of logkit: ``--log-format``, ``--log-field``,
+"""The ``celery`` command line options of logkit: one per option that has a ``flag`` in
+the option table (:data:`logkit.config.OPTIONS`): ``--log-format``, ``--log-field``,
 ``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``,
-``--log-celery-lines``.
+``--log-task-sample``, ``--log-celery-lines``.
 
-* :func:`add_preload_options` (run by :func:`logkit.install`) adds ``--log-format``,
-  ``--log-field key=value`` and ``--log-events/--no-log-events`` to every ``celery``
-  sub-command of the app (``worker``, ``beat``, ``worker -B`` ...). Click validates
-  them; the ``user_preload_options`` signal (:func:`on_user_preload_options`,
-  connected by :func:`logkit.install`) hands them to the installation *before* the
-  worker configures logging, where they win over every other source.
-* :func:`fill_preload_gaps` (run by :func:`logkit.install` while the ``celery`` command
-  runs, on Celery 5.3 to 5.6) lets every ``celery`` sub-command take those options:
-  Celery hands an app's preload options to each sub-command's function, and on those
-  releases most of them (``result``, ``call``, ``graph``, ``list``, ``control`` ...)
-  take none and fail with a ``TypeError``. Celery 5.7 takes them off itself.
+* :func:`add_preload_options` (run by :func:`logkit.install`) adds them to every
+  ``celery`` sub-command of the app (``worker``, ``beat``, ``worker -B`` ...). Click
+  validates them with each option's own parser; the ``user_preload_options`` signal
+  (:func:`on_user_preload_options`, connected by :func:`logkit.install`) hands them to
+  the installation *before* the worker configures logging, where they win over every
+  other source.
+* On Celery 5.3 to 5.6 most sub-commands refuse those options:
+  :func:`logkit._compat.fill_preload_gaps` (run by :func:`logkit.install`) takes them
+  off there.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
-from celery import signals
 
-from ._changes import Changes
-from .config import FORMATS, SCHEMAS, ConfigError, LogConfig, check_options
+from .config import OPTIONS, ConfigError, LogConfig, Option, check_options
 from .receivers import installation
 
 __all__ = [
     "add_preload_options",
-    "fill_preload_gaps",
     "on_user_preload_options",
     "preload_values",
 ]
@@ -40,89 +33,62 @@ __all__ = [
 #: The ``celery --help`` section the options are listed under.
 HELP_GROUP = "Logging Options (logkit)"
 
-#: Click parameter name -> LogConfig option name.
-_OPTION_NAMES = {"log_format": "format", "log_field": "fields", "log_events": "events",
-                 "log_schema": "schema", "log_task_buffer": "task_buffer",
-                 "log_dedupe_window": "dedupe_window", "log_celery_lines": "celery_lines"}
-
 
 # ---------------------------------------------------------------------------
 # celery preload options
 # ---------------------------------------------------------------------------
 
 
-def _check_fields(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Click callback: ``key=value`` pairs, validated by :class:`LogConfig`'s parser."""
-    if not value:
+def _param(row: Option) -> str:
+    """The click parameter name of ``row``'s flag (``--log-format`` -> ``log_format``)."""
+    assert row.flag is not None
+    return row.flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+#: The options that have a flag, by click parameter name.
+_FLAGGED: dict[str, Option] = {_param(row): row for row in OPTIONS.values() if row.flag}
+
+
+def _parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback: the option's own parser (a bad value is a usage error)."""
+    if value is None or value == ():
         return None
-    for item in value:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE; got {item!r}", ctx=ctx, param=param)
+    row = _FLAGGED[param.name or ""]
+    if row.repeat:
+        for item in value:
+            key, sep, _ = item.partition("=")
+            if not sep or not key.strip():
+                raise click.BadParameter(f"expected KEY=VALUE; got {item!r}", ctx=ctx,
+                                         param=param)
+        value = list(value)
     try:
-        return dict(check_options({"fields": list(value)})["fields"])
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc).replace("logkit: ", ""), ctx=ctx, param=param) from None
+        parsed = row.parse(value)
+    except ValueError as exc:  # "Invalid value for '--log-x': must be ...; got ..."
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    # other receivers of user_preload_options get a plain dict, as click would give
+    return dict(parsed) if isinstance(parsed, Mapping) else parsed
+
+
+def _preload_option(row: Option) -> click.Option:
+    from celery.bin.base import CeleryOption
+
+    assert row.flag is not None
+    settings: dict[str, Any] = {"default": None, "help_group": HELP_GROUP, "help": row.doc}
+    if "/" not in row.flag:  # a switch takes no value
+        settings["callback"] = _parse
+        if row.choices is not None:  # listed in --help; click names them in its error
+            settings["type"] = click.Choice(row.choices, case_sensitive=False)
+        if row.metavar is not None:
+            settings["metavar"] = row.metavar
+        if row.repeat:
+            settings["multiple"] = True
+    option: click.Option = CeleryOption([row.flag], **settings)
+    return option
 
 
 def _preload_options() -> list[click.Option]:
-    from celery.bin.base import CeleryOption
-
-    return [
-        CeleryOption(
-            ["--log-format"],
-            type=click.Choice(FORMATS, case_sensitive=False),
-            default=None,
-            help_group=HELP_GROUP,
-            help="logkit output format (default: auto = console on a terminal, json otherwise).",
-        ),
-        CeleryOption(
-            ["--log-field"],
-            multiple=True,
-            metavar="KEY=VALUE",
-            callback=_check_fields,
-            help_group=HELP_GROUP,
-            help="Static field added to every log record (repeatable).",
-        ),
-        CeleryOption(
-            ["--log-schema"],
-            type=click.Choice(SCHEMAS, case_sensitive=False),
-            default=None,
-            help_group=HELP_GROUP,
-            help="Field names of JSON output: logkit (default), ecs, gcp, datadog, otel.",
-        ),
-        CeleryOption(
-            ["--log-task-buffer"],
-            type=click.IntRange(min=0),
-            default=None,
-            metavar="N",
-            help_group=HELP_GROUP,
-            help="Keep a task's last N records below the level; write them if it fails "
-            "(0 = off, the default).",
-        ),
-        CeleryOption(
-            ["--log-dedupe-window"],
-            type=click.FloatRange(min=0.0, max=1e9),
-            default=None,
-            metavar="SECONDS",
-            help_group=HELP_GROUP,
-            help="Fold repeats of a line within SECONDS into one line with a count "
-            "(0 = off, the default).",
-        ),
-        CeleryOption(
-            ["--log-events/--no-log-events"],
-            default=None,
-            help_group=HELP_GROUP,
-            help="Emit structured task/worker lifecycle events (default: on).",
-        ),
-        CeleryOption(
-            ["--log-celery-lines/--no-log-celery-lines"],
-            default=None,
-            help_group=HELP_GROUP,
-            help="Keep Celery's own task lines (received, succeeded, raised...) beside "
-            "the events (default: off).",
-        ),
-    ]
+    """logkit's ``celery`` command-line options, one per option with a flag."""
+    return [_preload_option(row) for row in _FLAGGED.values()]
 
 
 def preload_values(options: Mapping[str, Any], base: LogConfig | None = None) -> dict[str, Any]:
@@ -132,13 +98,13 @@ def preload_values(options: Mapping[str, Any], base: LogConfig | None = None) ->
     sources), not put in their place.
     """
     values: dict[str, Any] = {}
-    for param, name in _OPTION_NAMES.items():
+    for param, row in _FLAGGED.items():
         value = options.get(param)
-        if value is None or (name == "fields" and not value):
+        if value is None or (row.repeat and not value):
             continue
-        if name == "fields":
-            value = {**(base.fields if base is not None else {}), **dict(value)}
-        values[name] = value
+        if row.repeat:  # added to the other sources' pairs
+            value = {**(getattr(base, row.name) if base is not None else {}), **dict(value)}
+        values[row.name] = value
     return check_options(values)
 
 
@@ -149,7 +115,7 @@ def on_user_preload_options(app: Any = None, options: Any = None, **_: Any) -> N
         return
     if app is not None and app is not inst.app:
         return
-    if not any(options.get(param) not in (None, (), {}) for param in _OPTION_NAMES):
+    if not any(options.get(param) not in (None, (), {}) for param in _FLAGGED):
         return
     try:
         base: LogConfig | None = LogConfig.resolve(inst.app, inst.options)
@@ -176,112 +142,3 @@ def add_preload_options(app: Any) -> bool:
         if option.name not in known:
             preload.add(option)
     return True
-
-
-# ---------------------------------------------------------------------------
-# Celery 5.3 to 5.6: sub-commands that refuse the preload options
-# ---------------------------------------------------------------------------
-
-
-def _accepts(function: Callable[..., Any], name: str) -> bool:
-    """Whether ``function`` takes a keyword argument ``name`` (as Celery 5.7 decides)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.kind is not inspect.Parameter.POSITIONAL_ONLY and p.name == name)
-        for p in parameters
-    )
-
-
-class _PreloadConsumer:
-    """A ``celery`` sub-command's callback that takes off the preload options its
-    function refuses, after ``user_preload_options`` was sent with them (once).
-
-    ``through``: the callback is Celery's ``pass_context(handle_preload_options(f))``,
-    whose middle part would send the signal and hand the options to ``f``: ``f`` is
-    called here directly, with the context, after the same signal (sender ``f``).
-    Otherwise the callback is called without the refused options, after the signal
-    (sender: the callback), as Celery 5.7's ``consume_preload_options`` does.
-    """
-
-    def __init__(self, callback: Callable[..., Any], inner: Callable[..., Any],
-                 through: bool) -> None:
-        functools.update_wrapper(self, callback)  # its name and doc; __wrapped__
-        self.callback, self.inner, self.through = callback, inner, through
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        app = ctx.obj.app
-        options: dict[str, Any] = {}
-        for option in app.user_options.get("preload", ()):
-            name = option.name
-            if name in kwargs:
-                options[name] = kwargs[name]
-                if not _accepts(self.inner, name):
-                    del kwargs[name]
-        if options:
-            sender = self.inner if self.through else self.callback
-            signals.user_preload_options.send(sender=sender, app=app, options=options)
-        if self.through:
-            return self.inner(ctx, *args, **kwargs)
-        return self.callback(*args, **kwargs)
-
-
-def _noop() -> None:  # pragma: no cover - never called: its wrapper's code is compared
-    pass
-
-
-def fill_preload_gaps(app: Any, changes: Changes) -> list[str]:
-    """Let every ``celery`` sub-command of Celery 5.3 to 5.6 take ``app``'s preload options.
-
-    Celery adds an app's preload options (logkit's ``--log-*``) to every ``celery``
-    sub-command and hands their values to the sub-command's function; on Celery 5.3 to
-    5.6 most of those functions take none, so ``celery -A proj result ID`` (``call``,
-    ``graph``, ``list``, ``upgrade``, ``logtool``, ``amqp``, ``control``; on 5.3.0 also
-    ``purge``, ``shell``, ``multi``, ``report``) fails with a ``TypeError``. Celery 5.7
-    wraps each callback in ``consume_preload_options``; this does the same on the older
-    releases, for the callbacks whose function refuses an option, and records each
-    replacement in ``changes`` (:func:`logkit.uninstall` puts Celery's callback back).
-
-    Does nothing unless the ``celery`` command is running (``celery.bin.celery``
-    imported: the app module is loaded before the sub-command's arguments are parsed),
-    nor on a Celery that has ``consume_preload_options``. ``user_preload_options`` is
-    sent once per command, as before: where Celery's ``handle_preload_options`` would
-    send it, the signal is sent here instead of there.
-
-    Returns:
-        The names of the sub-commands whose callback was replaced.
-    """
-    group = getattr(sys.modules.get("celery.bin.celery"), "celery", None)
-    commands = getattr(group, "commands", None)
-    if not isinstance(commands, Mapping):
-        return []
-    from celery.bin import base
-
-    if hasattr(base, "consume_preload_options"):  # Celery 5.7+
-        return []
-    names = [option.name for option in app.user_options.get("preload", ())]
-    sending = base.handle_preload_options(_noop).__code__  # its wrapper's code
-    filled: list[str] = []
-    for name, command in commands.items():
-        callback = command.callback
-        if callback is None or isinstance(callback, _PreloadConsumer):
-            continue
-        chain = [callback]
-        while (wrapped := getattr(chain[-1], "__wrapped__", None)) is not None:
-            chain.append(wrapped)
-        inner = chain[-1]
-        if all(_accepts(inner, option) for option in names):
-            continue
-        through = len(chain) == 3 and getattr(chain[1], "__code__", None) is sending
-        if not through and any(getattr(f, "__code__", None) is sending for f in chain):
-            continue  # handle_preload_options inside another shape: leave it
-        if changes.add(f"celery {name}: preload options taken off its arguments",
-                       functools.partial(setattr, command, "callback", callback),
-                       key=("celery preload options", name)):
-            command.callback = _PreloadConsumer(callback, inner, through)
-            filled.append(name)
-    return filled

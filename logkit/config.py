@@ -10,6 +10,11 @@ Options can come from four places. Highest precedence first:
 and then the defaults below. Every value is validated once, when the config is
 resolved; an invalid value raises :class:`ConfigError` naming the option, where
 it came from, the value and the valid choices.
+
+Each option is declared once, as a field of :class:`LogConfig` made by :func:`option`:
+its name, type, default, parser, doc and ``celery`` flag; its environment variable and
+``app.conf`` keys follow from its name. :data:`OPTIONS` is that table: validation, the
+sources above, :mod:`logkit.celery_options` and the docs test read it.
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 __all__ = [
     "BANNER_MODES",
+    "CONDITIONAL_FIELDS",
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT_KEYS",
     "FORMATS",
+    "OPTIONS",
     "QUEUE_FULL_POLICIES",
     "ROOT_HANDLERS",
     "SCHEMAS",
     "ConfigError",
     "LogConfig",
+    "Option",
+    "decide_format",
 ]
 
 #: Output formats (the ``format`` option).
@@ -58,6 +67,13 @@ CONTEXT_FIELDS: tuple[str, ...] = (
     "queue",
     "correlation_id",
 )
+
+#: Fields a record leaves out where they would repeat another field or say nothing (the
+#: ``always_fields`` option writes them anyway): ``root_id`` equal to the ``task_id`` (a
+#: root task), ``correlation_id`` equal to the ``task_id``, ``retries`` of ``0``, the
+#: ``thread`` id of the process's main thread, and event fields whose value is ``None``
+#: (``nulls``: ``eta``, ``expires``, ...).
+CONDITIONAL_FIELDS: tuple[str, ...] = ("root_id", "correlation_id", "retries", "thread", "nulls")
 
 #: Context keys of a web request (bound by logkit's request middlewares) that stay in the
 #: web process under ``propagate="*"``; name one in ``propagate`` to send it to tasks too.
@@ -103,6 +119,8 @@ EVENT_NAMES: tuple[str, ...] = (
     "beat_started",
     "beat_task_sent",
     "log_level_changed",
+    "task_sample_changed",
+    "tasks_sampled_out",
 )
 
 LEVEL_NAMES: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -115,8 +133,6 @@ class ConfigError(ValueError):
     one of 'auto', 'json', 'console', 'plain'; got 'jsn'``. A ``ValueError``.
     """
 
-
-T = TypeVar("T")
 
 # ---------------------------------------------------------------------------
 # Parsers: raw value (a Python value, or a string from env/app.conf/CLI) -> typed value.
@@ -181,6 +197,20 @@ def _non_negative_seconds(value: Any) -> float:
     return number
 
 
+def _fraction(value: Any) -> float:
+    """A fraction from 0 to 1 (``task_sample``): a number, or a string such as ``"0.1"``."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not (0.0 <= number <= 1.0):  # NaN fails too
+        raise ValueError(
+            f"must be a number from 0 to 1 (0.1: one workflow in ten; 1: every workflow, "
+            f"the default; 0: only the tasks that go wrong); got {value!r}"
+        )
+    return number
+
+
 def _pairs(value: Any) -> Mapping[str, Any]:
     """``{"k": "v"}``, or ``"k=v,k2=v2"``, or an iterable of ``"k=v"`` strings."""
     if isinstance(value, Mapping):
@@ -221,16 +251,20 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
-def _subset(choices: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+def _subset(choices: tuple[str, ...], *, star: bool = False
+            ) -> Callable[[Any], tuple[str, ...]]:
+    """A list of names from ``choices``; with ``star``, ``*`` stands for all of them."""
+
     def parse(value: Any) -> tuple[str, ...]:
         names = _names(value)
-        bad = [n for n in names if n not in choices]
+        bad = [n for n in names if n not in choices and not (star and n == "*")]
         if bad:
+            valid = (*choices, "*") if star else choices
             raise ValueError(
                 f"unknown name(s) {', '.join(map(repr, bad))}; valid choices: "
-                f"{', '.join(map(repr, choices))}"
+                f"{', '.join(map(repr, valid))}"
             )
-        return names
+        return choices if star and "*" in names else names
 
     return parse
 
@@ -301,34 +335,95 @@ def _lower_frozenset(value: Any) -> frozenset[str]:
     return frozenset(n.lower() for n in _names(value))
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "format": _choice(FORMATS),
-    "fields": _pairs,
-    "max_field_length": _positive_int,
-    "watch_file": _bool,
-    "queue": _bool,
-    "queue_size": _positive_int,
-    "queue_full": _choice(QUEUE_FULL_POLICIES),
-    "structlog": _bool,
-    "context_fields": _subset(CONTEXT_FIELDS),
-    "field_names": _renames,
-    "log_args": _bool,
-    "redact_keys": _lower_frozenset,
-    "args_max_length": _positive_int,
-    "propagate": _names,
-    "events": _bool,
-    "disabled_events": _subset(EVENT_NAMES),
-    "event_levels": _event_levels,
-    "result_repr": _bool,
-    "celery_lines": _bool,
-    "root_handlers": _choice(ROOT_HANDLERS),
-    "banner": _choice(BANNER_MODES),
-    "schema": _choice(SCHEMAS),
-    "service_name": _optional_name,
-    "gcp_project": _optional_name,
-    "task_buffer": _non_negative_int,
-    "dedupe_window": _non_negative_seconds,
-}
+# ---------------------------------------------------------------------------
+# The option table: each option declared once, as a field of LogConfig
+# ---------------------------------------------------------------------------
+
+_ROW = "logkit.option"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option: a row of the option table (:data:`OPTIONS`).
+
+    Everything that knows an option reads it here: :class:`LogConfig`'s validation
+    (:attr:`parse`), the environment variable and the ``app.conf`` keys
+    (:attr:`env`, :attr:`settings`), the ``celery --log-*`` command-line options
+    (:attr:`flag`, :mod:`logkit.celery_options`) and the test that checks
+    docs/configuration.md.
+    """
+
+    #: The option's name: a :class:`LogConfig` attribute and a keyword of ``install()``.
+    name: str
+    #: Its type, as :class:`LogConfig` annotates it (``"bool"``, ``"Mapping[str, Any]"``).
+    type: str
+    #: Its default value.
+    default: Any
+    #: Raw value (a Python value, or a string from the environment, ``app.conf`` or the
+    #: command line) -> the option's value; raises ``ValueError`` with a message that
+    #: completes "invalid value for option X: ...".
+    parse: Callable[[Any], Any]
+    #: What it does (the ``--help`` text of its flag, the API reference's line).
+    doc: str
+    #: The values it takes, when it is a choice (``format``: ``auto``, ``json`` ...).
+    choices: tuple[str, ...] | None = None
+    #: Its ``celery`` command-line option: ``--log-x``, or ``--log-x/--no-log-x`` for a
+    #: boolean switch; ``None``: none.
+    flag: str | None = None
+    #: The value's name in the flag's help (``N``, ``SECONDS``, ``KEY=VALUE``).
+    metavar: str | None = None
+    #: The flag is given once per ``KEY=VALUE`` pair; the pairs are added to the mapping
+    #: from the other sources.
+    repeat: bool = False
+
+    @property
+    def env(self) -> str:
+        """Its environment variable: ``LOGKIT_<NAME>``."""
+        return f"LOGKIT_{self.name.upper()}"
+
+    @property
+    def settings(self) -> tuple[str, str]:
+        """Its ``app.conf`` keys, first found wins: ``logkit_<name>``, ``LOGKIT_<NAME>``."""
+        return f"logkit_{self.name}", self.env
+
+
+def option(
+    default: Any,
+    parse: Callable[[Any], Any] | None = None,
+    *,
+    doc: str,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    repeat: bool = False,
+) -> Any:
+    """Declare one option: a :class:`LogConfig` field carrying its row of the table.
+
+    Adding an option is adding one such field; its environment variable, ``app.conf``
+    keys, validation and flag follow from it.
+
+    Args:
+        default: The default value (a mapping is copied, read-only, for each config).
+        parse: The parser (:attr:`Option.parse`); not needed with ``choices``.
+        doc: What the option does (:attr:`Option.doc`).
+        choices: The values it takes; then ``parse`` checks that the value is one.
+        flag: Its ``celery`` command-line option (:attr:`Option.flag`).
+        metavar: The value's name in the flag's help.
+        repeat: The flag is given once per ``KEY=VALUE`` pair (:attr:`Option.repeat`).
+
+    Returns:
+        The ``dataclasses.field`` declaring it.
+    """
+    if choices is not None:
+        parse = _choice(choices)
+    if parse is None:
+        raise TypeError("an option needs parse or choices")
+    metadata = {_ROW: {"parse": parse, "doc": doc, "choices": choices, "flag": flag,
+                       "metavar": metavar, "repeat": repeat}}
+    if isinstance(default, Mapping):  # a fresh read-only copy for each config
+        items = dict(default)
+        return field(default_factory=lambda: MappingProxyType(dict(items)), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,74 +442,123 @@ class LogConfig:
             value and the valid choices.
     """
 
-    #: Output format: ``auto`` (console on a TTY, JSON otherwise), ``json``, ``console``, ``plain``.
-    format: str = "auto"
-    #: Static fields added to every record (e.g. ``{"service": "billing", "env": "prod"}``).
-    fields: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    #: Longest string kept for one field (message, extra value); longer ones are cut and marked.
-    max_field_length: int = 65536
-    #: Reopen the log file when it was moved or removed (logrotate), like ``WatchedFileHandler``.
-    watch_file: bool = True
-    #: Non-blocking mode: records go through a queue to a background writer thread.
-    queue: bool = False
-    #: Most records waiting in the ``queue=True`` queue of one process.
-    queue_size: int = 10000
-    #: When that queue is full: ``drop`` the record (counted, then reported in one
-    #: ``log_records_dropped`` record) or ``block`` the log call until there is room.
-    queue_full: str = "drop"
-    #: Route ``structlog.get_logger()`` loggers through logkit's handlers and formatter.
-    structlog: bool = True
-    #: Which task context fields are bound while a task runs.
-    context_fields: tuple[str, ...] = CONTEXT_FIELDS
-    #: Renames for output keys: context fields and ``timestamp``/``level``/``logger``/``message``.
-    field_names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    #: Add the task's ``args``/``kwargs`` (redacted, capped) to the task context.
-    log_args: bool = False
-    #: Keys whose values are replaced by ``'[REDACTED]'`` (case-insensitive, at any depth).
-    redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
-    #: Longest ``repr`` kept for the task's args and kwargs.
-    args_max_length: int = 1024
-    #: Context keys sent from the publisher to the task in its headers (``*``: all user-bound keys).
-    propagate: tuple[str, ...] = ("*",)
-    #: Emit structured lifecycle events (and drop Celery's prose lines for the same events).
-    events: bool = True
-    #: Lifecycle events that are not emitted.
-    disabled_events: tuple[str, ...] = ()
-    #: Per-event level overrides, e.g. ``{"task_succeeded": "DEBUG"}``.
-    event_levels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    #: Include a capped ``repr`` of the return value in ``task_succeeded`` events.
-    result_repr: bool = True
-    #: Keep Celery's own lines for the events logkit logs ("Received task", "succeeded
-    #: in", "raised unexpected", "ready."...) beside the events, for code that listens to
-    #: Celery's loggers (``celery.app.trace``, ``celery.worker.strategy``...).
-    celery_lines: bool = False
-    #: Who owns the root logger: ``auto`` (logkit, unless ``worker_hijack_root_logger`` is
-    #: off and the root already has handlers: then those write every record, with logkit's
-    #: context on it), ``replace`` (logkit's handler only), ``add`` (both: lines twice).
-    root_handlers: str = "auto"
-    #: Celery's startup banner: ``auto`` (replaced by event fields when the format is JSON),
-    #: ``text`` (Celery's banner), ``event`` (replaced by event fields), ``off`` (neither).
-    banner: str = "auto"
-    #: Field names and formats of JSON output: ``logkit`` (logkit's own), ``ecs`` (Elastic),
-    #: ``gcp`` (Google Cloud Logging), ``datadog``, ``otel`` (OpenTelemetry log data model).
-    schema: str = "logkit"
-    #: The service name the ``ecs``/``datadog``/``otel`` schemas report (default: the
-    #: ``service`` static field, then ``DD_SERVICE`` / ``OTEL_SERVICE_NAME``).
-    service_name: str | None = None
-    #: Google Cloud project of the ``gcp`` schema's trace names (default: the
-    #: ``GOOGLE_CLOUD_PROJECT``, ``GCP_PROJECT`` or ``GCLOUD_PROJECT`` env var).
-    gcp_project: str | None = None
-    #: Keep up to this many of a task's records below the worker's level, and write them
-    #: (``buffered: true``) only if the task fails or retries (or logs ERROR); 0 = off.
-    task_buffer: int = 0
-    #: Seconds within which a repeat of a written record (same logger, level and message
-    #: template) is counted instead of written; one ``repeated: N`` record follows; 0 = off.
-    dedupe_window: float = 0.0
+    # Each field is one option, declared once (:func:`option`): its name, type, default,
+    # parser, doc and command-line flag; :data:`OPTIONS` is the table the rest reads.
+    format: str = option(
+        "auto", choices=FORMATS, flag="--log-format",
+        doc="Output format: auto (console on a terminal, json anywhere else), json, "
+        "console or plain.")
+    fields: Mapping[str, Any] = option(
+        {}, _pairs, flag="--log-field", metavar="KEY=VALUE", repeat=True,
+        doc="Static fields added to every record, e.g. service=billing (the flag is "
+        "repeatable; its fields are added to those of the other sources).")
+    max_field_length: int = option(
+        65536, _positive_int,
+        doc="Longest string kept for one field (message, extra value); longer ones are "
+        "cut and marked.")
+    watch_file: bool = option(
+        True, _bool,
+        doc="Reopen the log file when it was moved or removed (logrotate), like "
+        "``WatchedFileHandler``.")
+    queue: bool = option(
+        False, _bool,
+        doc="Non-blocking mode: records go through a queue to a background writer thread.")
+    queue_size: int = option(
+        10000, _positive_int, doc="Most records waiting in the ``queue=True`` queue of one "
+        "process.")
+    queue_full: str = option(
+        "drop", choices=QUEUE_FULL_POLICIES,
+        doc="When that queue is full: ``drop`` the record (counted, then reported in one "
+        "``log_records_dropped`` record) or ``block`` the log call until there is room.")
+    structlog: bool = option(
+        True, _bool,
+        doc="Route ``structlog.get_logger()`` loggers through logkit's handlers and "
+        "formatter.")
+    context_fields: tuple[str, ...] = option(
+        CONTEXT_FIELDS, _subset(CONTEXT_FIELDS),
+        doc="Which task context fields are bound while a task runs.")
+    always_fields: tuple[str, ...] = option(
+        (), _subset(CONDITIONAL_FIELDS, star=True),
+        doc="Fields written on every record even where they repeat another field or say "
+        "nothing (see ``CONDITIONAL_FIELDS``; ``*``: all of them, the field set of records "
+        "before #37). By default each is left out where it is redundant.")
+    field_names: Mapping[str, str] = option(
+        {}, _renames,
+        doc="Renames for output keys: context fields and "
+        "``timestamp``/``level``/``logger``/``message``.")
+    log_args: bool = option(
+        False, _bool,
+        doc="Add the task's ``args``/``kwargs`` (redacted, capped) to the task context.")
+    redact_keys: frozenset[str] = option(
+        DEFAULT_REDACT_KEYS, _lower_frozenset,
+        doc="Keys whose values are replaced by ``'[REDACTED]'`` (case-insensitive, at any "
+        "depth).")
+    args_max_length: int = option(
+        1024, _positive_int, doc="Longest ``repr`` kept for the task's args and kwargs.")
+    propagate: tuple[str, ...] = option(
+        ("*",), _names,
+        doc="Context keys sent from the publisher to the task in its headers (``*``: all "
+        "user-bound keys).")
+    events: bool = option(
+        True, _bool, flag="--log-events/--no-log-events",
+        doc="Emit structured task/worker lifecycle events, in place of Celery's lines for "
+        "the same events (default: on).")
+    disabled_events: tuple[str, ...] = option(
+        (), _subset(EVENT_NAMES), doc="Lifecycle events that are not emitted.")
+    event_levels: Mapping[str, str] = option(
+        {}, _event_levels,
+        doc="Per-event level overrides, e.g. ``{\"task_succeeded\": \"DEBUG\"}``.")
+    result_repr: bool = option(
+        True, _bool,
+        doc="Include a capped ``repr`` of the return value in ``task_succeeded`` events.")
+    celery_lines: bool = option(
+        False, _bool, flag="--log-celery-lines/--no-log-celery-lines",
+        doc="Keep Celery's own task lines (received, succeeded, raised...) beside the "
+        "events, for code that listens to Celery's loggers (``celery.app.trace``, "
+        "``celery.worker.strategy``...) (default: off).")
+    root_handlers: str = option(
+        "auto", choices=ROOT_HANDLERS,
+        doc="Who owns the root logger: ``auto`` (logkit, unless "
+        "``worker_hijack_root_logger`` is off and the root already has handlers: then "
+        "those write every record, with logkit's context on it), ``replace`` (logkit's "
+        "handler only), ``add`` (both: lines twice).")
+    banner: str = option(
+        "auto", choices=BANNER_MODES,
+        doc="Celery's startup banner: ``auto`` (replaced by event fields when the format "
+        "is JSON), ``text`` (Celery's banner), ``event`` (replaced by event fields), "
+        "``off`` (neither).")
+    schema: str = option(
+        "logkit", choices=SCHEMAS, flag="--log-schema",
+        doc="Field names of JSON output: logkit (logkit's own, the default), ecs "
+        "(Elastic), gcp (Google Cloud Logging), datadog, otel (OpenTelemetry).")
+    service_name: str | None = option(
+        None, _optional_name,
+        doc="The service name the ``ecs``/``datadog``/``otel`` schemas report (default: "
+        "the ``service`` static field, then ``DD_SERVICE`` / ``OTEL_SERVICE_NAME``).")
+    gcp_project: str | None = option(
+        None, _optional_name,
+        doc="Google Cloud project of the ``gcp`` schema's trace names (default: the "
+        "``GOOGLE_CLOUD_PROJECT``, ``GCP_PROJECT`` or ``GCLOUD_PROJECT`` env var).")
+    task_buffer: int = option(
+        0, _non_negative_int, flag="--log-task-buffer", metavar="N",
+        doc="Keep a task's last N records below the worker's level, and write them "
+        "(marked buffered) only if the task fails or retries, or logs an ERROR (0 = off, "
+        "the default).")
+    dedupe_window: float = option(
+        0.0, _non_negative_seconds, flag="--log-dedupe-window", metavar="SECONDS",
+        doc="Fold repeats of a line (same logger, level and message template) within "
+        "SECONDS into one line with a repeated count (0 = off, the default).")
+    task_sample: float = option(
+        1.0, _fraction, flag="--log-task-sample", metavar="RATE",
+        doc="Write the lines below WARNING of this share of workflows (by root id), and "
+        "of every task that goes wrong: a task outside the sample keeps them and writes "
+        "them first (marked sampled_out) only if it fails, retries or logs a WARNING "
+        "(0 to 1; 1 = every task, the default).")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            object.__setattr__(self, f.name, _coerce(f.name, value, "LogConfig"))
+        for name in OPTIONS:
+            value = getattr(self, name)
+            object.__setattr__(self, name, _coerce(name, value, "LogConfig"))
 
     # -- construction -------------------------------------------------------------
 
@@ -425,7 +569,7 @@ class LogConfig:
         Returns:
             The option names, in definition order (``format``, ``fields``, ...).
         """
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(OPTIONS)
 
     @classmethod
     def resolve(
@@ -499,9 +643,45 @@ class LogConfig:
         return default if name is None else logging.getLevelName(name)
 
 
+def _table() -> Mapping[str, Option]:
+    rows: dict[str, Option] = {}
+    for f in dataclasses.fields(LogConfig):
+        default = f.default
+        if default is dataclasses.MISSING:
+            default = f.default_factory()  # type: ignore[operator]
+        rows[f.name] = Option(f.name, str(f.type), default, **f.metadata[_ROW])
+    return MappingProxyType(rows)
+
+
+#: The option table: every option, by name, in :class:`LogConfig`'s order.
+OPTIONS: Mapping[str, Option] = _table()
+
+
+def decide_format(fmt: str, logfile: Any, isatty: Callable[[], bool]) -> str:
+    """Decide what the ``format`` option means where the records go, in one place.
+
+    ``auto`` is ``console`` on a terminal and ``json`` anywhere else (a log file, a pipe,
+    a container's log collector); the process's logging (``logkit.setup``), the banner
+    decision before beat configures logging and a failure reported before logging is
+    configured all ask this.
+
+    Args:
+        fmt: The ``format`` option: ``auto``, ``json``, ``console`` or ``plain``.
+        logfile: The log file written to (``None`` or ``""``: a stream).
+        isatty: Whether that stream is a terminal (called only for ``auto`` without a
+            log file).
+
+    Returns:
+        ``json``, ``console`` or ``plain``.
+    """
+    if fmt != "auto":
+        return fmt
+    return "console" if not logfile and isatty() else "json"
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     try:
-        return _PARSERS[name](value)
+        return OPTIONS[name].parse(value)
     except ValueError as exc:
         raise ConfigError(f"logkit: invalid value for option {name!r} ({source}): {exc}") from None
 
@@ -519,7 +699,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         ConfigError: An unknown option name (the message lists the valid ones) or an
             invalid value.
     """
-    unknown = sorted(set(options) - set(_PARSERS))
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ConfigError(
             f"logkit: unknown option(s) {', '.join(map(repr, unknown))}; valid options: "
@@ -530,10 +710,9 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _from_env(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
     out: dict[str, tuple[str, Any]] = {}
-    for name in _PARSERS:
-        var = f"LOGKIT_{name.upper()}"
-        if var in env:
-            out[name] = (var, env[var])
+    for name, row in OPTIONS.items():
+        if row.env in env:
+            out[name] = (row.env, env[row.env])
     return out
 
 
@@ -542,8 +721,8 @@ def _from_app_conf(app: Any) -> dict[str, tuple[str, Any]]:
         return {}
     conf = app.conf
     out: dict[str, tuple[str, Any]] = {}
-    for name in _PARSERS:
-        for key in (f"logkit_{name}", f"LOGKIT_{name.upper()}"):
+    for name, row in OPTIONS.items():
+        for key in row.settings:
             try:
                 value = conf.get(key)
             except Exception:  # a broken settings object must not break logging

@@ -1,5 +1,5 @@
-"""Levels on running workers: the ``logkit_level`` / ``logkit_levels`` remote control
-commands and :func:`set_level`.
+"""Levels and sampling on running workers: the ``logkit_level`` / ``logkit_levels`` and
+``logkit_sample`` remote control commands, :func:`set_level` and :func:`set_sample`.
 
 Celery runs remote control commands in the worker's main process only. A level set
 there is in force at once in that process (and so for the threads, gevent, eventlet
@@ -17,8 +17,13 @@ The per-task cost in a child is one read of a 64-bit counter and one comparison
 (``Installation.before_task``). A ``TTL`` is kept by a timer thread of the main
 process, which sets the level back and bumps the generation like any change.
 
+``logkit_sample RATE [TTL]`` takes the same road: the rate of ``task_sample``
+(:mod:`logkit.sample`) is set in the main process (its ``task_received`` decisions,
+and the tasks of the threads, gevent, eventlet and solo pools) and written into the
+same page, with the levels, for the prefork children.
+
 Nothing here runs at import: :func:`register` (called by :func:`logkit.install`)
-adds the two commands to Celery's global command registry (``Panel``) and connects
+adds the three commands to Celery's global command registry (``Panel``) and connects
 two receivers; :func:`unregister` takes all of it back.
 """
 
@@ -32,27 +37,31 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-import celery
 from celery import signals
-from celery.worker.control import Panel, control_command, inspect_command
+from celery.worker.control import control_command, inspect_command
 
-from ._safe import log_exception
+from ._compat import remove_control_command
+from ._safe import iso, log_exception
 from .config import LEVEL_NAMES
 from .events.base import _guarded
-from .events.worker import log_level_changed
+from .events.worker import log_level_changed, task_sample_changed
 from .receivers import installation
+from .sample import Sampler, in_sample
 
 __all__ = [
     "CONTROL_COMMAND",
     "INSPECT_COMMAND",
+    "SAMPLE_COMMAND",
     "LevelSwitch",
     "parse_level",
+    "parse_rate",
     "parse_ttl",
     "register",
+    "sampled",
     "set_level",
+    "set_sample",
     "unregister",
 ]
 
@@ -60,6 +69,8 @@ __all__ = [
 CONTROL_COMMAND = "logkit_level"
 #: ``celery inspect logkit_levels``.
 INSPECT_COMMAND = "logkit_levels"
+#: ``celery control logkit_sample RATE [TTL_SECONDS]``.
+SAMPLE_COMMAND = "logkit_sample"
 #: The name the root logger is given in commands and replies.
 ROOT = "root"
 #: The level the worker started with.
@@ -86,6 +97,25 @@ def parse_level(value: Any) -> str:
     raise ValueError(f"level must be one of {_VALID_TEXT}; got {value!r}")
 
 
+_RATE_CHOICES = "a number from 0 to 1 (1: every workflow written; 0: only the tasks " \
+    "that go wrong) or 'default'"
+
+
+def parse_rate(value: Any) -> float | str:
+    """``value`` as a ``task_sample`` rate (a float from 0 to 1) or ``default``;
+    ``ValueError`` naming the valid choices otherwise."""
+    text = str(value).strip()
+    if text.lower() == DEFAULT:
+        return DEFAULT
+    try:
+        rate = float(text) if value is not None and not isinstance(value, bool) else None
+    except ValueError:
+        rate = None
+    if rate is None or not (0.0 <= rate <= 1.0):  # NaN fails too
+        raise ValueError(f"rate must be {_RATE_CHOICES}; got {value!r}")
+    return rate
+
+
 def parse_ttl(value: Any) -> float | None:
     """``value`` as seconds (``None`` for absent or 0); ``ValueError`` otherwise."""
     if value is None or value == "":
@@ -107,14 +137,6 @@ def _name_of(level: int) -> str:
     return logging.getLevelName(level)
 
 
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
-
-
 class _SharedPage:
     """An anonymous shared mapping, inherited by the pool children forked after it."""
 
@@ -123,9 +145,9 @@ class _SharedPage:
         #: The generation, readable without a copy or a struct call.
         self.generation = memoryview(self.map)[:8].cast("Q")
 
-    def write(self, levels: Mapping[str, int]) -> None:
-        """Write ``levels`` (one writer: the main process, under the switch's lock)."""
-        payload = json.dumps(dict(levels)).encode()
+    def write(self, state: Mapping[str, Any]) -> None:
+        """Write ``state`` (one writer: the main process, under the switch's lock)."""
+        payload = json.dumps(dict(state)).encode()
         if len(payload) > _PAGE_SIZE - _HEADER.size:
             raise ValueError("too many loggers with a changed level")
         start = self.generation[0]
@@ -134,8 +156,8 @@ class _SharedPage:
         struct.pack_into("=I", self.map, 8, len(payload))
         self.generation[0] = start + 2
 
-    def read(self) -> tuple[int, dict[str, int]] | None:
-        """``(generation, levels)``, or ``None`` while the main process is writing."""
+    def read(self) -> tuple[int, dict[str, Any]] | None:
+        """``(generation, state)``, or ``None`` while the main process is writing."""
         before = self.generation[0]
         if before % 2:
             return None
@@ -143,8 +165,8 @@ class _SharedPage:
         payload = bytes(self.map[_HEADER.size:_HEADER.size + length])
         if self.generation[0] != before:
             return None
-        levels = json.loads(payload) if length else {}
-        return before, levels
+        state = json.loads(payload) if length else {}
+        return before, state
 
     def close(self) -> None:
         self.generation.release()
@@ -152,10 +174,12 @@ class _SharedPage:
 
 
 class LevelSwitch:
-    """The levels changed by remote control in this worker, and their defaults.
+    """The levels (and the ``task_sample`` rate) changed by remote control in this
+    worker, and their defaults.
 
-    In the main process :meth:`change` sets a level (and its revert timer); in a
-    prefork child :meth:`sync` applies what the main process set.
+    In the main process :meth:`change` sets a level and :meth:`change_sample` the rate
+    (each with its revert timer); in a prefork child :meth:`sync` applies what the main
+    process set.
     """
 
     def __init__(self) -> None:
@@ -172,6 +196,12 @@ class LevelSwitch:
         #: The page generation whose levels this process has applied.
         self.seen = 0
         self.hostname: Any = None
+        #: When the rate changed by ``logkit_sample`` ends (Unix time; ``None``: never, or
+        #: no change), whether it was ever changed (then the page carries it), its timer.
+        self.sample_until: float | None = None
+        self.sample_changed = False
+        self._sample_timer: threading.Timer | None = None
+        self._sample_token = 0
 
     # -- main process ------------------------------------------------------
 
@@ -203,7 +233,7 @@ class LevelSwitch:
             else:
                 self.changes[name] = (new, until)
             kept = ttl if until is not None else None
-            event = (self.hostname, name, new, previous, kept, _iso(until), reason)
+            event = (self.hostname, name, new, previous, kept, iso(until), reason)
             # logged while the more verbose of the two levels is in force
             if new < previous:
                 self._apply({name: new, **{r: new for r in related}})
@@ -220,7 +250,7 @@ class LevelSwitch:
                 timer.start()
         return {
             "logger": name, "level": _name_of(new), "previous": _name_of(previous),
-            "default": _name_of(default), "ttl": kept, "until": _iso(until),
+            "default": _name_of(default), "ttl": kept, "until": iso(until),
         }
 
     def _related(self, name: str) -> list[str]:
@@ -239,12 +269,56 @@ class LevelSwitch:
             _logger(name).setLevel(level)
 
     def _publish(self) -> None:
-        """Write the level of every logger ever changed into the shared page."""
+        """Write the level of every logger ever changed, and the rate once changed, into
+        the shared page."""
         if self.page is None:
             return
-        levels = {name: _logger(name).level for name in self.defaults}
-        self.page.write(levels)
+        state: dict[str, Any] = {"levels": {name: _logger(name).level for name in self.defaults}}
+        sampler = _sampler()
+        if self.sample_changed and sampler is not None:
+            state["task_sample"] = sampler.rate
+        self.page.write(state)
         self.seen = self.page.generation[0]
+
+    def change_sample(
+        self, rate: float | str, ttl: float | None = None, *, reason: str = "control",
+    ) -> dict[str, Any]:
+        """Set the ``task_sample`` rate (``default``: the configured one); return what
+        changed (the reply)."""
+        with self._lock:
+            sampler = _sampler()
+            if sampler is None:
+                raise RuntimeError("logging is not configured in this worker")
+            previous, default = sampler.rate, sampler.default
+            new = default if rate == DEFAULT else float(rate)
+            until = None if ttl is None or rate == DEFAULT else time.time() + ttl
+            self._serial += 1
+            self._sample_token = self._serial
+            if self._sample_timer is not None:
+                self._sample_timer.cancel()
+                self._sample_timer = None
+            sampler.set_rate(new)
+            self.sample_until = until
+            self.sample_changed = True
+            kept = ttl if until is not None else None
+            task_sample_changed(self.hostname, new, previous, kept, iso(until), reason)
+            self._publish()
+            if until is not None and ttl is not None:
+                timer = threading.Timer(ttl, self._expire_sample, args=(self._serial,))
+                timer.daemon = True
+                timer.name = "logkit task_sample revert"
+                self._sample_timer = timer
+                timer.start()
+        return {"task_sample": new, "previous": previous, "default": default, "ttl": kept,
+                "until": iso(until)}
+
+    def _expire_sample(self, token: int) -> None:
+        try:
+            if self._sample_token == token:
+                self.change_sample(DEFAULT, None, reason="expired")
+        except Exception:  # a timer thread must not die noisily
+            log_exception(logging.getLogger("logkit"), logging.WARNING,
+                          "logkit: could not set the task_sample rate back")
 
     def _expire(self, name: str, token: int) -> None:
         try:
@@ -264,9 +338,14 @@ class LevelSwitch:
                 default = self.defaults.get(name, level)
                 until = self.changes.get(name, (level, None))[1]
                 out[name] = {
-                    "level": _name_of(level), "default": _name_of(default), "until": _iso(until),
+                    "level": _name_of(level), "default": _name_of(default), "until": iso(until),
                 }
-        return {"loggers": out, "pid": os.getpid()}
+            reply: dict[str, Any] = {"loggers": out, "pid": os.getpid()}
+            sampler = _sampler()
+            if sampler is not None:
+                reply["task_sample"] = {"rate": sampler.rate, "default": sampler.default,
+                                        "until": iso(self.sample_until)}
+        return reply
 
     def stop(self) -> None:
         """Cancel the revert timers (the levels set stay)."""
@@ -275,6 +354,10 @@ class LevelSwitch:
                 timer.cancel()
             self._timers.clear()
             self._tokens.clear()
+            if self._sample_timer is not None:
+                self._sample_timer.cancel()
+                self._sample_timer = None
+            self._sample_token = 0
 
     # -- pool child --------------------------------------------------------
 
@@ -289,8 +372,18 @@ class LevelSwitch:
         read = page.read()
         if read is None:  # being written: the next task sees it
             return
-        self.seen, levels = read
-        self._apply(levels)
+        self.seen, state = read
+        self._apply(state.get("levels", {}))
+        rate = state.get("task_sample")
+        sampler = _sampler()
+        if rate is not None and sampler is not None and rate != sampler.rate:
+            sampler.set_rate(rate)
+
+
+def _sampler() -> Sampler | None:
+    """The installation's sampler in this process (``None`` before logging is set up)."""
+    inst = installation()
+    return inst.sampler if inst is not None else None
 
 
 _switch: LevelSwitch | None = None
@@ -326,15 +419,30 @@ def _logkit_level(
         return {"error": f"could not set the level: {exc!r}"}
 
 
+def _logkit_sample(state: Any, rate: Any = None, ttl: Any = None, **_: Any) -> dict[str, Any]:
+    """Set the share of workflows whose lines are written (task_sample) for a while."""
+    current = _switch
+    if current is None:
+        return {"error": "logkit is not installed in this worker"}
+    try:
+        value = parse_rate(rate)
+        seconds = parse_ttl(ttl)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if current.hostname is None:
+        current.hostname = getattr(state, "hostname", None)
+    try:
+        return {"ok": current.change_sample(value, seconds)}
+    except Exception as exc:  # the worker goes on
+        return {"error": f"could not set the sample rate: {exc!r}"}
+
+
 def _logkit_levels(state: Any, **_: Any) -> dict[str, Any]:
     """Current log levels, their defaults and when a change expires."""
     current = _switch
     if current is None:
         return {"error": "logkit is not installed in this worker"}
     return current.levels()
-
-
-_COMMANDS = (CONTROL_COMMAND, INSPECT_COMMAND)
 
 
 @_guarded
@@ -360,8 +468,9 @@ def _on_worker_process_init(**_: Any) -> None:
 
 
 def register() -> LevelSwitch:
-    """Add ``logkit_level`` and ``logkit_levels`` to Celery's remote control commands;
-    return the :class:`LevelSwitch` they drive. Undone by :func:`unregister`."""
+    """Add ``logkit_level``, ``logkit_levels`` and ``logkit_sample`` to Celery's remote
+    control commands; return the :class:`LevelSwitch` they drive. Undone by
+    :func:`unregister`."""
     global _switch
     if _switch is None:
         _switch = LevelSwitch()
@@ -375,62 +484,30 @@ def register() -> LevelSwitch:
         name=INSPECT_COMMAND,
         help="Current log levels, their defaults and when a change expires",
     )(_logkit_levels)
+    control_command(
+        name=SAMPLE_COMMAND,
+        args=[("rate", str), ("ttl", str)],
+        signature="RATE [TTL_SECONDS]",
+        help="Set the share of workflows whose lines are written (0 to 1, or default) "
+        "for a while (TTL_SECONDS; 0 = until changed)",
+    )(_logkit_sample)
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="logkit.levels.init")
     signals.worker_process_init.connect(
         _on_worker_process_init, weak=False, dispatch_uid="logkit.levels.child"
     )
-    _fill_cli_gaps()
     return _switch
-
-
-#: What :func:`_fill_cli_gaps` changed in ``celery control`` (Celery 5.3): undone by
-#: :func:`unregister`.
-_cli_undo: list[Any] = []
-
-
-def _fill_cli_gaps() -> None:
-    """Let ``celery control logkit_level ...`` work on Celery 5.3 too.
-
-    Only when the ``celery`` command is running (``celery.bin.control`` imported: the
-    app module is loaded before the subcommand's arguments are parsed), never otherwise:
-    Celery 5.3 fixes the choices of ``celery control``'s and ``celery inspect``'s
-    command argument when their module is imported, before the app registers any
-    command: ``logkit_level`` and ``logkit_levels`` are added to them.
-
-    (Celery 5.3 to 5.6 also hand an app's preload options to ``control()``, which takes
-    none: :func:`logkit.celery_options.fill_preload_gaps` takes them off, for every
-    ``celery`` sub-command that refuses them.)
-    """
-    import sys
-
-    if _cli_undo or celery.VERSION[:2] >= (5, 6):
-        return
-    module = sys.modules.get("celery.bin.control")
-    command = getattr(module, "control", None)
-    if command is None:
-        return
-    for cli, name in ((command, CONTROL_COMMAND), (getattr(module, "inspect", None),
-                                                  INSPECT_COMMAND)):
-        for param in getattr(cli, "params", ()):
-            choices = getattr(param.type, "choices", None)
-            if param.name == "action" and choices is not None and name not in choices:
-                param.type.choices = [*choices, name]
-                _cli_undo.append(lambda p=param, c=choices: setattr(p.type, "choices", c))
 
 
 def unregister() -> None:
     """Remove the commands and receivers :func:`register` added; cancel revert timers."""
     global _switch
-    for name in _COMMANDS:
-        if Panel.data.get(name) in (_logkit_level, _logkit_levels):
-            del Panel.data[name]
-            Panel.meta.pop(name, None)
+    remove_control_command(CONTROL_COMMAND, _logkit_level)
+    remove_control_command(INSPECT_COMMAND, _logkit_levels)
+    remove_control_command(SAMPLE_COMMAND, _logkit_sample)
     signals.worker_init.disconnect(_on_worker_init, dispatch_uid="logkit.levels.init")
     signals.worker_process_init.disconnect(
         _on_worker_process_init, dispatch_uid="logkit.levels.child"
     )
-    while _cli_undo:
-        _cli_undo.pop()()
     inst = installation()
     if _switch is not None:
         if inst is not None and inst.before_task == _switch.sync:
@@ -491,3 +568,85 @@ def set_level(
         timeout=timeout,
     )
     return replies
+
+
+def set_sample(
+    app: Any,
+    rate: float | str,
+    ttl: float | None = None,
+    destination: list[str] | None = None,
+    *,
+    timeout: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Set the ``task_sample`` rate of running workers over Celery's remote control.
+
+    The same as ``celery -A proj control logkit_sample RATE [TTL_SECONDS]``: in force at
+    once in each worker's main process, and in each prefork pool child before its next
+    task; every change and revert is a ``task_sample_changed`` event.
+
+    Args:
+        app: The Celery app (its broker reaches the workers).
+        rate: From 0 to 1 (``1.0``: every workflow written, e.g. for a debugging
+            window), or ``"default"`` (the rate each worker started with).
+        ttl: Seconds until the rate reverts by itself; ``None`` or 0: until changed.
+        destination: Node names (``["celery@host1"]``); ``None``: every worker.
+        timeout: Seconds to wait for the replies.
+
+    Returns:
+        One reply per node that answered: ``{node: {"ok": {...}}}`` with
+        ``task_sample``, ``previous``, ``default``, ``ttl`` and ``until``, or
+        ``{node: {"error": ...}}``.
+
+    Raises:
+        ValueError: ``rate`` or ``ttl`` is invalid (checked before anything is sent; the
+            message names the valid values).
+    """
+    parse_rate(rate)
+    parse_ttl(ttl)
+    arguments: dict[str, Any] = {"rate": str(rate)}
+    if ttl:
+        arguments["ttl"] = str(ttl)
+    replies: list[dict[str, Any]] = app.control.broadcast(
+        SAMPLE_COMMAND, arguments=arguments, destination=destination, reply=True,
+        timeout=timeout,
+    )
+    return replies
+
+
+def sampled(root_id: Any, rate: float | None = None) -> bool:
+    """Whether the workflow ``root_id`` is in the sample: its lines are all written.
+
+    The decision every worker makes for the tasks of that workflow (``task_sample``),
+    made here without asking them: a publisher or a web request that knows a workflow's
+    root id (the id of its first task) knows whether its lines will be in the log. The
+    first 8 bytes of the BLAKE2b digest of the id (UTF-8), big-endian, over 2**64, below
+    ``rate``.
+
+    Args:
+        root_id: The workflow's ``root_id`` (a task that no other task sent: its own id).
+        rate: From 0 to 1; ``None``: this process's rate (its ``task_sample``, as changed
+            by ``logkit_sample`` in a worker), or 1 without logkit installed.
+
+    Returns:
+        ``True`` if the workflow's lines are all written; ``False`` if only the tasks
+        of it that go wrong write theirs.
+
+    Raises:
+        ValueError: ``rate`` is not a number from 0 to 1.
+    """
+    if rate is None:
+        sampler = _sampler()
+        if sampler is not None:
+            rate = sampler.rate
+        else:
+            inst = installation()
+            rate = inst.config.task_sample if inst is not None else 1.0
+    else:
+        try:
+            number = float(rate) if not isinstance(rate, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not (0.0 <= number <= 1.0):
+            raise ValueError(f"rate must be a number from 0 to 1; got {rate!r}")
+        rate = number
+    return in_sample(root_id, float(rate))

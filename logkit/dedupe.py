@@ -16,7 +16,10 @@ ends and when the process shuts down (``worker_shutting_down``,
 :func:`logkit.install.install`), so a count is never lost.
 
 Lifecycle events (``logkit.events``) and Celery's per-task lines are never folded:
-each names another task.
+each names another task. Each process folds its own records: a forked child starts
+with no window (:func:`reset_after_fork`), and the folds go on every handler that
+writes the records, again each time logging is configured (:func:`apply`, given them
+by the installation's ``configured`` step).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from .context import current
 
-__all__ = ["Fold", "apply", "flush", "folds", "off"]
+__all__ = ["Fold", "apply", "flush", "folds", "off", "reset_after_fork"]
 
 #: Loggers whose records are never folded: one line per task, each about another task.
 NEVER_FOLDED: frozenset[str] = frozenset(
@@ -48,8 +51,6 @@ _NEVER = float("inf")
 class Fold(logging.Filter):
     """Count repeats of written records on one handler; write the counts when due."""
 
-    fast_path_safe = True  # lifecycle events are never folded (logkit.events.fast)
-
     def __init__(self, handler: logging.Handler, window: float) -> None:
         super().__init__()
         self.handler = handler
@@ -62,7 +63,8 @@ class Fold(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = record.__dict__
-        if record.name in NEVER_FOLDED or "repeated" in fields or "buffered" in fields:
+        if (record.name in NEVER_FOLDED or "repeated" in fields or "buffered" in fields
+                or "sampled_out" in fields):  # what a task kept, written as it was logged
             return True
         exc = record.exc_info
         key = (record.name, record.levelno, record.msg, exc[0] if exc else None)
@@ -150,6 +152,17 @@ class Fold(logging.Filter):
             self._write(summary)
         return len(due or ())
 
+    def forget(self) -> None:
+        """In a forked child: drop the windows (and their counts) and take a fresh lock.
+
+        The windows were opened, and their first records written, by the parent process,
+        which writes their counts too: written from the child as well, every count would
+        be written once more per child (each process folds its own records).
+        """
+        self._lock = threading.Lock()
+        self._windows = OrderedDict()
+        self._deadline = _NEVER
+
     def _write(self, summary: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # never break a log call because of a summary
             self.handler.handle(summary)
@@ -200,3 +213,12 @@ def flush(now: float | None = None) -> int:
     Returns how many summary records were written.
     """
     return sum(fold.flush(now) for fold in list(_folds))
+
+
+def reset_after_fork() -> None:
+    """In a forked child: every fold starts with no window (see :meth:`Fold.forget`).
+
+    Run by the installation's at-fork hook (:mod:`logkit.install`).
+    """
+    for fold in list(_folds):
+        fold.forget()

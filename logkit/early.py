@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._changes import Changes
-from .config import FORMATS, LogConfig
+from .config import FORMATS, OPTIONS, LogConfig, decide_format
 from .formatters import JsonFormatter
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "capture_warnings",
     "intended_format",
     "report_failure",
+    "stderr_is_json",
+    "stderr_isatty",
 ]
 
 #: Most warnings held; later ones are counted, and the count is logged with the rest.
@@ -155,11 +157,12 @@ def intended_format(
     The first valid value by precedence (CLI, env, keyword, ``app.conf``), else ``auto``.
     """
     env = os.environ if env is None else env
-    candidates: list[Any] = [(cli or {}).get("format"), env.get("LOGKIT_FORMAT"),
-                             (options or {}).get("format")]
+    row = OPTIONS["format"]
+    candidates: list[Any] = [(cli or {}).get(row.name), env.get(row.env),
+                             (options or {}).get(row.name)]
     conf = getattr(app, "conf", None)
-    for key in ("logkit_format", "LOGKIT_FORMAT"):
-        with contextlib.suppress(Exception):
+    for key in row.settings:
+        with contextlib.suppress(Exception):  # reporting a failure: never a second one
             candidates.append(conf.get(key) if conf is not None else None)
     for value in candidates:
         if isinstance(value, str) and value.strip().lower() in FORMATS:
@@ -175,14 +178,17 @@ def _stderr_fd() -> int:
         return 2
 
 
+def stderr_isatty() -> bool:
+    """Whether the process's real stderr is a terminal."""
+    try:
+        return os.isatty(_stderr_fd())
+    except OSError:
+        return False
+
+
 def stderr_is_json(fmt: str) -> bool:
     """Whether ``fmt`` means JSON on stderr (``auto``: JSON unless stderr is a terminal)."""
-    if fmt == "auto":
-        try:
-            return not os.isatty(_stderr_fd())
-        except OSError:
-            return True
-    return fmt == "json"
+    return decide_format(fmt, None, stderr_isatty) == "json"
 
 
 def json_line(logger: str, level: int, message: str, **extra: Any) -> str:

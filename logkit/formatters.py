@@ -63,8 +63,9 @@ class JsonFormatter(OrjsonFormatter):
 
     Output keys without a schema: ``timestamp`` (ISO 8601, UTC, ms), ``level``,
     ``logger``, ``message``, the static fields, the log context, the record's ``extra``
-    fields, ``process``, ``thread`` and, when there is one, ``exception`` (``type``,
-    ``message``, ``traceback``); with a ``schema``, the backend's keys and formats.
+    fields, ``process``, ``thread`` (off the process's main thread) and, when there is
+    one, ``exception`` (``type``, ``message``, ``traceback``); with a ``schema``, the
+    backend's keys and formats.
 
     A python-json-logger formatter: a subclass overriding ``add_fields(log_data,
     record, message_dict)`` or ``process_log_record(log_data)`` has them called for
@@ -92,7 +93,8 @@ class JsonFormatter(OrjsonFormatter):
             validate: Ignored (``logging.config``'s format check).
             **options: Formatter options, the same as :class:`~logkit.LogConfig`'s:
                 ``fields``, ``field_names``, ``max_field_length``, ``schema``,
-                ``service_name``, ``gcp_project``; a ``format`` key (``dictConfig`` with
+                ``service_name``, ``gcp_project``, ``always_fields`` (``thread``: the
+                main thread's id too); a ``format`` key (``dictConfig`` with
                 a ``"()"`` factory) is ignored.
 
         Raises:

@@ -23,9 +23,9 @@ import sys
 import threading
 import time
 import weakref
-from datetime import UTC, datetime
 from typing import Any
 
+from ._safe import iso
 from .context import current
 from .formatters import JsonFormatter, safe_str
 from .sinks import (
@@ -113,16 +113,13 @@ class SinkHandler(logging.Handler):
         return f"<SinkHandler {self.sink.name} ({logging.getLevelName(self.level)})>"
 
 
-def _iso(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 def dropped_record(
     count: int, first: float, last: float, reasons: tuple[str, ...]
 ) -> logging.LogRecord:
     """The ``log_records_dropped`` record (logger ``logkit``, WARNING) for ``count`` drops."""
-    first_at, last_at, reason = _iso(first), _iso(last), ", ".join(reasons)
+    first_at, last_at, reason = iso(first), iso(last), ", ".join(reasons)
     record = logging.LogRecord(
         "logkit", logging.WARNING, __file__, 0,
         f"{count} log record(s) dropped between {first_at} and {last_at} ({reason})",

@@ -6,7 +6,8 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 1. task context (:mod:`logkit.receivers`): ``task_prerun`` binds it, ``task_postrun``
    restores it, ``before_task_publish`` carries it to the tasks a task sends;
 2. the ``celery`` command line options (:mod:`logkit.celery_options`), and on Celery
-   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them;
+   5.3 to 5.6 the ``celery`` sub-commands' callbacks that would refuse them
+   (:mod:`logkit._compat`, where every version difference is);
 3. lifecycle events (:mod:`logkit.events`): one receiver per signal, plus
    ``task_started`` / ``task_finished``, which the context receivers call (see
    :func:`_new_installation`), and the filters on Celery's own lines;
@@ -15,11 +16,12 @@ written line is connected here, in :func:`_connect`, and nowhere else:
 5. flushing the non-blocking queue when a process shuts down (and at interpreter exit);
 6. Celery's startup banners (:mod:`logkit.banner`): text, or fields of the startup
    events, and Python warnings held until logging is configured (:mod:`logkit.early`);
-7. the ``logkit_level`` / ``logkit_levels`` remote control commands
+7. the ``logkit_level`` / ``logkit_levels`` / ``logkit_sample`` remote control commands
    (:mod:`logkit.control`);
 8. once a process's logging is configured (:func:`_configured`), the per-task buffer
-   (:mod:`logkit.buffer`, ``task_buffer``) and repeat folding (:mod:`logkit.dedupe`,
-   ``dedupe_window``), with their receivers connected only while they are on.
+   (:mod:`logkit.buffer`, ``task_buffer``), repeat folding (:mod:`logkit.dedupe`,
+   ``dedupe_window``) and sampling per workflow (:mod:`logkit.sample`, ``task_sample``),
+   with their steps and receivers connected only while they are on.
 
 Every change is recorded in the installation's ``changes`` with its undo;
 :func:`uninstall` runs them in reverse order. Importing logkit registers nothing: the
@@ -31,6 +33,7 @@ nothing while no installation is current).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import time
@@ -38,12 +41,12 @@ from typing import Any
 
 from celery import signals
 
-from . import banner, buffer, celery_options, control, dedupe, receivers
+from . import _compat, banner, buffer, celery_options, control, dedupe, receivers, sample
 from .config import LogConfig, check_options
 from .events import beat, prose, task, worker
 from .handlers import flush_at_exit, flush_queues, reset_after_fork
 from .receivers import Installation
-from .setup import Active, celery_redirect
+from .setup import Active
 
 __all__ = ["configure", "install", "uninstall"]
 
@@ -78,8 +81,11 @@ def install(app: Any, **options: Any) -> Installation:
     Raises:
         ConfigError: An option is unknown or its value invalid (the message names the
             valid choices).
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     checked = check_options(options)  # a bad option raises before anything is undone
+    _compat.require()
     current = receivers.installation()
     if current is not None and current.app is app and current.options == checked:
         return current
@@ -110,6 +116,8 @@ def uninstall() -> bool:
     inst = receivers.installation()
     if inst is None:
         return False
+    if inst.sampler is not None:  # what sampling left out, while its event can be written
+        inst.sampler.flush_report()
     receivers.activate(None)
     if not flush_queues(QUEUE_WAIT):
         logger.debug("logkit: uninstall: the queue was not written out within %ss", QUEUE_WAIT)
@@ -154,6 +162,8 @@ def _new_installation(
     if take_over is not None:  # its changes, what it set up, its state: now inst's
         inst.changes, inst.active = take_over.changes, take_over.active
         inst.quieted, inst.warnings = take_over.quieted, take_over.warnings
+        # the per-task steps of the tools it turned on (8.), which its changes undo
+        inst.prerun_hooks, inst.postrun_hooks = take_over.prerun_hooks, take_over.postrun_hooks
     if inst.changes.add("atexit: write out the queue", lambda: atexit.unregister(_at_exit),
                         key="atexit"):
         atexit.register(_at_exit)
@@ -183,25 +193,30 @@ def _register_at_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """In a forked child: fresh locks for the sinks, fresh queue writers (if installed)."""
+    """In a forked child: fresh locks for the sinks, fresh queue writers, folds with no
+    window of the parent's (if installed)."""
     if receivers.installation() is not None:
         reset_after_fork()
+        dedupe.reset_after_fork()
 
 
-def _configured(config: LogConfig, app: Any) -> None:
-    """The last step of a process's logging set-up: Celery's task loggers quieted (or
-    not), then 8. the per-task buffer and repeat folding, each connected only when on."""
-    prose.quiet_celery_loggers(config, app)
-    inst = receivers.installation()
-    if inst is None:
-        return
-    done = inst.active
-    level = done.loglevel if done is not None else logging.getLogger().getEffectiveLevel()
-    handlers = list(done.handlers) if done is not None and done.handlers else list(
-        logging.getLogger().handlers)  # the user's own handlers (root_handlers)
-    buffering = buffer.apply(config, handlers, level)
+def _configured(inst: Installation, active: Active, app: Any) -> None:
+    """The last step of a process's logging set-up, given what was set up (``active``):
+    Celery's task loggers quieted (or not), then 8. the per-task buffer, repeat folding
+    and sampling on every handler that writes the records (``active.output_handlers``),
+    each connected only when on."""
+    config = active.config
+    prose.quiet_celery_loggers(inst, config, app)
+    handlers = active.output_handlers
+    buffering = buffer.apply(config, handlers, active.loglevel)
     folding = dedupe.apply(config, handlers)
-    _connect_operating(inst, buffering, folding)
+    sampler = inst.sampler = sample.apply(config, handlers, inst.sampler)
+    sampler.report = worker.tasks_sampled_out
+    sampler.held_received = task.held_received
+    sampler.write_received = task.write_held_received
+    # a logkit_sample command turning sampling on later sets its steps then
+    sampler.on_attach = functools.partial(_connect_operating, inst, buffering, folding, sampler)
+    _connect_operating(inst, buffering, folding, sampler)
 
 
 def _flush_folds(**_: Any) -> None:
@@ -228,26 +243,63 @@ _FOLD_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
 )
 
 
+def _report_sampled(**_: Any) -> None:
+    """Write what this process left out (``tasks_sampled_out``), then the queue."""
+    inst = receivers.installation()
+    sampler = inst.sampler if inst is not None else None
+    if sampler is not None and sampler.flush_report():
+        flush_queues()
+
+
+#: (signal, receiver, dispatch_uid) of sampling: what was left out written at shutdown
+#: (a prefork child's at its exit, the main process's at the worker's).
+_SAMPLE_RECEIVERS: tuple[tuple[Any, Any, str], ...] = (
+    (signals.worker_process_shutdown, _report_sampled, "logkit.sample.process_shutdown"),
+    (signals.worker_shutdown, _report_sampled, "logkit.sample.shutdown"),
+)
+
+
 def _stop_operating() -> None:
     """Undo 8.: the buffer's wrappers and filters, the folds (their counts written)."""
     buffer.off()
     dedupe.off()
 
 
-def _connect_operating(inst: Installation, buffering: bool, folding: bool) -> None:
-    """8. Set the per-task steps of the buffer and the folds, and connect the folds'
-    shutdown receivers, when on (taken away when off); what :func:`uninstall` must take
-    back is recorded in ``inst.changes``."""
+def _stop_sampling(inst: Installation) -> None:
+    """Undo 8.'s sampling: what was left out reported, the filters taken away."""
+    sampler = inst.sampler
+    if sampler is not None:
+        sampler.flush_report()
+        sampler.detach()
+
+
+def _connect_operating(inst: Installation, buffering: bool, folding: bool,
+                       sampler: sample.Sampler | None = None) -> None:
+    """8. Set the per-task steps of the buffer, the folds and sampling, and connect the
+    folds' and sampling's shutdown receivers, when on (taken away when off); what
+    :func:`uninstall` must take back is recorded in ``inst.changes``."""
+    sampling = sampler is not None and sampler.attached
     prerun: list[Any] = []
     postrun: list[Any] = []
     for on, (before, after) in ((buffering, _BUFFER_HOOKS), (folding, _FOLD_HOOKS)):
         if on:
             prerun += before
             postrun += after
+    if sampling and sampler is not None:  # last after a task: what the buffer wrote is held
+        prerun.append(sampler.prerun)
+        postrun.append(sampler.postrun)
     inst.prerun_hooks, inst.postrun_hooks = tuple(prerun), tuple(postrun)
     if prerun or postrun:
-        inst.changes.add("task_buffer / dedupe_window: per-task steps",
+        inst.changes.add("task_buffer / dedupe_window / task_sample: per-task steps",
                          lambda: _clear_hooks(inst), key="operating.hooks")
+    if sampling:
+        for sig, receiver, uid in _SAMPLE_RECEIVERS:
+            inst.connect(sig, receiver, uid)
+        if inst.changes.add("atexit: write what sampling left out",
+                            lambda: atexit.unregister(_report_sampled), key="atexit.sample"):
+            atexit.register(_report_sampled)
+        inst.changes.add("task_sample: filters on logkit's handlers",
+                         functools.partial(_stop_sampling, inst), key="sample")
     for sig, receiver, uid in _FOLD_RECEIVERS:
         if folding:
             inst.connect(sig, receiver, uid)
@@ -290,7 +342,7 @@ def _connect(inst: Installation) -> None:
         connect(signals.user_preload_options, celery_options.on_user_preload_options,
                 "logkit.preload")
         # Celery 5.3-5.6, while the `celery` command runs: sub-commands that refuse them.
-        celery_options.fill_preload_gaps(inst.app, inst.changes)
+        _compat.fill_preload_gaps(inst.app, inst.changes)
     # 3. Lifecycle events; whether each is emitted is decided per record from the
     # installation's config (events, disabled_events, event_levels).
     event_receivers: tuple[tuple[Any, Any, str], ...] = (
@@ -321,11 +373,14 @@ def _connect(inst: Installation) -> None:
     connect(signals.worker_shutdown, _flush, "logkit.flush")
     # 6. Celery's banners and the warnings it gives before logging is configured.
     banner.connect(inst)
-    # 7. Levels over remote control.
+    # 7. Levels and the sample rate over remote control.
     if "logkit.control" not in inst.changes:
         control.register()
-        inst.changes.add("remote control commands (logkit_level, logkit_levels)",
+        inst.changes.add("remote control commands (logkit_level, logkit_levels, logkit_sample)",
                          control.unregister, key="logkit.control")
+    # Celery 5.3, while the `celery` command runs: `celery control/inspect` take them.
+    _compat.add_control_actions({"control": (control.CONTROL_COMMAND, control.SAMPLE_COMMAND),
+                                 "inspect": (control.INSPECT_COMMAND,)}, inst.changes)
 
 
 def configure(
@@ -363,6 +418,8 @@ def configure(
 
     Raises:
         ConfigError: An option is invalid, or the log file cannot be opened for writing.
+        ImportError: The running Celery lacks a part logkit needs on it (the message
+            names it; see docs/compatibility.md).
     """
     plain_format = None
     if format is not None and "%(" in format:
@@ -370,6 +427,7 @@ def configure(
     if format is not None:
         options["format"] = format
     checked = check_options(options)
+    _compat.require()
     inst = receivers.installation()
     if app is None and inst is not None:
         app = inst.app
@@ -380,7 +438,8 @@ def configure(
     _connect(inst)
     # From a setup_logging receiver: redirected when Celery would have for that call
     # (not from start_worker's); called alone: as worker_redirect_stdouts says.
-    redirect, redirect_level = celery_redirect() or (None if app is not None else False, None)
+    redirect, redirect_level = (_compat.celery_redirect()
+                                or (None if app is not None else False, None))
     return inst.configure_process(
         config,
         loglevel=loglevel,
@@ -390,5 +449,4 @@ def configure(
         plain_format=plain_format,
         redirect_stdouts=redirect,
         redirect_level=redirect_level,
-        configured=inst.configured,
     )

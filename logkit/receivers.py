@@ -21,12 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
-from celery._state import _task_stack
 from celery.app.task import Context
 from celery.utils.nodenames import gethostname
 from celery.utils.saferepr import saferepr
 
-from . import context
+from . import _compat, context
 from ._changes import Changes
 from ._safe import log_exception
 from ._structlog import contextvars_snapshot, restore_contextvars
@@ -34,7 +33,8 @@ from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import WarningHold, intended_format, report_failure
 from .formatters import cap, safe_repr
 from .redaction import RedactFilter, has_sensitive_key, redact, redact_positional
-from .setup import Active, celery_redirect, configure_process
+from .sample import Sampler
+from .setup import Active, configure_process
 from .trace import Ids, span_lookup
 
 __all__ = [
@@ -68,22 +68,6 @@ def _header_of(request: Any) -> Any:
     return getattr(request, HEADER, None)
 
 
-def _eager_lineage(request: Any) -> tuple[Any, Any]:
-    """``(parent_id, root_id)`` of a task run by ``apply()``, as Celery 5.6+ gives them.
-
-    Before 5.6, ``apply()`` inside a task leaves both out of the subtask's request: they
-    come from the calling task's request (the entry below this task on Celery's task
-    stack). A top-level ``apply()`` (no calling task) keeps what its Celery gives.
-    """
-    tasks = _task_stack.stack
-    if len(tasks) < 2:
-        return None, None
-    caller = tasks[-2]
-    requests = caller.request_stack.stack  # the caller's request is below this one's when
-    calling = requests[-2] if caller is tasks[-1] and len(requests) > 1 else requests[-1]
-    return calling.id, getattr(calling, "root_id", None) or calling.id
-
-
 #: Each task field as a Python expression (of ``task`` and ``req``, its request), for the
 #: function :func:`_compile_fill` writes.
 _EXPRESSIONS: dict[str, str] = {
@@ -98,10 +82,21 @@ _EXPRESSIONS: dict[str, str] = {
 }
 
 
+#: Task fields left out where they repeat the task's id (``root_id`` of a root task; the
+#: ``correlation_id`` Celery sets to the task id), unless ``always_fields`` names them.
+_SAME_AS_ID = ("root_id", "correlation_id")
+
+
 def _compile_fill(
-    fields: list[tuple[str, str]], worker_of: Callable[[Any, str], str] | None = None
+    fields: list[tuple[str, str]], always: tuple[str, ...],
+    worker_of: Callable[[Any, str], str] | None = None,
 ) -> Callable[[Any, Any, dict[str, Any]], None]:
     """A function that puts the chosen task fields (``(output name, field)``) into a dict.
+
+    A field whose value is ``None`` is left out; so are, unless ``always`` (the
+    ``always_fields`` option) names them, ``root_id`` and ``correlation_id`` equal to the
+    task's id when the ``task_id`` is among the fields (it says the same), and
+    ``retries`` of ``0``.
 
     Written once per config, like attrs writes ``__init__``: one inline attribute
     read per field, instead of a loop calling a getter per field on every task.
@@ -109,8 +104,19 @@ def _compile_fill(
     (``celery.utils.nodenames.gethostname()``, Celery's fallback), see
     :meth:`TaskContext.worker_of`; one string comparison on every other task.
     """
+    names = {name for _, name in fields}
+    keep = set(always)
+    same_as_id = {n for n in _SAME_AS_ID if n not in keep} if "task_id" in names else set()
     lines = ["def fill(task, req, values):"]
+    if names & same_as_id:
+        lines += ["    try:", "        own = req.id", "    except Exception:",
+                  "        own = None"]
     for out, name in fields:
+        condition = "v is not None"
+        if name in same_as_id:
+            condition += " and v != own"
+        elif name == "retries" and "retries" not in keep:
+            condition += " and v != 0"
         lines += [
             "    try:",
             f"        v = {_EXPRESSIONS[name]}",
@@ -123,7 +129,7 @@ def _compile_fill(
         lines += [
             "    except Exception:",
             "        v = None",
-            "    if v is not None:",
+            f"    if {condition}:",
             f"        values[{out!r}] = v",
         ]
     lines.append("    return None")
@@ -149,7 +155,7 @@ class TaskContext:
         self.worker_key = names.get("worker", "worker")
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
         self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields],
-                                  self.worker_of)
+                                  config.always_fields, self.worker_of)
         #: ``(output name, field)`` of parent_id/root_id, if chosen (see :meth:`_fill_lineage`).
         self.lineage_keys = [(names.get(n, n), n) for n in ("parent_id", "root_id")
                              if n in config.context_fields]
@@ -180,9 +186,10 @@ class TaskContext:
         if isinstance(inherited, Mapping):
             values.update(inherited)
         self.fill(task, request, values)
-        if (getattr(request, "is_eager", False) and getattr(request, "parent_id", 1) is None
+        if (_compat.APPLY_HAS_NO_LINEAGE and getattr(request, "is_eager", False)
+                and getattr(request, "parent_id", 1) is None
                 and getattr(request, "root_id", 1) is None):
-            self._fill_lineage(request, values)  # Celery < 5.6 (fill() found neither)
+            self._fill_lineage(values)  # fill() found neither
         if self.trace is not None:  # the task's span: its events carry it whatever the
             ids = self.trace()  # order of OpenTelemetry's task_postrun receiver and ours
             if ids is not None:
@@ -210,11 +217,11 @@ class TaskContext:
         workers = self.workers
         return workers[0] if len(workers) == 1 else host
 
-    def _fill_lineage(self, request: Any, values: dict[str, Any]) -> None:
+    def _fill_lineage(self, values: dict[str, Any]) -> None:
         """The parent and root ids of an eagerly applied task, from its calling task."""
         if not self.lineage_keys:
             return
-        ids = dict(zip(("parent_id", "root_id"), _eager_lineage(request), strict=True))
+        ids = dict(zip(("parent_id", "root_id"), _compat.eager_lineage(), strict=True))
         for out, name in self.lineage_keys:
             if ids[name] is not None:
                 values[out] = ids[name]
@@ -251,8 +258,9 @@ TaskStarted = Callable[["Installation", Any, Any], None]
 #: ``task_finished(installation, task_id, task, retval, state)``: called right before the
 #: task's context is restored.
 TaskFinished = Callable[["Installation", Any, Any, Any, Any], None]
-#: ``configured(config, app)``: called once a process's logging is configured.
-Configured = Callable[[LogConfig, Any], None]
+#: ``configured(installation, active, app)``: called once a process's logging is set up,
+#: with what was set up (before it becomes :attr:`Installation.active`).
+Configured = Callable[["Installation", Active, Any], None]
 #: A per-task step (:attr:`Installation.prerun_hooks`), called with keyword arguments.
 TaskHook = Callable[..., None]
 
@@ -303,6 +311,7 @@ class Installation:
         self._config: LogConfig | None = None
         self._task_context: TaskContext | None = None
         self.redactor: RedactFilter | None = None
+        self.event_nulls = False
         self.scope = context.TaskScope()
         #: structlog.contextvars as they were when a task started, by (task id, thread).
         self.structlog_snapshots: dict[tuple[str, int], dict[str, Any]] = {}
@@ -317,10 +326,11 @@ class Installation:
         #: Called first thing in ``task_prerun`` when set (prefork children: pick up a
         #: level changed by remote control, :mod:`logkit.control`).
         self.before_task: Callable[[], None] | None = None
-        #: Per-task steps of the options that have them (``task_buffer``, ``dedupe_window``):
-        #: called by logkit's own ``task_prerun`` receiver once the task's context is bound
-        #: (``hook(task_id=...)``) and by its ``task_postrun`` receiver once the context is
-        #: restored (``hook(task_id=..., state=...)``). One receiver per signal for all of
+        #: Per-task steps of the options that have them (``task_buffer``, ``dedupe_window``,
+        #: ``task_sample``): called by logkit's own ``task_prerun`` receiver once the task's
+        #: context is bound, before ``task_started`` (``hook(task_id=..., task=...)``), and
+        #: by its ``task_postrun`` receiver once the context is restored
+        #: (``hook(task_id=..., state=..., task=...)``). One receiver per signal for all of
         #: them: each receiver costs Celery's dispatch about as much as a short log call.
         self.prerun_hooks: tuple[TaskHook, ...] = ()
         self.postrun_hooks: tuple[TaskHook, ...] = ()
@@ -335,6 +345,9 @@ class Installation:
         #: down, inherited by pool children: the ``worker`` of the tasks they run. An
         #: installation that replaces this one takes them over (the workers still run).
         self.workers: list[str] = []
+        #: ``task_sample`` in this process (:mod:`logkit.sample`): made when the process's
+        #: logging is configured; its filters and steps are on only while it samples.
+        self.sampler: Sampler | None = None
 
     @property
     def config(self) -> LogConfig:
@@ -350,6 +363,8 @@ class Installation:
         #: Redacts the fields of the records logkit builds itself (the lifecycle events),
         #: with the keys the handlers' filters use (``None``: no ``redact_keys``).
         self.redactor = RedactFilter(config.redact_keys) if config.redact_keys else None
+        #: Write the lifecycle events' ``None`` fields (``always_fields`` names ``nulls``).
+        self.event_nulls = "nulls" in config.always_fields
 
     @property
     def task_context(self) -> TaskContext:
@@ -368,10 +383,18 @@ class Installation:
 
     def configure_process(self, config: LogConfig, **options: Any) -> Active:
         """:func:`logkit.setup.configure_process` on this installation's behalf: its
-        changes recorded here, its result kept as :attr:`active`."""
+        changes recorded here, its :attr:`configured` step run with the new
+        :class:`~logkit.setup.Active` (passed to it: :attr:`active` is still the previous
+        one then), the result kept as :attr:`active`."""
+        step = self.configured
+
+        def configured(active: Active, app: Any) -> None:
+            if step is not None:
+                step(self, active, app)
+
         self.active = configure_process(
             config, changes=self.changes, previous=self.active, warnings_hold=self.warnings,
-            **options,
+            configured=configured, **options,
         )
         return self.active
 
@@ -391,11 +414,8 @@ def activate(inst: Installation | None) -> None:
 
 
 def _other_setup_logging_receivers() -> list[Any]:
-    try:
-        live = signals.setup_logging._live_receivers(None)
-    except Exception:
-        live = [r for _, r in signals.setup_logging.receivers]
-    return [r for r in live if r is not on_setup_logging]
+    """The receivers of ``setup_logging`` other than logkit's (the app's own)."""
+    return [r for r in _compat.live_receivers(signals.setup_logging) if r is not on_setup_logging]
 
 
 # ---------------------------------------------------------------------------
@@ -423,11 +443,11 @@ def on_setup_logging(
     if inst is None:
         return
     # stdout/stderr redirected exactly when Celery would for the call that sent the signal
-    redirect, redirect_level = celery_redirect() or (False, None)
+    redirect, redirect_level = _compat.celery_redirect() or (False, None)
     try:
         inst.configure_process(
             inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
-            configured=inst.configured, redirect_stdouts=redirect, redirect_level=redirect_level,
+            redirect_stdouts=redirect, redirect_level=redirect_level,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.
@@ -455,11 +475,11 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = Non
     inst.scope.enter(key, values, task_context.task_keys)
     if task_context.structlog:  # what the task binds with structlog.contextvars ends with it too
         inst.structlog_snapshots[(key, threading.get_ident())] = contextvars_snapshot()
+    if inst.prerun_hooks:  # before task_started: its event is the task's first record
+        _run_hooks(inst.prerun_hooks, task_id=task_id, task=task)
     started = inst.task_started
     if started is not None:
         started(inst, task_id, task)
-    if inst.prerun_hooks:
-        _run_hooks(inst.prerun_hooks, task_id=task_id)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = None,
@@ -477,7 +497,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, retval: Any = 
         if snapshot is not None:
             restore_contextvars(snapshot)
     if inst.postrun_hooks:
-        _run_hooks(inst.postrun_hooks, task_id=task_id, state=state)
+        _run_hooks(inst.postrun_hooks, task_id=task_id, state=state, task=task)
 
 
 def _target(receiver: Any) -> Any:

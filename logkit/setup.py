@@ -24,7 +24,7 @@ from celery.utils.log import LoggingProxy, get_multiprocessing_logger, mlevel
 
 from ._changes import Changes
 from ._structlog import configure_structlog
-from .config import ConfigError, LogConfig
+from .config import ConfigError, LogConfig, decide_format
 from .early import WarningHold
 from .filters import add_context_filter
 from .formatters import ConsoleFormatter, JsonFormatter, PlainFormatter, _TextFormatter
@@ -33,7 +33,6 @@ from .redaction import RedactFilter
 
 __all__ = [
     "Active",
-    "celery_redirect",
     "configure_process",
     "decide_color",
     "resolve_format",
@@ -64,13 +63,17 @@ class Active:
     root_owner: str = "logkit"
     #: The background writer of ``queue=True`` (``None`` without the queue).
     writer: _Writer | None = None
+    #: Every handler that writes this configuration's records: logkit's (:attr:`handlers`),
+    #: the others on the root and ``celery.task`` loggers (an ``after_setup_logger``
+    #: receiver's), and, when the user's handlers write (:attr:`root_owner` ``user`` or
+    #: ``both``), every handler of theirs that logkit's context filter joins. The
+    #: operating tools (``task_buffer``, ``dedupe_window``) go on each of them.
+    output_handlers: list[logging.Handler] = field(default_factory=list)
 
 
 def resolve_format(config: LogConfig, sink: Sink) -> str:
-    """``auto`` becomes ``console`` on a terminal and ``json`` anywhere else."""
-    if config.format != "auto":
-        return config.format
-    return "console" if sink.path is None and sink.isatty() else "json"
+    """The output format of ``config`` on ``sink`` (:func:`logkit.config.decide_format`)."""
+    return decide_format(config.format, sink.path, sink.isatty)
 
 
 def decide_color(colorize: bool | None, sink: Sink, env: Any = None) -> bool:
@@ -308,6 +311,22 @@ def _defer_to(root: logging.Logger, task_logger: logging.Logger, mp_logger: Any)
             mp_logger.addHandler(handler)
 
 
+def _output_handlers(
+    handlers: list[logging.Handler], owner: str, *loggers: logging.Logger
+) -> list[logging.Handler]:
+    """:attr:`Active.output_handlers`: ``handlers`` (logkit's), those of ``loggers``, and
+    when the user's handlers write (``owner`` ``user``/``both``) all of theirs; each once."""
+    found = [*handlers]
+    for target in loggers:
+        found += target.handlers
+    if owner != "logkit":
+        found += _user_handlers()
+    unique: dict[int, logging.Handler] = {}
+    for handler in found:
+        unique.setdefault(id(handler), handler)
+    return list(unique.values())
+
+
 def _user_handlers() -> list[logging.Handler]:
     """The handlers of every logger (the root first) that logkit did not add."""
     loggers: list[Any] = [logging.getLogger()]
@@ -364,7 +383,7 @@ def configure_process(
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
     redirect_level: Any = None,
-    configured: Callable[[LogConfig, Any], None] | None = None,
+    configured: Callable[[Active, Any], None] | None = None,
     previous: Active | None = None,
     warnings_hold: WarningHold | None = None,
 ) -> Active:
@@ -372,14 +391,17 @@ def configure_process(
 
     Every change to the process is recorded in ``changes`` with its undo (the
     installation's record: :func:`logkit.uninstall` runs them). ``previous`` is what
-    the last call set up (its sink is closed if replaced, its queue writer reused);
+    the last call set up (its queue writer reused; its sink closed once this call is
+    done, so what its handlers still write, such as pending repeat counts, is written);
     ``warnings_hold`` holds the warnings given before now (replayed as records).
     ``redirect_stdouts``: whether to redirect ``sys.stdout``/``sys.stderr`` (at
     ``redirect_level``, else ``worker_redirect_stdouts_level``); ``None``: as
     ``worker_redirect_stdouts`` says (the ``setup_logging`` receiver passes what Celery
-    would do for the call under way: :func:`celery_redirect`).
-    ``configured(config, app)`` runs once the loggers are set up (the installation's last
-    step: :mod:`logkit.events.prose` decides about Celery's own task lines there).
+    would do for the call under way: :func:`logkit._compat.celery_redirect`).
+    ``configured(active, app)`` runs once the loggers are set up, with what this call
+    set up (the installation's last step: Celery's own task lines, the operating tools
+    on :attr:`Active.output_handlers`); it is given the new :class:`Active`, never left
+    to read it back from where the caller keeps it (which still holds ``previous``).
 
     Raises :class:`ConfigError` if the log file cannot be opened (the message names
     the path and the reason).
@@ -414,8 +436,6 @@ def configure_process(
     for target in (root, task_logger, celery_logger, redirected, mp_logger):
         if target is not None:
             _remove_handlers(target, only_logkit=not replace_all or target is mp_logger)
-    if previous is not None and previous.sink is not sink:
-        previous.sink.close()
 
     fmt = resolve_format(config, sink)
     color = fmt == "console" and decide_color(colorize, sink)
@@ -496,9 +516,14 @@ def configure_process(
             redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
         _redirect(changes, app, redirected, redirect_level)
 
-    active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer)
-    if configured is not None:
-        configured(config, app)
+    active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer,
+                    _output_handlers(handlers, owner, root, task_logger))
+    try:
+        if configured is not None:
+            configured(active, app)
+    finally:
+        if previous is not None and previous.sink is not sink:
+            _close_previous(previous)
     logger.debug(
         "logkit configured logging: format=%s level=%s logfile=%s",
         fmt,
@@ -508,47 +533,18 @@ def configure_process(
     return active
 
 
-def celery_redirect() -> tuple[bool, Any] | None:
-    """What Celery would do with ``sys.stdout``/``sys.stderr`` for the logging set-up under
-    way in this thread, had no receiver taken ``setup_logging``: ``(redirect, level)``,
-    or ``None`` when no set-up of Celery's is under way (``setup_logging`` sent by other
-    code; ``setup_logging_subsystem`` called alone, which never redirects).
+#: Seconds a new configuration waits for the queue (``queue=True``) to write what the
+#: previous one's handlers queued, before their sink is closed.
+PREVIOUS_QUEUE_WAIT = 2.0
 
-    The ``setup_logging`` signal does not carry it, so it is read from the call that
-    sent the signal, ``celery.app.log.Logging.setup(redirect_stdouts=..., redirect_level=...)``
-    (``celery beat``: ``worker_redirect_stdouts``; a prefork child: as its parent did;
-    ``celery.contrib.testing.worker.start_worker`` and ``celery_worker``: never), and, when
-    ``celery worker`` made that call (``redirect_stdouts=False``: it redirects later, on
-    start, and only if nobody took ``setup_logging``), from the worker's own
-    ``redirect_stdouts`` and ``redirect_stdouts_level``. Celery 5.3 to 5.7 alike.
-    """
-    log_module = sys.modules.get("celery.app.log")
-    setup = getattr(getattr(log_module, "Logging", None), "setup", None)
-    code = getattr(setup, "__code__", None)
-    if code is None:
-        return None
-    frame: types.FrameType | None = sys._getframe(1)
-    for _ in range(64):
-        if frame is None:
-            return None
-        if frame.f_code is code:
-            break
-        frame = frame.f_back
-    else:
-        return None
-    try:
-        local = frame.f_locals
-        redirect, level = bool(local.get("redirect_stdouts")), local.get("redirect_level")
-        caller = frame.f_back
-        worker = caller.f_locals.get("self") if caller is not None else None
-        apps_worker = sys.modules.get("celery.apps.worker")
-        worker_class = getattr(apps_worker, "Worker", None)
-        if (not redirect and isinstance(worker_class, type) and isinstance(worker, worker_class)
-                and getattr(worker, "redirect_stdouts", False)):
-            return True, getattr(worker, "redirect_stdouts_level", None)
-        return redirect, level
-    finally:
-        del frame
+
+def _close_previous(previous: Active) -> None:
+    """Close the previous configuration's sink, once what its handlers queued is written
+    (waiting at most :data:`PREVIOUS_QUEUE_WAIT` seconds; a record still queued then is
+    counted as dropped when its write fails, and reported)."""
+    if previous.writer is not None:
+        previous.writer.flush(PREVIOUS_QUEUE_WAIT)
+    previous.sink.close()
 
 
 #: Environment variables Celery's ``redirect_stdouts`` sets (for its child processes).

@@ -23,7 +23,7 @@ SHUTDOWN_NOTICE_ON_STDERR = CELERY < (5, 4)
 
 #: Celery 5.3's ``celery control``/``celery inspect`` have no ``--list``: the commands
 #: are the choices of their first argument, shown by ``--help``. (5.3 fixes those choices
-#: before the app is loaded: logkit adds its commands, see ``logkit.control._fill_cli_gaps``;
+#: before the app is loaded: logkit adds its commands, see ``logkit._compat.add_control_actions``;
 #: 5.3-5.6 hand an app's preload options to ``control()``, which takes none: see
 #: ``SUBCOMMANDS_REFUSE_PRELOAD_OPTIONS``.)
 CONTROL_HAS_LIST = CELERY >= (5, 4)
@@ -33,10 +33,16 @@ CONTROL_HAS_LIST = CELERY >= (5, 4)
 #: ``call``, ``graph``, ``list``, ``upgrade``, ``logtool``, ``amqp``, ``control``; on
 #: 5.3.0/5.3.1 also ``purge``, ``shell``, ``multi``, ``report``): a ``TypeError``. Celery
 #: 5.7 takes them off (``consume_preload_options``); logkit does on the older releases
-#: (``logkit.celery_options.fill_preload_gaps``), so the commands work on every minor.
+#: (``logkit._compat.fill_preload_gaps``), so the commands work on every minor.
 SUBCOMMANDS_REFUSE_PRELOAD_OPTIONS = CELERY < (5, 7)
 
 #: Celery 5.3.4 to 5.6's ``celery report`` takes the preload options (``**kwargs``) but
 #: sends no ``user_preload_options`` with them; logkit leaves a command that takes them as
 #: Celery has it. (5.3.0/5.3.1's refuses them: logkit sends the signal, as 5.7 does.)
 REPORT_SENDS_NO_PRELOAD_OPTIONS = tuple(celery.VERSION[:3]) >= (5, 3, 4) and CELERY < (5, 7)
+
+#: Celery 5.7 can start the prefork pool's children as new interpreters
+#: (``worker_pool_start_method = "spawn"``, ``--pool-start-method spawn``); before, they
+#: are always forked (billiard's default on Linux, whatever multiprocessing's default is:
+#: forkserver from Python 3.14 on).
+POOL_START_METHOD = CELERY >= (5, 7)

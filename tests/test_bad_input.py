@@ -496,3 +496,19 @@ def test_real_worker_text_formats_cannot_be_forged(
 def test_zz_report_bad_inputs_tried() -> None:
     print(f"bad inputs tried: {TRIED['records']} records")
     assert TRIED["records"] > 0
+
+
+def test_a_time_is_iso_8601_text_whatever_its_type() -> None:
+    """One ``iso()`` for the control replies, the dropped-records report and the events'
+    ``eta``/``expires`` (#35): never raises."""
+    from datetime import UTC, datetime
+
+    from logkit._safe import iso
+
+    assert iso(None) is None
+    assert iso(0) == "1970-01-01T00:00:00.000Z"
+    assert iso(1.5) == "1970-01-01T00:00:01.500Z"
+    assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05+00:00"
+    assert iso("2026-01-02T03:04:05") == "2026-01-02T03:04:05"  # Celery's eta header: text
+    assert iso(float("nan")) == "nan"  # out of datetime's range: its text
+    assert iso(1e300) == "1e+300"

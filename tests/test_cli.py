@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -289,6 +288,9 @@ def test_help_without_install_has_no_options(tmp_path: Path) -> None:
             "Invalid value for '--log-field': expected KEY=VALUE; got 'nokey'",
         ),
         (["--log-field", "=v"], "expected KEY=VALUE; got '=v'"),
+        # the option's own parser, as for LOGKIT_TASK_BUFFER (the option table)
+        (["--log-task-buffer", "lots"],
+         "Invalid value for '--log-task-buffer': must be an integer >= 0 (0 = off); got 'lots'"),
     ],
 )
 def test_bad_values_are_usage_errors(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -350,7 +352,7 @@ def test_install_twice_adds_the_options_once(fresh_app: Celery) -> None:
     logkit.install(fresh_app, format="json")
     names = sorted(o.name for o in fresh_app.user_options["preload"])
     assert names == ["log_celery_lines", "log_dedupe_window", "log_events", "log_field",
-                     "log_format", "log_schema", "log_task_buffer"]
+                     "log_format", "log_schema", "log_task_buffer", "log_task_sample"]
 
 
 # ---------------------------------------------------------------------------
@@ -422,9 +424,13 @@ def flow(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterato
             node = node.parent
         ids.reverse()
         root_id = ids[0]
-        for worker in workers:
-            wait_for(lambda w=worker: '"event":"task_succeeded"' in w.read_log(), timeout=10)
-        time.sleep(0.3)
+        def succeeded() -> set[str]:
+            return {r.get("task_id", "") for w in workers for r in w.json_lines()
+                    if r.get("event") == "task_succeeded"}
+
+        # each task's task_succeeded line (the last it writes) is in the files
+        wait_for(lambda: {*ids, other.id} <= succeeded(), timeout=30,
+                 message=lambda: "\n".join(w.describe() for w in workers))
         files = [w.logfile for w in workers]
         assert all(f is not None for f in files)
         yield Flow([Path(str(f)) for f in files], root_id, ids, other.id)

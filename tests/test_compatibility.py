@@ -67,13 +67,19 @@ def test_classifiers_list_the_python_versions_the_matrix_runs() -> None:
     assert PROJECT["requires-python"] == f">={noxfile.PYTHONS[0]}"
 
 
-def test_a_contract_session_for_every_python_and_celery_minor() -> None:
+def test_a_contract_session_for_every_pair_the_matrix_claims() -> None:
     out = subprocess.run([sys.executable, "-m", "nox", "-l", "--json"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     names = {s["session"] for s in json.loads(out)}
-    expected = {f"celery-{p}({m})" for p in noxfile.PYTHONS for m in noxfile.CELERY_MINORS}
+    expected = {f"celery-{p}({m})" for p, m in noxfile.CONTRACT}
     assert expected <= names, sorted(expected - names)
-    assert {"tests", "lowest", "package"} <= names
+    # every minor on the oldest Python, the newest minor on every Python
+    assert {m for p, m in noxfile.CONTRACT if p == noxfile.PYTHONS[0]} == set(
+        noxfile.CELERY_MINORS)
+    assert {p for p, m in noxfile.CONTRACT if m == noxfile.CELERY_MINORS[-1]} == set(
+        noxfile.PYTHONS)
+    assert noxfile.WHOLE_SUITE[0] == noxfile.PYTHONS[0]
+    assert {f"tests-{p}" for p in noxfile.WHOLE_SUITE} | {"lowest", "package", "sentry2"} <= names
 
 
 def test_the_compatibility_tables_claim_what_the_matrix_runs() -> None:
@@ -84,6 +90,15 @@ def test_the_compatibility_tables_claim_what_the_matrix_runs() -> None:
         first = text.split(heading, 1)[1]
         assert "| Celery | " + " | ".join(header) + " |" in first, heading
         for row in rows:
-            assert len(row) == 1 + len(header) and all(row[1:]), row
+            assert len(row) == 1 + len(header), row
+            for python, cell in zip(noxfile.PYTHONS, row[1:], strict=True):
+                if (python, row[0]) in noxfile.CONTRACT:
+                    # (the whole suite has the contract tests)
+                    assert "contract tests" in cell or "whole suite" in cell, (
+                        heading, row[0], python, cell)
+                else:
+                    assert cell == "not tested", (heading, row[0], python, cell)
+                if "whole suite" in cell:
+                    assert python in noxfile.WHOLE_SUITE, (heading, row[0], python, cell)
     differences = _table_rows(COMPATIBILITY, "## What differs between Celery minors")
     assert sorted({r[0] for r in differences}) == noxfile.CELERY_MINORS

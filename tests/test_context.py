@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,9 +276,11 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             truth = {p.stem: json.loads(p.read_text()) for p in truth_dir.glob("*.json")}
             if set(truth) != expected_tags:
                 return False
-            # every task's postrun probe is written: nothing more to come
-            probed = {r.get("probe_for") for r in worker.json_lines()}
-            return {t["id"] for t in truth.values()} <= probed
+            # every run's postrun probe is written (a retried task: one per attempt, under
+            # one id): nothing more to come
+            runs = Counter(t["id"] for t in truth.values())
+            probed = Counter(r["probe_for"] for r in worker.json_lines() if "probe_for" in r)
+            return all(probed[task_id] >= n for task_id, n in runs.items())
 
         wait_for(complete, timeout=30, message=lambda: worker.describe())
         yield Run(worker, appmod, pool, results, redis=name in REDIS_RUNS)
@@ -316,15 +319,67 @@ def test_every_task_record_has_its_own_task_fields(run: Run) -> None:
             nested = run.truth["nested"]
             parent_id, root_id = nested["id"], nested["root_id"]
         assert rec.get("parent_id") == parent_id, where
-        assert rec["root_id"] == root_id, where
-        assert rec["retries"] == truth["retries"], where
+        # root_id only where it is not the task's own id (#37): a root task's lines say
+        # it by leaving it out; retries only after a retry
+        assert rec.get("root_id") == (None if root_id == truth["id"] else root_id), where
+        assert rec.get("retries") == (truth["retries"] or None), where
         assert rec["worker"] == truth["hostname"], where
+        # Celery's correlation_id is the task id: left out (#37)
+        assert "correlation_id" not in rec, where
         if not tag.startswith("nested-inner"):  # apply() has no delivery info, plain hostname
             assert rec["worker"] == run.worker.hostname, where
             assert rec["queue"] == "celery", where
-            assert rec["correlation_id"] == truth["id"], where
         else:
-            assert "queue" not in rec and "correlation_id" not in rec, where
+            assert "queue" not in rec, where
+
+
+def _root_query(records: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+    """``root_id:ROOT OR task_id:ROOT``: the query docs/records.md gives for a workflow."""
+    return [r for r in records if root in (r.get("root_id"), r.get("task_id"))]
+
+
+@pytest.mark.worker
+def test_one_query_finds_every_line_of_a_workflow_and_of_a_task(run: Run) -> None:
+    """With ``root_id`` left out on a root task, ``root_id:X OR task_id:X`` still finds
+    every line of the workflow started by X (its tasks' own lines and their lifecycle
+    events, in the worker's main process too) and nothing else; ``task_id:X`` every
+    line of one task. What each task is comes from Celery (truth files), not logkit."""
+    truth = run.truth
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for rec in run.records:
+        if "task_id" in rec:
+            by_task.setdefault(rec["task_id"], []).append(rec)
+    roots: dict[str, set[str]] = {}  # root id -> the ids of the workflow's tasks
+    for tag, t in truth.items():
+        root = t["root_id"] or (truth["nested"]["root_id"] if tag == "nested-inner" else None)
+        roots.setdefault(root or t["id"], set()).add(t["id"])
+    chain_root = truth["chain-0"]["id"]
+    assert roots[chain_root] == {truth[f"chain-{i}"]["id"] for i in range(3)}
+    assert roots[truth["spawn"]["id"]] == {truth["spawn"]["id"], truth["spawn-child"]["id"]}
+    ours = {t["id"] for t in truth.values()}
+    for root, members in roots.items():
+        found = _root_query(run.records, root)
+        # every line of the workflow's tasks, and of no other task of ours (Celery's own
+        # chord_unlock task, run for a chord on the file backend, belongs to it too)
+        assert [r for r in found if r["task_id"] in ours] == [
+            r for r in run.records if r.get("task_id") in members], root
+        assert {r["task_id"] for r in found} & ours == members, root
+        assert {r["task_name"] for r in found if r["task_id"] not in ours} <= {
+            "celery.chord_unlock"}, root
+    for tag, t in truth.items():
+        lines = by_task[t["id"]]
+        if tag != "nested-inner":  # apply(): no message, so no task_received
+            # the main process's task_received is found by the task id too
+            assert "task_received" in {r.get("event") for r in lines}, tag
+        assert len([r for r in lines if r["logger"] in ("ctx.lib", "ctx.tasks", "ctx.sl")
+                    and tag in (r.get("tag"), r["message"].partition(" ")[2])]) >= 3, tag
+    # the chain's links: the root's lines have no root_id, the children's have the root's
+    first = by_task[chain_root]
+    assert first and all("root_id" not in r for r in first)
+    for i in (1, 2):
+        child = by_task[truth[f"chain-{i}"]["id"]]
+        assert child and all(r["root_id"] == chain_root for r in child), child
+        assert all(r["parent_id"] == truth[f"chain-{i - 1}"]["id"] for r in child)
 
 
 @pytest.mark.worker
@@ -418,7 +473,7 @@ def test_records_outside_tasks_carry_no_task_fields(run: Run) -> None:
         if "task_id" not in rec:
             assert TASK_FIELDS.isdisjoint(rec) and "request_id" not in rec, rec
         else:
-            assert rec["root_id"] and rec["task_name"] and "request_id" in rec, rec
+            assert rec["task_name"] and "request_id" in rec, rec
 
 
 @pytest.mark.worker
@@ -584,7 +639,7 @@ def test_eager_retry_leaves_nothing_bound(eager_app: tuple[Celery, _Capture]) ->
     assert logkit.get_context() == {}
     tries = [(m, c) for m, c, _ in capture.rows if m.startswith("try")]
     assert [m for m, _ in tries] == ["try 0", "try 1", "try 2"]
-    assert [c["retries"] for _, c in tries] == [0, 1, 2]
+    assert [c.get("retries") for _, c in tries] == [None, 1, 2]  # 0: left out (#37)
 
 
 def test_threads_keep_their_own_context() -> None:
@@ -679,6 +734,7 @@ class _Task:
 
 def test_task_context_default_fields() -> None:
     tc = TaskContext(LogConfig())
+    # correlation_id is the task id (as Celery sets it): left out, it says the same (#37)
     assert tc.for_task(_Task()) == {
         "task_id": "tid",
         "task_name": "app.t",
@@ -687,8 +743,52 @@ def test_task_context_default_fields() -> None:
         "retries": 2,
         "worker": "w1@host",
         "queue": "rk",
-        "correlation_id": "tid",
     }
+
+
+class _RootReq(_Req):
+    """A root task's first run: no parent, its own id as root and correlation id."""
+
+    parent_id = None
+    root_id = "tid"
+    retries = 0
+
+
+class _RootTask(_Task):
+    request = _RootReq()
+
+
+ALL_EIGHT = {"task_id": "tid", "task_name": "app.t", "root_id": "tid", "retries": 0,
+             "worker": "w1@host", "queue": "rk", "correlation_id": "tid"}
+
+
+@pytest.mark.parametrize(("always", "kept"), [
+    ((), set()),
+    (("root_id",), {"root_id"}),
+    (("correlation_id", "retries"), {"correlation_id", "retries"}),
+    ("*", {"root_id", "correlation_id", "retries"}),
+])
+def test_task_context_leaves_out_what_repeats_the_task_id(always: Any, kept: set[str]) -> None:
+    """#37: on a root task's first run ``root_id`` and ``correlation_id`` are the task id
+    and ``retries`` is 0; each is left out unless ``always_fields`` names it. A null
+    ``parent_id`` is never written."""
+    values = TaskContext(LogConfig(always_fields=always)).for_task(_RootTask())
+    assert values == {k: v for k, v in ALL_EIGHT.items()
+                      if k not in {"root_id", "correlation_id", "retries"} or k in kept}
+
+
+def test_task_context_keeps_root_and_correlation_ids_without_the_task_id() -> None:
+    """Without ``task_id`` among the context fields nothing else says the id: ``root_id``
+    and ``correlation_id`` stay, equal to it or not (renamed keys alike)."""
+    config = LogConfig(context_fields=("root_id", "correlation_id", "retries"),
+                       field_names={"root_id": "workflow"})
+    assert TaskContext(config).for_task(_RootTask()) == {"workflow": "tid",
+                                                         "correlation_id": "tid"}
+    other = _RootTask()
+    other.request = _RootReq()
+    other.request.correlation_id = "corr-1"  # type: ignore[misc]
+    values = TaskContext(LogConfig()).for_task(other)
+    assert values["correlation_id"] == "corr-1" and "root_id" not in values
 
 
 def test_task_context_selected_and_renamed_fields_and_inherited_header() -> None:
@@ -709,15 +809,22 @@ def test_task_context_selected_and_renamed_fields_and_inherited_header() -> None
 
 
 @pytest.mark.parametrize("same_task", [False, True], ids=["other-task", "same-task"])
-def test_an_applied_subtask_without_lineage_takes_it_from_its_caller(same_task: bool) -> None:
+def test_an_applied_subtask_without_lineage_takes_it_from_its_caller(
+    same_task: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Celery < 5.6: ``apply()`` inside a task leaves parent_id/root_id out of the request.
 
     Built as Celery 5.3's tracer builds it (each task on Celery's task stack, a fresh
-    request on the task's request stack), so it runs on every Celery; the real worker's
-    check is ``nested-inner`` in the workflow above.
+    request on the task's request stack), with the shim's gate on
+    (``logkit._compat.APPLY_HAS_NO_LINEAGE``), so it runs on every Celery; the real
+    worker's check is ``nested-inner`` in the workflow above.
     """
     from celery._state import pop_current_task, push_current_task
     from celery.app.task import Context
+
+    from logkit import _compat
+
+    monkeypatch.setattr(_compat, "APPLY_HAS_NO_LINEAGE", True)
 
     app = Celery("lineage", set_as_current=False)
 

@@ -58,7 +58,8 @@ def test_demo_json_runs_end_to_end() -> None:
     # The chain: both links share the root and carry the publisher's request_id.
     adds = [r for r in _task_records(records, "add") if r["message"].startswith("adding")]
     assert len(adds) == 2
-    assert adds[0]["root_id"] == adds[1]["root_id"] == adds[0]["task_id"]
+    # the chain's root: its own id, so no root_id (#37); the second link names it
+    assert "root_id" not in adds[0] and adds[1]["root_id"] == adds[0]["task_id"]
     assert adds[1]["parent_id"] == adds[0]["task_id"]
     request_ids = {r.get("request_id") for r in records if "task_id" in r}
     assert len(request_ids) == 1 and next(iter(request_ids)).startswith("req-")

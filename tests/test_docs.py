@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from logkit import LogConfig, bound
-from logkit.config import EVENT_NAMES
+from logkit.config import EVENT_NAMES, OPTIONS
 from logkit.formatters import JsonFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +64,53 @@ def test_every_option_is_in_the_reference(name: str) -> None:
     assert f"`logkit_{name}`" in row and f"`LOGKIT_{name.upper()}`" in row
 
 
-@pytest.mark.parametrize(
-    "option",
-    [f for f in dataclasses.fields(LogConfig) if isinstance(f.default, (bool, int, str))],
-    ids=lambda f: f.name,
-)
-def test_scalar_defaults_are_documented(option: dataclasses.Field[Any]) -> None:
-    body = section(read(CONFIG_PAGE), f"### {option.name}")
-    assert f"**Default:** `{option.default}`" in body
+def _shown(value: Any) -> str:
+    """A scalar default as the reference shows it (``0.0`` as ``0``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_the_reference_says_what_the_option_table_declares(name: str) -> None:
+    """The summary row and the section of each option: its keys, env var, flag (or none),
+    choices and default, as its row of the option table (logkit.config.OPTIONS) has them."""
+    row = OPTIONS[name]
+    text = read(CONFIG_PAGE)
+    body = section(text, f"### {name}")
+    summary = next(line for line in text.splitlines() if line.startswith(f"| [{name}](#{name})"))
+    cells = [cell.strip() for cell in summary.strip().strip("|").split("|")]
+    assert cells[1:4] == [f"`{name}`", f"`{row.settings[0]}`", f"`{row.env}`"], summary
+    flags = row.flag.split("/") if row.flag else []
+    for flag in flags:
+        assert f"`{flag}" in cells[4], summary
+        assert f"`{flag}" in body, f"{flag} missing from ### {name}"
+    if row.metavar is not None:
+        assert row.metavar in cells[4], summary
+    if not flags:
+        assert cells[4] == "—", summary
+        assert "--log-" not in body and "CLI" not in body, f"### {name} names a flag"
+    if row.choices is not None:
+        listed = re.search(r"^- type: one of (.*)$", body, re.M)
+        assert listed is not None, f"### {name} lists no choices"
+        assert re.findall(r"`(\w+)`", listed.group(1)) == list(row.choices)
+    if isinstance(row.default, (bool, int, float, str)):
+        shown = _shown(row.default)
+        assert f"**Default:** `{shown}`" in body
+        quoted = f'"{shown}"' if isinstance(row.default, str) else shown
+        assert cells[5].startswith(f"`{quoted}`"), summary
+
+
+def test_the_option_table_is_the_config_s_fields() -> None:
+    """One declaration: the table is LogConfig's fields, each with its type and default."""
+    fields = {f.name: f for f in dataclasses.fields(LogConfig)}
+    assert list(OPTIONS) == list(fields) == list(LogConfig.option_names())
+    defaults = LogConfig()
+    for name, row in OPTIONS.items():
+        assert row.type == fields[name].type
+        assert getattr(defaults, name) == row.default
+        assert row.env == f"LOGKIT_{name.upper()}"
+        assert row.doc and not row.doc.startswith(" ")
 
 
 def test_no_unknown_option_is_documented() -> None:
@@ -85,9 +124,10 @@ def test_no_unknown_option_is_documented() -> None:
         for key in re.findall(r"\blogkit_([a-z][a-z_]*)\b", text):
             # logkit_context (the header), logkit_error (a record field), logkit_records
             # (the pytest fixture), logkit_level(s) (remote control commands) and
-            # logkit_published/logkit_received (queue time stamps) are not options
+            # logkit_published/logkit_received (queue time stamps), logkit_sample (a remote
+            # control command) are not options
             not_options = ("context", "error", "records", "level", "levels", "published",
-                           "received")
+                           "received", "sample")
             assert key in options or key in not_options, (
                 f"{path.name}: logkit_{key}"
             )
@@ -276,6 +316,12 @@ def test_documented_record_keys_exist() -> None:
     assert keys == [
         "timestamp", "level", "logger", "message", "process", "thread", "exception", "stack"
     ]
+    assert "thread" not in produced  # made in the main thread: no thread id (#37)
+    formatter = JsonFormatter(LogConfig())
+    record = logging.getLogger("docs.example").makeRecord("docs.example", logging.INFO,
+                                                           __file__, 1, "m", (), None)
+    record.thread = 1402  # a record of another thread: its id
+    produced |= set(json.loads(formatter.format(record)))
     assert set(keys) - {"stack"} <= produced
 
 
@@ -637,7 +683,11 @@ def test_view_picture_merges_two_workers_with_the_fields_the_code_writes(
     ``logkit view`` shows now for the demo's JSON records of that event."""
     from logkit.cli import render
 
-    now = _fields_by_event([render(r) for r in demo_records])
+    # the tasks docs/pictures.py runs on the two workers (no retry: no task_received
+    # with an eta, a field written only when there is one); the worker events of all
+    pictured_tasks = {f"logkit.demo_app.{name}" for name in ("greet", "fail", "add")}
+    now = _fields_by_event([render(r) for r in demo_records
+                            if r.get("task_name", next(iter(pictured_tasks))) in pictured_tasks])
     view = _svg_records(IMAGES / "view-workers.svg")
     assert view[0].startswith("$ logkit view --color worker1.log worker2.log")
     labels = {line.split()[0] for line in view[1:] if not line.startswith(" ")}
@@ -748,7 +798,9 @@ def test_public_calls_document_their_arguments_and_results() -> None:
     pytest.importorskip("griffe_sphinx")  # the `#:` comments of attributes, as the site reads them
     package = griffe.load(
         "logkit", search_paths=[str(ROOT)], docstring_parser="google",
-        extensions=griffe.load_extensions("griffe_sphinx"),
+        # the options' docs, as the site reads them (docs/griffe_options.py)
+        extensions=griffe.load_extensions("griffe_sphinx",
+                                          f"{DOCS / 'griffe_options.py'}:OptionDocs"),
     )
 
     def documented(obj: Any) -> tuple[set[str], bool, str]:

@@ -172,14 +172,16 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         flaky = mod.flaky.delay()
         refuse = mod.refuse.delay()
         eager = mod.runs_eagerly.delay()
+        timed = mod.ok.apply_async((0.0,), countdown=0.2, expires=600)
         ids.update(ok=ok.id, boom=boom.id, flaky=flaky.id, slow=slow.id, refuse=refuse.id,
-                   eager=eager.id)
+                   eager=eager.id, timed=timed.id)
         wait_for(flag.exists, timeout=20, message="slow task never started")
         mod.app.control.revoke(slow.id, terminate=True)
         unknown = mod.app.send_task("nope.missing")
         ids["unknown"] = unknown.id
         assert ok.get(timeout=20) == {"slept": SLEEP}
         assert flaky.get(timeout=20) == "recovered"
+        assert timed.get(timeout=20) == {"slept": 0.0}
         boom.get(timeout=20, propagate=False)
         assert boom.failed()
         ids.update({f"eager_{k}": v for k, v in eager.get(timeout=20).items()})
@@ -208,12 +210,43 @@ def test_succeeded_event(run: Run) -> None:
         assert record["worker"] == run.worker.hostname
     received = _one(run.records, "task_received", task_id)
     assert received["queue"] == "celery"
-    assert received["eta"] is None and received["expires"] is None
+    # no eta, no expires: left out, not null (#37); nothing else null either
+    assert "eta" not in received and "expires" not in received
+    assert None not in received.values()
     succeeded = _one(run.records, "task_succeeded", task_id)
     assert SLEEP * 1000 <= succeeded["duration_ms"] < SLEEP * 1000 + 400, succeeded
     assert succeeded["result"] == repr({"slept": SLEEP})
     # the task ran in a pool child; received in the parent: both carry the task context
     assert succeeded["process"] != received["process"] == run.worker.pid
+
+
+@pytest.mark.worker
+def test_received_eta_and_expires_only_when_set(run: Run) -> None:
+    """``eta`` and ``expires`` of ``task_received``, ISO 8601, only on a message that has
+    them (#37): a countdown and an expiry, a retry's countdown; absent on the others."""
+    timed = _one(run.records, "task_received", run.ids["timed"])
+    assert timed["eta"].startswith("20") and "T" in timed["eta"], timed
+    assert timed["expires"].startswith("20") and timed["expires"] > timed["eta"], timed
+    flaky = _events(run.records, "task_received", run.ids["flaky"])
+    assert ["eta" in r for r in flaky] == [False, True, True]  # the retries have countdowns
+    assert not any("expires" in r for r in flaky)
+    for name in ("ok", "boom"):
+        received = _one(run.records, "task_received", run.ids[name])
+        assert "eta" not in received and "expires" not in received, received
+    assert not [r for r in run.records if r.get("event") and None in r.values()]
+
+
+@pytest.mark.worker
+def test_retries_only_after_a_retry(run: Run) -> None:
+    """The task context's ``retries``: absent on a first run (it would say 0 on every
+    line), the count on each retry's lines, events and the task's own records alike."""
+    task_id = run.ids["flaky"]
+    for kind, expected in (("task_received", [None, 1, 2]), ("task_started", [None, 1, 2])):
+        assert [r.get("retries") for r in _events(run.records, kind, task_id)] == expected, kind
+    assert _one(run.records, "task_succeeded", task_id)["retries"] == 2
+    assert "retries" not in _one(run.records, "task_succeeded", run.ids["ok"])
+    # task_retried's own field: the retries before this one, 0 included (it is the count)
+    assert [r["retries"] for r in _events(run.records, "task_retried", task_id)] == [0, 1]
 
 
 @pytest.mark.worker

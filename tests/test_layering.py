@@ -24,8 +24,11 @@ LAYERS: list[set[str]] = [
     # never-raising conversions, the clock; config and context; the record of changes
     {"logkit._safe", "logkit._clock", "logkit.config", "logkit.context", "logkit._changes",
      "logkit.sinks"},  # where a line is written: a file or stderr
+    # every Celery and Python version difference, and Celery's internals (imported lazily)
+    {"logkit._compat"},
     {"logkit.schemas", "logkit.trace"},  # a backend's field names; the current span's ids
     {"logkit.buffer", "logkit.dedupe"},  # task_buffer, dedupe_window (#29): filters on handlers
+    {"logkit.sample"},  # task_sample (#38): its filter goes after the buffer's trigger
     {"logkit._fields"},  # a record's fields: the field pipeline, logkit's own JSON builder
     {"logkit._schema_fields"},  # a schema applied to a record: its field builder
     {"logkit.formatters", "logkit.filters", "logkit._request"},
@@ -155,6 +158,7 @@ handle, call_handlers = logging.Logger.handle, logging.Logger.callHandlers
 from celery import signals
 import logkit
 import logkit.cli, logkit.celery_options, logkit.events, logkit.redaction  # every layer
+import logkit._compat
 from logkit.events import base, beat, prose, task, worker
 connected = {
     name: len(getattr(signals, name).receivers)

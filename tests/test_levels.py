@@ -15,13 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from celery_versions import CONTROL_HAS_LIST
+from celery_versions import CONTROL_HAS_LIST, POOL_START_METHOD
 from workerutil import REPO_ROOT, AppModule, Worker, celery_cmd, wait_for
 
 BODY = r"""
 import logging
+import multiprocessing
 import os
 import time
+
+import billiard
 
 from celery import signals
 from celery.utils.log import get_task_logger
@@ -50,6 +53,9 @@ def probe(tag, sleep=0.0):
         "root": logging.getLogger().level,
         "task_logger": logging.getLogger("celery.task").level,
         "lib": logging.getLogger("levels.lib").getEffectiveLevel(),
+        # the standard library's default start method, and how this pool process started
+        "mp_default": multiprocessing.get_start_method(),
+        "pool_start": billiard.get_start_method(),
     }
 """
 
@@ -86,13 +92,24 @@ POOLS: dict[str, dict[str, Any]] = {
                           "extra_args": ["--max-tasks-per-child", "1"]},
     # two long-lived children: each picks the change up before its next task
     "prefork": {"pool": "prefork", "concurrency": 2},
+    # children started as new interpreters (Celery 5.7's --pool-start-method spawn)
+    "prefork-spawn": {"pool": "prefork", "concurrency": 2,
+                      "extra_args": ["--pool-start-method", "spawn"]},
     "threads": {"pool": "threads", "concurrency": 2},
     "gevent": {"pool": "gevent", "concurrency": 2},
     "solo": {"pool": "solo", "concurrency": 1},
 }
 
 
-@pytest.mark.parametrize("variant", list(POOLS))
+#: Not yet: a child started as a new interpreter has no shared page (docs/operating.md,
+#: "Limits"), and its first lines are billiard's, in Celery's format.
+SPAWNED = pytest.mark.xfail(
+    strict=True, reason="prefork children spawned (Celery 5.7's --pool-start-method spawn) do "
+    "not follow level changes; their first lines are not logkit's (docs/operating.md)")
+
+
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, marks=SPAWNED) if "spawn" in v else v for v in POOLS])
 def test_level_change_reaches_every_process(
     variant: str,
     app_factory: Callable[..., AppModule],
@@ -100,6 +117,8 @@ def test_level_change_reaches_every_process(
 ) -> None:
     if variant == "gevent":
         pytest.importorskip("gevent")
+    if "spawn" in variant and not POOL_START_METHOD:
+        pytest.skip("--pool-start-method: Celery 5.7+")
     appmod = app_factory(BODY)
     worker = worker_factory(appmod, logfile="worker.log", **POOLS[variant])
     mod = appmod.load()
@@ -127,8 +146,14 @@ def test_level_change_reaches_every_process(
     for tag in tags:
         assert f"task debug {tag}" in messages and f"lib debug {tag}" in messages
     pids_after = {r["pid"] for r in after}
-    if variant == "prefork":  # the same two children, which took it at their next task
+    if variant in ("prefork", "prefork-spawn"):  # the same two children, at their next task
         assert len(pids_after) == 2 and pids_after <= set(worker.child_pids()) | pids_before
+    if variant.startswith("prefork") and "spawn" not in variant:
+        # billiard forks the pool's children (its default on Linux), also on Python 3.14+,
+        # where the standard library's multiprocessing starts processes by forkserver
+        assert {r["pool_start"] for r in after} == {"fork"}
+        if sys.version_info >= (3, 14):
+            assert {r["mp_default"] for r in after} == {"forkserver"}
     if variant == "prefork-restarted":  # children started after the change
         assert not pids_after & pids_before
         # the children forked after the change logged DEBUG from worker_process_init:
@@ -189,35 +214,47 @@ def test_bad_level_and_ttl_get_an_error_reply(
 def test_ttl_reverts_in_the_main_process_and_the_children(
     app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
 ) -> None:
+    """A change with a TTL is in force until it expires, then reverts by itself, in the
+    main process and every child. No step depends on how fast the machine is: the change
+    that is inspected has a TTL no test outlives; the one that expires is waited for."""
     appmod = app_factory(BODY)
     worker = worker_factory(appmod, logfile="worker.log", concurrency=2)
     mod = appmod.load()
     import logkit
 
-    replies = logkit.set_level(mod.app, "debug", ttl=8, timeout=10)
+    node = [worker.hostname]  # each call returns at the worker's reply (or fails at 60 s)
+
+    def inspect_root() -> dict[str, Any]:
+        replies = mod.app.control.inspect(destination=node, timeout=60)._request(
+            "logkit_levels")
+        assert replies and worker.hostname in replies, replies
+        return dict(replies[worker.hostname]["loggers"]["root"])
+
+    # In force, with its expiry, until it expires.
+    replies = logkit.set_level(mod.app, "debug", ttl=3600, destination=node, timeout=60)
     assert len(replies) == 1
     answer = replies[0][worker.hostname]["ok"]
     assert answer["level"] == "DEBUG" and answer["previous"] == "INFO"
-    assert answer["ttl"] == 8 and answer["until"] is not None
-    inspected = mod.app.control.inspect(timeout=10)._request("logkit_levels")
-    if len(_level_events(worker)) == 1:  # answered before the revert (not under heavy load)
-        root = inspected[worker.hostname]["loggers"]["root"]
-        assert root["level"] == "DEBUG" and root["until"] == answer["until"]
+    assert answer["ttl"] == 3600 and answer["until"] is not None
+    assert inspect_root() == {"level": "DEBUG", "default": "INFO", "until": answer["until"]}
 
-    # Reverts by itself: wait for its event, no fixed sleep.
-    wait_for(lambda: len(_level_events(worker)) == 2, timeout=60,
+    # A shorter TTL replaces it (and its timer): the change reverts by itself after 1 s.
+    replies = logkit.set_level(mod.app, "debug", ttl=1, destination=node, timeout=60)
+    assert replies[0][worker.hostname]["ok"]["ttl"] == 1
+    # Wait for its event, no fixed sleep.
+    wait_for(lambda: any(e["reason"] == "expired" for e in _level_events(worker)), timeout=60,
              message=lambda: worker.describe())
-    revert = _level_events(worker)[1]
-    assert revert["reason"] == "expired" and revert["new_level"] == "INFO"
-    assert revert["previous"] == "DEBUG"
+    events = _level_events(worker)
+    assert [(e["reason"], e["new_level"], e["previous"], e["ttl"]) for e in events] == [
+        ("control", "DEBUG", "INFO", 3600), ("control", "DEBUG", "DEBUG", 1),
+        ("expired", "INFO", "DEBUG", None)]
+    # The main process answers once the revert is written for the children (the same lock).
+    assert inspect_root() == {"level": "INFO", "default": "INFO", "until": None}
     # ...in every child too, before its next task.
     after = _run_probes(mod, "expired", 4, 0.3)
     _wait_done(worker, [f"expired-{i}" for i in range(4)])
     assert all(r["root"] == logging.INFO for r in after)
     assert not [m for m in _messages(worker) if "debug expired" in m]
-    proc = celery_cmd(appmod, "inspect", "-t", "10", "-j", "logkit_levels")
-    root = json.loads(proc.stdout)[worker.hostname]["loggers"]["root"]
-    assert root == {"level": "INFO", "default": "INFO", "until": None}
 
 
 def test_one_logger_only(
@@ -250,7 +287,8 @@ def test_the_commands_are_known_to_the_celery_command(
         assert "logkit_levels" in proc.stdout, proc.stdout
     else:  # Celery 5.3: no --list; the commands are the choices --help shows
         proc = celery_cmd(appmod, "control", "--help")
-        assert "|logkit_level}" in proc.stdout.replace("\n", "").replace(" ", ""), proc.stdout
+        assert "|logkit_level|logkit_sample}" in proc.stdout.replace("\n", "").replace(
+            " ", ""), proc.stdout
         proc = celery_cmd(appmod, "inspect", "--help")
         assert "|logkit_levels}" in proc.stdout.replace("\n", "").replace(" ", ""), proc.stdout
 

@@ -3,9 +3,12 @@ in real ``celery worker`` processes at ``-l INFO``, per pool (#29).
 
 One worker per pool runs, several at once, tasks that fail with more DEBUG lines
 than the buffer holds, succeed after DEBUG lines, log ERROR and then succeed, retry
-once, and loop on one warning 1,000 times. A marker task runs last; the worker is
-stopped (its shutdown writes the pending repeat counts) and every line of its log
-file is parsed.
+once, and loop on one warning 1,000 times; and the two operating scenarios (500
+identical WARNINGs; 5 DEBUG lines then an ERROR in a task that returns normally)
+through every kind of logger a task logs with: a module logger, ``get_task_logger``,
+structlog, Celery's own loggers and ``print()`` (#34). A marker task runs last; the
+worker is stopped (its shutdown writes the pending repeat counts) and every line of
+its log file is parsed.
 """
 
 from __future__ import annotations
@@ -17,22 +20,42 @@ from typing import Any
 
 import pytest
 from test_hotpath import restore_logging  # noqa: F401  (the fixture)
-from workerutil import Worker, WorkerStartError, make_app, start_worker, wait_for
+from workerutil import (
+    Worker,
+    WorkerStartError,
+    make_app,
+    parse_json_lines,
+    start_worker,
+    wait_for,
+)
 
 from logkit.config import ConfigError, LogConfig
 
 BODY = r"""
 import logging
+import os
 import time
 
+import structlog
 from celery import signals
-from celery.utils.log import get_task_logger
+from celery.utils.log import get_logger, get_task_logger
 
 import logkit
 
+#: Set in the workers: what only a worker does (the receivers below, the user's logging)
+#: is not done in the test process, which imports this module to send the tasks.
+IN_WORKER = bool(os.environ.get("OPS_WORKER"))
 logkit.install(app, format="json")
 lib = logging.getLogger("ops.lib")      # any logger, not only the task's
 tlog = get_task_logger("ops.tasks")
+
+#: every kind of logger a task logs with (#34), by route name
+ROUTES = {
+    "module": logging.getLogger("ops.module"),
+    "task_logger": get_task_logger("ops.task_logger"),  # celery.task's handler
+    "structlog": structlog.get_logger("ops.structlog"),
+    "celery": get_logger("celery.ops"),  # under Celery's own `celery` logger
+}
 
 
 def chatter(tag, n):
@@ -87,6 +110,25 @@ def burst(n):
 
 
 @app.task
+def route_burst(route, n):
+    if route == "print":  # stdout, redirected to Celery's celery.redirected logger
+        for _ in range(n):
+            print("print refused")
+        return
+    for i in range(n):
+        ROUTES[route].warning("%s refused (attempt %d)", route, i)
+
+
+@app.task
+def route_error(route, n):
+    log = ROUTES[route]
+    for i in range(n):
+        log.debug("%s step %d", route, i)
+    log.error("%s went wrong but carries on", route)
+    return route
+
+
+@app.task
 def marker():
     lib.info("marker")
 
@@ -94,38 +136,94 @@ def marker():
 @signals.worker_ready.connect(weak=False)
 def _outside(**_):
     lib.debug("debug outside any task")
+
+
+def _before_the_pool(**_):  # the main process, before it forks the prefork pool
+    for _ in range(3):
+        lib.warning("main process, before the pool starts")
+
+
+if IN_WORKER:
+    signals.celeryd_after_setup.connect(_before_the_pool, weak=False)
 """
 
-POOLS = {"prefork": 2, "threads": 4, "solo": 1}
+POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 4}
 SIZE = 5
 BURST = 1000
+#: The loggers of the operating scenarios (#34): each task's burst and error run through one.
+ROUTES = ("module", "task_logger", "structlog", "celery")
+#: The scenarios' sizes: identical WARNINGs in a burst; DEBUG lines before the ERROR.
+ROUTE_BURST, ROUTE_DEBUG = 500, 5
+INSTALL = 'logkit.install(app, format="json")\n'
+
+#: The same tasks where logging is configured more than once in a process (#34), on a
+#: prefork worker: the app's own setup_logging receiver calls logkit.configure(), and again
+#: in each pool child (``-f worker-%i.log``: Celery sets logging up again there) ...
+CONFIGURE_AGAIN = f"""{INSTALL}
+
+def _own_setup(loglevel=None, logfile=None, **_):
+    logkit.configure(loglevel, logfile, format="json", task_buffer={SIZE}, dedupe_window=600)
+
+
+if IN_WORKER:
+    signals.setup_logging.connect(_own_setup, weak=False)
+"""
+#: ... and each pool child, configured by fork, uninstalls logkit, installs it again and
+#: configures (the options from the environment).
+REINSTALL = f"""{INSTALL}
+
+def _reinstall(**_):
+    logkit.uninstall()
+    logkit.install(app, format="json")
+    logkit.configure(int(os.environ["CELERY_LOG_LEVEL"]), os.environ["CELERY_LOG_FILE"])
+
+
+if IN_WORKER:
+    signals.worker_process_init.connect(_reinstall, weak=False)
+"""
+#: run -> (pool, concurrency, how logkit is set up, log file)
+RUNS = {
+    **{pool: (pool, n, INSTALL, "worker.log") for pool, n in POOLS.items()},
+    "configure-again": ("prefork", 2, CONFIGURE_AGAIN, "worker-%i.log"),
+    "reinstall": ("prefork", 2, REINSTALL, "worker.log"),
+}
 
 
 class Outcome:
-    def __init__(self, pool: str, worker: Worker, ids: dict[str, str]) -> None:
-        self.pool = pool
+    def __init__(self, run: str, worker: Worker, ids: dict[str, str],
+                 records: list[dict[str, Any]] | None = None) -> None:
+        self.run = run
         self.worker = worker
         self.ids = ids
-        self.records = worker.json_lines()
+        self.records = _records(worker) if records is None else records
 
     def of(self, task: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("task_id") == self.ids[task]]
 
 
-@pytest.fixture(scope="module", params=list(POOLS))
+def _records(worker: Worker) -> list[dict[str, Any]]:
+    """Every line the worker wrote (``-f worker-%i.log``: the main process's file first)."""
+    return [r for path in sorted(worker.workdir.glob("worker*.log"))
+            for r in parse_json_lines(path.read_text(), str(path))]
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
 def outcome(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outcome]:
-    pool = request.param
-    appmod = make_app(tmp_path_factory.mktemp(f"ops-{pool}"), BODY)
-    # every source of the options is exercised: the celery flags, then the env vars
-    if pool == "prefork":
+    run = request.param
+    pool, concurrency, setup, logfile = RUNS[run]
+    if pool == "gevent":
+        pytest.importorskip("gevent")
+    appmod = make_app(tmp_path_factory.mktemp(f"ops-{run}"), BODY.replace(INSTALL, setup))
+    # every source of the options is exercised: the celery flags, the env vars, configure()
+    extra: list[str] = []
+    env = {"OPS_WORKER": "1"}
+    if run == "prefork":
         extra = ["--log-task-buffer", str(SIZE), "--log-dedupe-window", "600"]
-        env = None
-    else:
-        extra = []
-        env = {"LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
-    worker = start_worker(appmod, pool=pool, concurrency=POOLS[pool], logfile="worker.log",
+    elif run != "configure-again":
+        env.update(LOGKIT_TASK_BUFFER=str(SIZE), LOGKIT_DEDUPE_WINDOW="600")
+    worker = start_worker(appmod, pool=pool, concurrency=concurrency, logfile=logfile,
                           extra_args=extra, env=env)
     try:
         mod = appmod.load()
@@ -137,14 +235,18 @@ def outcome(
             "error": mod.logs_error.delay("error", 3),
             "retry": mod.retries.delay("retry", 3),
         }
+        for route in ROUTES:
+            sent[f"burst-{route}"] = mod.route_burst.delay(route, ROUTE_BURST)
+            sent[f"error-{route}"] = mod.route_error.delay(route, ROUTE_DEBUG)
+        sent["burst-print"] = mod.route_burst.delay("print", ROUTE_BURST)
         for result in sent.values():
             result.get(timeout=60, propagate=False)
         mod.burst.delay(BURST).get(timeout=60)
         mod.marker.delay().get(timeout=60)
-        wait_for(lambda: any(r.get("message") == "marker" for r in worker.json_lines()),
+        wait_for(lambda: any(r.get("message") == "marker" for r in _records(worker)),
                  timeout=30, message=worker.describe)
         assert worker.stop(timeout=30) == 0, worker.describe()
-        yield Outcome(pool, worker, {k: v.id for k, v in sent.items()})
+        yield Outcome(run, worker, {k: v.id for k, v in sent.items()})
     finally:
         worker.stop(timeout=15)
         appmod.unload()
@@ -221,6 +323,8 @@ def test_threads_keep_a_buffer_per_task(outcome: Outcome) -> None:
     for r in outcome.records:
         if r.get("buffered"):
             tag = r["message"].split(" line ")[0].split(" try ")[0]
+            if " step " in tag:  # the error scenario's, by route
+                tag = f"error-{tag.split(' step ')[0]}"
             assert r["task_id"] == outcome.ids[tag], r
 
 
@@ -247,6 +351,125 @@ def test_templates_and_exception_types_fold_apart(outcome: Outcome) -> None:
     kinds = [(r["exception"]["type"], r.get("repeated")) for r in failed]
     assert sorted(kinds, key=str) == sorted(
         [("ValueError", None), ("KeyError", None), ("ValueError", 1), ("KeyError", 1)], key=str)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", [*ROUTES, "print"])
+def test_a_burst_folds_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
+    """500 identical WARNINGs through a module logger, get_task_logger (the celery.task
+    handler), structlog, a logger under Celery's own, print(): two lines, one count (#34)."""
+    _assert_folded(outcome, route)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_error_writes_the_buffer_whatever_logger_logs_it(outcome: Outcome, route: str) -> None:
+    """5 DEBUG lines then an ERROR, in a task that returns normally: the five are
+    written, buffered, before the ERROR, whichever logger logs them (#34)."""
+    _assert_buffer_written(outcome, route)
+
+
+def _assert_folded(outcome: Outcome, route: str) -> None:
+    burst = [r for r in outcome.of(f"burst-{route}") if r["level"] == "WARNING"]
+    assert [r.get("repeated") for r in burst] == [None, ROUTE_BURST - 1], [
+        (r["logger"], r["message"]) for r in burst[:3]]
+    assert all(r["message"].startswith(f"{route} refused") for r in burst)
+
+
+def _assert_buffer_written(outcome: Outcome, route: str) -> None:
+    records = outcome.of(f"error-{route}")
+    mine = [(r["level"], r["message"], r.get("buffered")) for r in records
+            if r["message"].startswith(f"{route} ")]
+    assert mine == [*(("DEBUG", f"{route} step {i}", True) for i in range(ROUTE_DEBUG)),
+                    ("ERROR", f"{route} went wrong but carries on", None)]
+    assert [r.get("event") for r in records if r.get("event")][-1] == "task_succeeded"
+
+
+#: The user's own handlers write the records (a dictConfig, worker_hijack_root_logger off):
+#: one on the root, one on a logger of theirs that does not propagate; logkit's context
+#: filter joins both, and so do the tools (#34).
+USER_HANDLERS = """
+import json as _json
+import logging.config
+
+
+class UserLines(logging.Formatter):
+    \"\"\"The user's own format: a few fields of the record, as JSON.\"\"\"
+
+    def format(self, record):
+        out = {"level": record.levelname, "logger": record.name,
+               "message": record.getMessage(), "task_id": getattr(record, "task_id", None)}
+        for key in ("repeated", "buffered", "event"):
+            if key in record.__dict__:
+                out[key] = record.__dict__[key]
+        return _json.dumps(out)
+
+
+app.conf.worker_hijack_root_logger = False
+if IN_WORKER:
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lines": {"()": UserLines}},
+        "handlers": {
+            "root_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/user.log",
+                          "formatter": "lines"},
+            "own_file": {"class": "logging.FileHandler", "filename": WORKDIR + "/own.log",
+                         "formatter": "lines"},
+        },
+        "root": {"handlers": ["root_file"], "level": "INFO"},
+        "loggers": {"ops.own": {"handlers": ["own_file"], "propagate": False}},
+    })
+logkit.install(app, format="json")
+"""
+
+
+@pytest.fixture(scope="module")
+def users_outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    body = BODY.replace(INSTALL, USER_HANDLERS) + '\nROUTES["own"] = logging.getLogger("ops.own")\n'
+    appmod = make_app(tmp_path_factory.mktemp("ops-user"), body)
+    env = {"OPS_WORKER": "1", "LOGKIT_TASK_BUFFER": str(SIZE), "LOGKIT_DEDUPE_WINDOW": "600"}
+    worker = start_worker(appmod, pool="prefork", concurrency=2, env=env)
+    files = [appmod.workdir / "user.log", appmod.workdir / "own.log"]
+
+    def records() -> list[dict[str, Any]]:
+        return [r for path in files if path.exists()
+                for r in parse_json_lines(path.read_text(), str(path))]
+
+    try:
+        mod = appmod.load()
+        sent = {}
+        for route in (*ROUTES, "own"):
+            sent[f"burst-{route}"] = mod.route_burst.delay(route, ROUTE_BURST)
+            sent[f"error-{route}"] = mod.route_error.delay(route, ROUTE_DEBUG)
+        for result in sent.values():
+            result.get(timeout=60)
+        mod.marker.delay().get(timeout=60)
+        wait_for(lambda: any(r["message"] == "marker" for r in records()), timeout=30,
+                 message=worker.describe)
+        assert worker.stop(timeout=30) == 0, worker.describe()
+        yield Outcome("user", worker, {k: v.id for k, v in sent.items()}, records())
+    finally:
+        worker.stop(timeout=15)
+        appmod.unload()
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("route", [*ROUTES, "own"])
+def test_the_users_handlers_get_the_tools(users_outcome: Outcome, route: str) -> None:
+    """Where the user's dictConfig handlers write (root and a logger of theirs), a burst
+    folds and an ERROR writes the buffer, whichever logger logs them (#34)."""
+    _assert_folded(users_outcome, route)
+    _assert_buffer_written(users_outcome, route)
+
+
+@pytest.mark.worker
+def test_a_count_is_written_once_by_the_process_that_counted_it(outcome: Outcome) -> None:
+    """Repeats counted in the main process before it forks the pool: one count, written by
+    the main process (a forked child does not write its copy of the parent's windows)."""
+    lines = [r for r in outcome.records if r["message"] == "main process, before the pool starts"]
+    assert [r.get("repeated") for r in lines] == [None, 2], lines
+    assert len({r["process"] for r in lines}) == 1
 
 
 def _epoch(stamp: str) -> float:
@@ -479,3 +702,159 @@ def test_a_count_written_after_its_task_keeps_the_task_context_with_queue(tmp_pa
         ("connection refused", None), ("after the task", None), ("connection refused", 4)]
     assert mine[-1]["task_id"] == "t-queued" and mine[-1]["tenant"] == "acme"
     assert "task_id" not in mine[1]
+
+
+# --------------------------------------------------------------------------
+# which handlers get the tools, configure after configure, uninstall then install (#34)
+# --------------------------------------------------------------------------
+
+
+def _tools(handler: logging.Handler) -> list[type]:
+    from logkit import buffer, dedupe
+
+    return [type(f) for f in handler.filters if isinstance(f, (buffer.Trigger, dedupe.Fold))]
+
+
+def _every_handler() -> list[logging.Handler]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [h for lg in loggers for h in getattr(lg, "handlers", ())]
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("queue", [False, True])
+def test_every_handler_gets_the_tools_on_every_configure(tmp_path: Any, queue: bool) -> None:
+    """The root's and celery.task's handlers (the queue's, with queue=True) get the
+    buffer's trigger and a fold on the first configure, on a second one (the removed
+    handlers keep none), and after uninstall() then install(); uninstall() leaves none."""
+    from celery import Celery
+
+    import logkit
+    from logkit import buffer, dedupe
+
+    app = Celery("ops_tools", set_as_current=False)
+    app.conf.update(broker_url="memory://", worker_redirect_stdouts=False)
+    tools = {"task_buffer": 5, "dedupe_window": 60, "queue": queue}
+
+    def configured(log: str) -> list[logging.Handler]:
+        logkit.configure("INFO", str(tmp_path / log), app=app)
+        ours = [logging.getLogger().handlers[0], logging.getLogger("celery.task").handlers[0]]
+        assert {type(h).__name__ for h in ours} == {
+            "QueueSinkHandler" if queue else "SinkHandler"}
+        for handler in ours:
+            assert _tools(handler) == [buffer.Trigger, dedupe.Fold], handler
+        assert buffer.size() == 5 and len(dedupe.folds()) == 2
+        return ours
+
+    logkit.install(app, format="json", **tools)
+    first = configured("one.log")
+    second = configured("two.log")
+    assert not set(map(id, first)) & set(map(id, second))
+    assert [_tools(h) for h in first] == [[], []]  # the removed handlers keep none
+    logkit.uninstall()
+    assert not [h for h in _every_handler() if _tools(h)]
+    assert buffer.size() == 0 and not dedupe.folds()
+    logkit.install(app, format="json", **tools)
+    configured("three.log")
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("queue", [False, True])
+def test_a_pending_count_is_written_when_configured_again(tmp_path: Any, queue: bool) -> None:
+    """A repeat count pending when logging is configured again is written, to the file
+    its first line went to, before that file is closed."""
+    import json
+
+    import logkit
+    from logkit.handlers import flush_queues
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    logkit.configure("INFO", str(first), format="json", dedupe_window=60, queue=queue)
+    log = logging.getLogger("celery.task.ops")  # celery.task's own handler
+    for _ in range(4):
+        log.warning("connection refused")
+    logkit.configure("INFO", str(second), format="json", dedupe_window=60, queue=queue)
+    log.warning("connection refused")  # a new configuration: a new window
+    assert flush_queues()
+    lines = [json.loads(line) for line in first.read_text().splitlines()]
+    assert [(r["message"], r.get("repeated")) for r in lines if r["logger"] == log.name] == [
+        ("connection refused", None), ("connection refused", 3)]
+    lines = [json.loads(line) for line in second.read_text().splitlines()]
+    assert [(r["message"], r.get("repeated")) for r in lines if r["logger"] == log.name] == [
+        ("connection refused", None)]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_users_handlers_get_the_tools_next_to_logkits(tmp_path: Any) -> None:
+    """root_handlers="add": the user's root handler writes too, and gets the tools."""
+    import logkit
+
+    users = Kept()
+    logging.getLogger().addHandler(users)
+    logkit.configure("INFO", str(tmp_path / "w.log"), format="json", root_handlers="add",
+                     task_buffer=5, dedupe_window=60)
+    root = logging.getLogger()
+    assert users in root.handlers
+    for handler in (*root.handlers, *logging.getLogger("celery.task").handlers):
+        assert len(_tools(handler)) == 2, handler
+    for _ in range(3):
+        logging.getLogger("ops.both").warning("again")
+    assert [r.getMessage() for r in users.records if r.name == "ops.both"] == ["again"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_install_after_configure_without_app_keeps_the_tools_per_task_steps(
+    tmp_path: Any,
+) -> None:
+    """A web process configures logging with the tools on, then its Celery app module calls
+    install(app), which takes that configuration over: the buffer's and the folds'
+    per-task steps go on running (a task's DEBUG lines are kept until its ERROR)."""
+    import json
+
+    from celery import Celery
+
+    import logkit
+    from logkit.receivers import installation
+
+    logfile = tmp_path / "web.log"
+    logkit.configure("INFO", str(logfile), format="json", task_buffer=5, dedupe_window=60)
+    app = Celery("ops_take_over", set_as_current=False)
+    app.conf.update(task_always_eager=True, broker_url="memory://")
+
+    @app.task
+    def steps() -> None:
+        for i in range(3):
+            logging.getLogger("ops.web").debug("step %d", i)
+        logging.getLogger("ops.web").error("went wrong")
+
+    inst = logkit.install(app)
+    assert installation() is inst and inst.active is not None  # taken over
+    assert inst.prerun_hooks and inst.postrun_hooks
+    steps.apply()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+    assert [(r["message"], r.get("buffered")) for r in lines if r["logger"] == "ops.web"] == [
+        ("step 0", True), ("step 1", True), ("step 2", True), ("went wrong", None)]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_handler_an_after_setup_logger_receiver_adds_gets_the_tools(tmp_path: Any) -> None:
+    """Celery's documented way to add a handler (an after_setup_logger receiver): it
+    writes the root's records next to logkit's, and folds them the same."""
+    from celery import signals
+
+    import logkit
+
+    theirs = Kept()
+
+    def add_handler(logger: logging.Logger, **_: Any) -> None:
+        logger.addHandler(theirs)
+
+    signals.after_setup_logger.connect(add_handler, weak=False, dispatch_uid="ops.add_handler")
+    try:
+        logkit.configure("INFO", str(tmp_path / "w.log"), format="json", dedupe_window=60,
+                         task_buffer=5)
+    finally:
+        signals.after_setup_logger.disconnect(dispatch_uid="ops.add_handler")
+    assert theirs in logging.getLogger().handlers and len(_tools(theirs)) == 2
+    for _ in range(3):
+        logging.getLogger("ops.added").warning("again")
+    assert [r.getMessage() for r in theirs.records if r.name == "ops.added"] == ["again"]

@@ -162,3 +162,26 @@ def test_nothing_is_left_bound_after_a_task(outcome: Outcome) -> None:
     for rec in outside:
         if "task_id" not in rec:
             assert "own" not in rec and "request_id" not in rec, rec
+
+
+@pytest.mark.worker
+def test_thread_only_where_a_process_runs_tasks_in_several_threads(outcome: Outcome) -> None:
+    """#37: a line carries ``thread`` when it comes from a thread other than its process's
+    main thread: each task line of the threads pool (and of a gevent/eventlet greenlet:
+    the id ``threading`` gives there), the task's own thread; none in a prefork child,
+    whose tasks run in its main thread, nor on ``task_received`` in the main process
+    (in its main thread but with eventlet)."""
+    thread_of = {res["id"]: res["thread"] for res in outcome.results}
+    lines = [r for r in outcome.records
+             if r["logger"] in ("pool.lib", "pool.tasks") and r["task_id"] in thread_of]
+    assert len(lines) == TASKS * 10
+    for rec in lines:
+        if outcome.pool == "prefork":
+            assert "thread" not in rec, rec
+        else:
+            assert rec["thread"] == thread_of[rec["task_id"]], rec
+    received = [r for r in outcome.records if r.get("event") == "task_received"]
+    assert len(received) == TASKS + 2
+    if outcome.pool in ("prefork", "threads"):  # eventlet's consumer runs in a green thread
+        assert not [r for r in received if "thread" in r]
+    assert not [r for r in outcome.records if r.get("thread") is None and "thread" in r]

@@ -102,9 +102,14 @@ def test_ecs_matches_ecs_logging(exc: bool) -> None:
     for path in ("log.level", "message", "ecs.version"):
         assert ours[path] == theirs[path]
     for path in ("log.logger", "log.origin.file.name", "log.origin.file.line",
-                 "log.origin.function", "process.pid", "process.name", "process.thread.id",
-                 "process.thread.name") + (("error.type", "error.message") if exc else ()):
+                 "log.origin.function", "process.pid", "process.name"
+                 ) + (("error.type", "error.message") if exc else ()):
         assert _get(ours, path) == _get(theirs, path), path
+    # the main thread's id and name: left out (#37), written with always_fields
+    assert "thread" not in ours["process"]
+    always = _line("ecs", record, fields={"service": "shop"}, always_fields=["thread"])
+    for path in ("process.thread.id", "process.thread.name"):
+        assert _get(always, path) == _get(theirs, path), path
     if exc:
         assert "ValueError: bad value" in ours["error"]["stack_trace"]
     assert ours["user_id"] == theirs["user_id"] == 7
@@ -276,7 +281,7 @@ def test_logkit_schema_trace_ids_are_hex() -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", line["trace_id"])
     assert re.fullmatch(r"[0-9a-f]{16}", line["span_id"])
     assert (line["trace_id"], line["span_id"]) == (f"{sc.trace_id:032x}", f"{sc.span_id:016x}")
-    assert list(line)[-2:] == ["process", "thread"]
+    assert list(line)[-1] == "process"  # and no thread: the main thread's (#37)
 
 
 # -- events ---------------------------------------------------------------------------
@@ -654,3 +659,119 @@ def test_record_without_function_and_extras_named_like_fields(schema: str) -> No
     static_line = _line(schema, record, fields={"service": "shop", "code.function.name": "f",
                                                 "logger.method_name": "f", "function": "f"})
     assert '"f"' in json.dumps(static_line)  # a static field of that name is kept
+
+
+# -- #37: fields that would say nothing are left out ------------------------------------
+
+#: Each schema's keys of the record's thread (id, name), as dotted paths.
+THREAD_KEYS = {
+    "logkit": ("thread",),
+    "ecs": ("process.thread.id", "process.thread.name"),
+    "gcp": ("thread",),
+    "datadog": ("logger.thread_id", "logger.thread_name"),
+    "otel": ("attributes.thread.id", "attributes.thread.name"),
+}
+#: Each schema's keys of the record's source location (file, line, function).
+SOURCE_KEYS = {
+    "ecs": ("log.origin.file.name", "log.origin.file.line", "log.origin.function"),
+    "gcp": ("logging.googleapis.com/sourceLocation.file",
+            "logging.googleapis.com/sourceLocation.line",
+            "logging.googleapis.com/sourceLocation.function"),
+    "datadog": ("logger.file", "logger.line", "logger.method_name"),
+    "otel": ("attributes.code.file.path", "attributes.code.line.number",
+             "attributes.code.function.name"),
+}
+
+
+def _find(line: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of a line, whatever mix of nested objects and dotted
+    keys holds it; a KeyError when it is not there."""
+    if path in line:
+        return line[path]
+    for key, value in line.items():
+        if path.startswith(f"{key}.") and isinstance(value, dict):
+            try:
+                return _find(value, path[len(key) + 1:])
+            except KeyError:
+                continue
+    raise KeyError(path)
+
+
+def _has(line: dict[str, Any], path: str) -> bool:
+    try:
+        _find(line, path)
+    except KeyError:
+        return False
+    return True
+
+
+def _in_thread(fn: Any) -> Any:
+    import threading
+
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), name="worker-thread")
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_thread_only_when_not_the_main_thread(schema: str) -> None:
+    """The main thread's id (and name) is left out: constant in a prefork child or a solo
+    worker, it says nothing a line's absence does not; another thread's is written, as is
+    the main thread's with ``always_fields=["thread"]`` or with a record of another
+    process (its main thread is not known here)."""
+    fmt = JsonFormatter(LogConfig(schema=schema))
+    main_line = json.loads(fmt.format(_record()))
+    assert not any(_has(main_line, k) for k in THREAD_KEYS[schema]), main_line
+    record = _in_thread(_record)
+    line = json.loads(fmt.format(record))
+    assert _find(line, THREAD_KEYS[schema][0]) == record.thread
+    if len(THREAD_KEYS[schema]) > 1:
+        assert _find(line, THREAD_KEYS[schema][1]) == "worker-thread"
+    always = json.loads(JsonFormatter(LogConfig(schema=schema, always_fields=["thread"]))
+                        .format(_record()))
+    assert _find(always, THREAD_KEYS[schema][0]) == threading_main_ident()
+    other = _record()
+    other.process = 1  # a record of another process (init's)
+    assert _find(json.loads(fmt.format(other)), THREAD_KEYS[schema][0]) == other.thread
+    star = LogConfig(schema=schema, always_fields="*")
+    assert star.always_fields == ("root_id", "correlation_id", "retries", "thread", "nulls")
+    assert _has(json.loads(JsonFormatter(star).format(_record())), THREAD_KEYS[schema][0])
+
+
+def threading_main_ident() -> int | None:
+    import threading
+
+    return threading.main_thread().ident
+
+
+@pytest.mark.parametrize("schema", [s for s in SCHEMAS if s != "logkit"])
+def test_source_location_only_when_the_record_has_one(schema: str) -> None:
+    """A record without a line and a function (a lifecycle event, a record made by hand)
+    has no source location (its file would be logkit's own or nothing); one with a line
+    keeps its file and line, one with a function all three."""
+    file_key, line_key, function_key = SOURCE_KEYS[schema]
+    fmt = JsonFormatter(LogConfig(schema=schema))
+    full = json.loads(fmt.format(_record()))
+    assert (_find(full, line_key), _find(full, function_key)) == (42, "charge")
+    no_function = logging.LogRecord("shop", logging.INFO, "/src/shop.py", 3, "hi", None, None)
+    line = json.loads(fmt.format(no_function))
+    assert _find(line, line_key) == 3 and _has(line, file_key)
+    assert not _has(line, function_key)
+    nowhere = logging.LogRecord("shop", logging.INFO, "/src/logkit/events/base.py", 0, "hi",
+                                None, None)
+    line = json.loads(fmt.format(nowhere))
+    assert not any(_has(line, k) for k in SOURCE_KEYS[schema]), line
+    assert "base.py" not in json.dumps(line) and "null" not in json.dumps(line)
+    if schema == "ecs":
+        assert line["log"] == {"logger": "shop"}  # no empty log.origin object
+        _check_ecs(line)
+    if schema == "gcp":
+        assert "logging.googleapis.com/sourceLocation" not in line
+    # a static field named like a source key is the user's: it stays
+    static = {"ecs": "log.origin.file.name", "gcp": "logging.googleapis.com/sourceLocation",
+              "datadog": "logger.file", "otel": "code.file.path"}[schema]
+    kept = json.loads(JsonFormatter(LogConfig(schema=schema, fields={static: "mine"}))
+                      .format(nowhere))
+    assert '"mine"' in json.dumps(kept)

@@ -61,6 +61,14 @@ def work(n):
 
 
 @app.task
+def steps():
+    for i in range(3):
+        slog.debug("step", i=i)  # below -l INFO: kept by task_buffer (#34)
+    slog.error("went wrong")
+    return "ok"
+
+
+@app.task
 def marker():
     return "done"
 """
@@ -71,9 +79,11 @@ def test_worker_keeps_the_apps_structlog_processors(
     app_factory: Callable[..., AppModule], worker_factory: Callable[..., Worker]
 ) -> None:
     appmod = app_factory(BODY)
-    worker = worker_factory(appmod, concurrency=1, logfile="worker.log")
+    worker = worker_factory(appmod, concurrency=1, logfile="worker.log",
+                            env={"LOGKIT_TASK_BUFFER": "5"})
     mod = appmod.load()
     task_id = mod.work.delay(7).id
+    steps = mod.steps.delay()
     assert mod.marker.delay().get(timeout=30) == "done"
     wait_for(lambda: '"second"' in worker.read_log(), timeout=15, message=worker.describe)
     records = worker.json_lines()
@@ -86,6 +96,13 @@ def test_worker_keeps_the_apps_structlog_processors(
     assert working["n"] == 7 and working["level"] == "INFO"
     assert working["logger"] == "tenant.tasks"
     assert second["k"] == "v" and second["level"] == "WARNING"
+    # the app's filter_by_level lets a task's DEBUG calls reach the buffer: an ERROR writes them
+    assert steps.get(timeout=30) == "ok"
+    mine = [(r["level"], r["message"], r.get("i"), r.get("buffered"), r.get("tenant"))
+            for r in worker.json_lines()
+            if r.get("task_id") == steps.id and r["logger"] == "tenant.tasks"]
+    assert mine == [*(("DEBUG", "step", i, True, "acme") for i in range(3)),
+                    ("ERROR", "went wrong", None, None, "acme")]
 
 
 # ---------------------------------------------------------------------------

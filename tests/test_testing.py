@@ -130,7 +130,8 @@ def test_capture_every_logger_as_json_dicts_and_restore_state() -> None:
     first = records[0]
     assert first["level"] == "DEBUG" and first["logger"] == "tests.testing.child"
     assert first["n"] == [1, 2]  # what the JSON line holds, not the Python value
-    assert {"timestamp", "process", "thread"} <= set(first)
+    assert {"timestamp", "process"} <= set(first)
+    assert "thread" not in first  # the main thread's id is left out (#37)
 
 
 def test_capture_level_and_bad_level() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -284,6 +285,75 @@ def test_hooks_of_other_libraries_survive_uninstall() -> None:
     assert set(late["diff"].get("loggers", {})) <= {"py.warnings"}
     # a hook that was there before logkit is exactly what uninstall() puts back
     assert early["early_only"] == {} and early["early_kept"]
+
+
+ATTRIBUTES = r'''
+import tempfile
+import types
+
+SPACES = {"logging.Logger": logging.Logger, "logging": logging, "warnings": warnings,
+          "sys": sys}
+
+def attributes():
+    """Every attribute of the shared namespaces (a submodule is not a change), the
+    environment, structlog's configuration."""
+    values = {f"{name}.{key}": value for name, space in SPACES.items()
+              for key, value in vars(space).items() if not isinstance(value, types.ModuleType)}
+    return values, dict(os.environ), repr(structlog.get_config())
+
+def changed(a, b):
+    names = sorted(k for k in a[0].keys() | b[0].keys()
+                   if a[0].get(k, a) is not b[0].get(k, b))
+    names += sorted(f'os.environ["{k}"]' for k in a[1].keys() | b[1].keys()
+                    if a[1].get(k) != b[1].get(k))
+    return names + (["structlog.configure"] if a[2] != b[2] else [])
+
+pristine = attributes()
+import logkit, logkit.testing
+app = Celery("table", set_as_current=False)
+app.conf.worker_redirect_stdouts = True
+before = attributes()
+logkit.install(app, format="json", task_buffer=5, dedupe_window=60)
+installed = changed(before, attributes())
+# at -l ERROR every Logger method below it is wrapped (debug, info, warning, and log)
+logkit.configure("ERROR", tempfile.mktemp(suffix=".log"))
+configured = changed(before, attributes())
+with logkit.testing.capture():
+    capturing = changed(before, attributes())
+logkit.uninstall()
+print(json.dumps({"import": changed(pristine, before), "install": installed,
+                  "configure": configured, "capture": capturing,
+                  "uninstall": changed(before, attributes())}))
+'''
+
+#: Where the first column of the table names a shared attribute (or structlog's configure).
+_SHARED = re.compile(
+    r"`((?:logging|warnings|sys)\.[\w.]+|os\.environ\[\"\w+\"\]|structlog\.configure)`"
+)
+
+
+def _table_of_changes() -> set[str]:
+    """The shared attributes the rows of how-it-works' table of changes name."""
+    text = (ROOT / "docs" / "how-it-works.md").read_text()
+    section = text.split("## What logkit changes in the process", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # no header
+    return {name for row in rows for name in _SHARED.findall(row.split(" | ")[0])}
+
+
+def test_the_table_of_changes_is_what_a_live_process_changes() -> None:
+    """docs/how-it-works.md's table names exactly the attributes of ``logging.Logger``,
+    ``logging``, ``warnings``, ``sys`` and ``os.environ`` (and structlog's configuration)
+    that install() + configure() with the tools on, and a logkit.testing capture,
+    change in a live process; after uninstall() none is changed (#34)."""
+    table = _table_of_changes()
+    assert {"logging.Logger.makeRecord", "logging.Logger.debug", "logging.Logger.log",
+            "logging.Logger.callHandlers", "warnings.showwarning", "sys.stdout"} <= table
+    out = _run(ATTRIBUTES)
+    assert out["import"] == [] and out["install"] == []  # importing, installing: nothing
+    assert set(out["capture"]) == table, set(out["capture"]) ^ table
+    # capture() is the only row a configured worker does not change
+    assert set(out["configure"]) == table - {"logging.Logger.callHandlers"}
+    assert out["uninstall"] == []  # all put back
 
 
 def test_uninstall_without_install_changes_nothing() -> None:

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -232,6 +231,7 @@ def test_streaming_and_forged_ids_over_http(served: dict[str, Any]) -> None:
     assert response.headers["x-request-id"] == "stream-9"
     assert response.text.splitlines() == ["stream-9"] * 3
 
+    ids: list[bytes] = []
     for name, value in FORGED.items():
         raw = value.encode("utf-8")
         head, body = _raw_get(served["url"], raw)
@@ -241,7 +241,10 @@ def test_streaming_and_forged_ids_over_http(served: dict[str, Any]) -> None:
         assert len(echoed) == 1 and len(echoed[0]) == 32 and echoed[0] != raw, name
         assert json.loads(body)["seen"] == echoed[0].decode()
         wait_for(lambda e=echoed[0]: e in served["web_log"].read_bytes(), timeout=10)
-    time.sleep(1)  # the tasks' records
+        ids.append(echoed[0])
+    # the tasks' records (they carry the request's id) are written: then nothing forged is
+    wait_for(lambda: all(e in served["worker_log"].read_bytes() for e in ids), timeout=60,
+             message=lambda: served["worker_log"].read_text())
     for path in (served["web_log"], served["worker_log"], served["out"]):
         text = path.read_bytes() if path.exists() else b""
         for name, value in FORGED.items():

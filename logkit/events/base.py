@@ -29,6 +29,7 @@ from typing import Any
 from celery.app.task import Context
 
 from .. import context
+from .._compat import PY312, PY313
 from .._safe import log_exception, safe_str
 from ..config import EVENT_NAMES
 from ..receivers import HEADER, Installation, installation
@@ -71,6 +72,10 @@ DEFAULT_LEVELS: Mapping[str, int] = MappingProxyType(
         "beat_task_sent": _I,
         # WARNING: seen at -l WARNING too, where an operator's change is most surprising
         "log_level_changed": _W,
+        # WARNING, as log_level_changed: an operator's change of what is written
+        "task_sample_changed": _W,
+        # INFO: what a process did not write, for volumes and error rates (task_sample)
+        "tasks_sampled_out": _I,
     }
 )
 
@@ -94,6 +99,8 @@ MESSAGES: Mapping[str, str] = MappingProxyType(
         "beat_started": "Beat started",
         "beat_task_sent": "Beat sent due task",
         "log_level_changed": "Log level changed",
+        "task_sample_changed": "Task sampling changed",
+        "tasks_sampled_out": "Tasks sampled out",
     }
 )
 
@@ -124,13 +131,20 @@ def emit(
     bind: Mapping[str, Any] | None = None,
     exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | None = None,
     exc_text: str | None = None,
+    created: float | None = None,
+    process: int | None = None,
 ) -> None:
     """Log one ``event`` record with ``fields``; ``bind`` is bound in the context for it.
+
+    A field whose value is ``None`` is left out (it says nothing), unless the
+    ``always_fields`` option names ``nulls``.
 
     The record is an ordinary ``LogRecord`` on ``logkit.events``, handled by
     ``Logger.handle`` as any other: every handler and filter on the way sees it, and
     the formatter's one field builder makes its line. ``exc_text`` (an already
-    formatted traceback) is used instead of formatting ``exc_info`` again.
+    formatted traceback) is used instead of formatting ``exc_info`` again. ``created``
+    and ``process``: the time and process of an event written later than it happened,
+    elsewhere (a held ``task_received``, :mod:`logkit.sample`).
 
     Nothing live is left on the record: it keeps ``exc_info``'s exception without its
     traceback, which is text (``exc_text``), so the record pickles as it is (a
@@ -140,11 +154,13 @@ def emit(
         if not exc_text:
             exc_text = _format_exception(exc_info)
         exc_info = (exc_info[0], exc_info[1], None)
+    inst = installation()
+    if None in fields.values() and (inst is None or not inst.event_nulls):
+        fields = {key: value for key, value in fields.items() if value is not None}
     extra: Mapping[str, Any] = {"event": event, **fields}
-    if exc_info is None and _stock_records():
+    if exc_info is None and created is None and _stock_records():
         # Born redacted: the fields are redacted here, once, and the record is marked so
         # that the handlers' RedactFilter (same keys) passes it without a second look.
-        inst = installation()
         redactor = inst.redactor if inst is not None else None
         if redactor is not None:
             extra = redactor.redact_fields(extra)
@@ -158,6 +174,8 @@ def emit(
                                    extra=extra)
     if exc_text:
         record.exc_text = exc_text
+    if created is not None:
+        _written_later(record, created, process)
     if bind:
         context.call_bound(bind, logger.handle, record)
     else:
@@ -168,6 +186,18 @@ def _format_exception(exc_info: Any) -> str:
     """The traceback text ``logging.Formatter.formatException`` gives (no final newline)."""
     text = "".join(traceback.format_exception(*exc_info))
     return text[:-1] if text.endswith("\n") else text
+
+
+def _written_later(record: logging.LogRecord, created: float, process: int | None) -> None:
+    """Give ``record`` the time (and the process) of an event that happened earlier."""
+    d = record.__dict__
+    d["created"] = created
+    d["msecs"] = int((created - int(created)) * 1000) + 0.0
+    start = logging._startTime  # type: ignore[attr-defined]
+    d["relativeCreated"] = (created - (start / 1e9 if type(start) is int else start)) * 1000
+    if process is not None and process != d.get("process"):
+        d["process"] = process
+        d["processName"] = "MainProcess"
 
 
 _LogRecord = logging.LogRecord
@@ -211,7 +241,7 @@ class _Templates:
         d = record.__dict__
         d.update(template)
         start = logging._startTime  # type: ignore[attr-defined]
-        if type(start) is int:  # Python 3.13+: nanoseconds, as LogRecord computes them
+        if PY313:  # nanoseconds, as LogRecord computes them
             ns = time.time_ns()
             d["created"] = ns / 1e9
             d["msecs"] = (ns % 1_000_000_000) // 1_000_000 + 0.0
@@ -224,7 +254,7 @@ class _Templates:
         # looked up on the module each time, as LogRecord does: gevent/eventlet patch them
         d["thread"] = threading.get_ident()
         d["threadName"] = threading.current_thread().name
-        if "taskName" in d and getattr(logging, "logAsyncioTasks", False):
+        if PY312 and logging.logAsyncioTasks:  # type: ignore[attr-defined,unused-ignore]
             asyncio = sys.modules.get("asyncio")
             if asyncio is not None:
                 with contextlib.suppress(Exception):  # no running loop: None, as LogRecord

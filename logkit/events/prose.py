@@ -129,15 +129,12 @@ QUIETED_LOGGERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 
 
-def quiet_celery_loggers(config: Any, app: Any) -> None:
+def quiet_celery_loggers(inst: Installation, config: Any, app: Any) -> None:
     """Set Celery's task loggers to WARNING while events replace their INFO lines (or undo).
 
-    The loggers quieted are the current installation's (``quieted``), each recorded in its
-    changes with the undo (back to NOTSET, if still at the WARNING logkit set).
+    The loggers quieted are ``inst``'s (``quieted``), each recorded in its changes with
+    the undo (back to NOTSET, if still at the WARNING logkit set).
     """
-    inst = installation()
-    if inst is None:
-        return
     # worker_deduplicate_successful_tasks logs another INFO line no event replaces
     dedupe = bool(app is not None and getattr(app.conf, "worker_deduplicate_successful_tasks",
                                               False))

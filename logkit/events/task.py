@@ -7,20 +7,22 @@ Connected by :func:`logkit.install.install`.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal as _signal
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from celery.app.task import Context
 from celery.exceptions import Reject, Retry
 from celery.utils.saferepr import saferepr
 
 from .. import context
-from .._safe import cap, log_exception, safe_repr, safe_str
+from .._safe import cap, iso, log_exception, safe_repr, safe_str
 from ..receivers import Installation, installation
+from ..sample import HELD_RECEIVED, SAMPLED_OUT, Sampler
 from ..trace import ids_from_headers
 from .base import (
     _I,
@@ -36,9 +38,10 @@ from .base import (
     task_identity,
 )
 from .prose import TRACE_LOGGER, _reemit_ignored
-from .queue import queue_fields, stamp_received
+from .queue import RECEIVED, queue_fields, stamp_received
 
 __all__ = [
+    "held_received",
     "on_task_failure",
     "on_task_internal_error",
     "on_task_received",
@@ -48,6 +51,7 @@ __all__ = [
     "on_task_unknown",
     "task_finished",
     "task_started",
+    "write_held_received",
 ]
 
 #: Longest repr kept for a rejected/unknown message's body (Celery's dump_body uses 1024 too).
@@ -75,14 +79,6 @@ def _duration_ms(task_id: Any) -> float | None:
     if start is None:
         return None
     return round((time.monotonic() - start) * 1000.0, 3)
-
-
-def _iso(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return safe_str(value)
 
 
 def _queue(request: Any) -> Any:
@@ -177,26 +173,93 @@ def _message_request(message: Any, hostname: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-@_guarded
-def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    """``task_received`` (consumer process): the worker got a task message."""
-    stamp_received(request)  # for wait_ms, whatever the event's level
-    level = level_of("task_received")
-    if level is None or request is None:
-        return
-    fields = {
+def _received_fields(request: Any) -> dict[str, Any]:
+    return {
         "queue": _queue(request),
-        "eta": _iso(getattr(request, "eta", None)),
-        "expires": _iso(getattr(request, "expires", None)),
+        "eta": iso(getattr(request, "eta", None)),
+        "expires": iso(getattr(request, "expires", None)),
     }
-    bind = _bind_for(request.id, getattr(request, "name", None), request)
-    # the span the message was published in (its traceparent header), when there is one
-    ids = ids_from_headers(getattr(request, "request_dict", None))
+
+
+def _with_publish_span(bind: dict[str, Any] | None, headers: Any) -> dict[str, Any] | None:
+    """``bind`` with the ids of the span the message was published in (its
+    ``traceparent`` header), when there is one."""
+    ids = ids_from_headers(headers)
     if ids is not None:
         inst = installation()
         if inst is not None:
             bind = {**(bind or {}), **inst.task_context.trace_fields(ids)}
-    emit("task_received", level, fields, bind=bind)  # main process: no task context bound
+    return bind
+
+
+@_guarded
+def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_received`` (consumer process): the worker got a task message.
+
+    For a task outside the sample (``task_sample``) the event is not written here: it is
+    noted in the request, and the process that runs the task writes it if the task goes
+    wrong (:func:`write_held_received`).
+    """
+    stamp_received(request)  # for wait_ms, whatever the event's level
+    level = level_of("task_received")
+    if level is None or request is None:
+        return
+    inst = installation()
+    sampler = inst.sampler if inst is not None else None
+    if sampler is not None and sampler.rate < 1.0 and _hold_received(sampler, request):
+        return
+    bind = _bind_for(request.id, getattr(request, "name", None), request)
+    bind = _with_publish_span(bind, getattr(request, "request_dict", None))
+    emit("task_received", level, _received_fields(request), bind=bind)  # main process
+
+
+def _hold_received(sampler: Sampler, request: Any) -> bool:
+    """Note in the request that its ``task_received`` is held, if its workflow is not in
+    the sample; whether it is."""
+    request_dict = getattr(request, "request_dict", None)
+    if not isinstance(request_dict, dict):
+        return False
+    if sampler.decide(request_dict.get("root_id") or getattr(request, "id", None)):
+        return False
+    request_dict[HELD_RECEIVED] = [time.time(), os.getpid(), request_dict.get(RECEIVED)]
+    return True
+
+
+def _note(get: Any) -> Any:
+    """The held ``task_received`` note read with ``get`` (a request's field getter), or
+    ``None``: none, or an earlier delivery's (carried in a retry's headers)."""
+    note = get(HELD_RECEIVED)
+    if not isinstance(note, (list, tuple)) or len(note) != 3 or note[2] != get(RECEIVED):
+        return None
+    return note
+
+
+def held_received(task: Any) -> Any:
+    """The note of a task whose ``task_received`` the main process held (``None`` if it
+    wrote it)."""
+    request = task.request
+    fields = request.__dict__ if type(request) is Context else None
+    return _note(fields.get if fields is not None
+                 else (lambda key: getattr(request, key, None)))
+
+
+def write_held_received(task_id: Any, task: Any, note: Any) -> None:
+    """Write the ``task_received`` the main process held for a task outside the sample
+    that went wrong: its time and process, the fields it would have had, ``sampled_out``."""
+    request = task.request
+    _write_held(task_id, getattr(task, "name", None), request,
+                request.__dict__ if type(request) is Context else None, note)
+
+
+def _write_held(task_id: Any, name: Any, request: Any, headers: Any, note: Any) -> None:
+    level = level_of("task_received")
+    if level is None:
+        return
+    created, pid = float(note[0]), note[1]
+    fields = {**_received_fields(request), SAMPLED_OUT: True}
+    bind = _with_publish_span(_bind_for(task_id, name, request), headers)
+    emit("task_received", level, fields, bind=bind, created=created,
+         process=pid if isinstance(pid, int) else None)
 
 
 def task_started(inst: Installation, task_id: Any, task: Any) -> None:
@@ -444,7 +507,7 @@ def _task_retried(
         "reason": safe_str(reason) if reason is not None else "cancelled",
         "error": safe_repr(exc) if exc is not None else None,
         "countdown": when if isinstance(when, (int, float)) else None,
-        "eta": _iso(when) if when is not None and not isinstance(when, (int, float)) else None,
+        "eta": iso(when) if when is not None and not isinstance(when, (int, float)) else None,
         "retries": getattr(view, "retries", None),
         "max_retries": getattr(task, "max_retries", None),
         "duration_ms": None if start is None else round((time.monotonic() - start) * 1000.0, 3),
@@ -462,7 +525,11 @@ def on_task_revoked(
     expired: Any = None,
     **_: Any,
 ) -> None:
-    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``."""
+    """``task_revoked`` (consumer process): ``terminated``, ``signum``, ``expired``.
+
+    A task outside the sample (``task_sample``) whose ``task_received`` was held: that
+    line is written first (the task's other lines are in the process that ran it).
+    """
     level = level_of("task_revoked")
     if level is None or request is None:
         return
@@ -475,8 +542,15 @@ def on_task_revoked(
         "expired": bool(expired),
     }
     task_name = getattr(sender, "name", None) or getattr(request, "task", None)
-    emit("task_revoked", level, fields,
-         bind=_bind_for(getattr(request, "id", None), task_name, request))
+    task_id = getattr(request, "id", None)
+    # a Context (Celery's own revoke) or a worker Request: its fields as a dict
+    own = request.__dict__ if type(request) is Context else getattr(
+        request, "request_dict", None)
+    if isinstance(own, dict) and HELD_RECEIVED in own:
+        note = _note(own.get)  # a task outside the sample: what it kept first
+        if note is not None:
+            _write_held(task_id, task_name, request, own, note)
+    emit("task_revoked", level, fields, bind=_bind_for(task_id, task_name, request))
 
 
 @_guarded

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from .._safe import log_exception, safe_str
@@ -20,6 +22,8 @@ __all__ = [
     "on_worker_ready",
     "on_worker_shutdown",
     "on_worker_shutting_down",
+    "task_sample_changed",
+    "tasks_sampled_out",
 ]
 
 
@@ -114,3 +118,49 @@ def log_level_changed(
     except Exception:
         log_exception(logging.getLogger("logkit"), logging.WARNING,
                       "logkit: log_level_changed failed")
+
+
+def _iso(when: Any) -> Any:
+    if not isinstance(when, (int, float)):
+        return when
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def task_sample_changed(
+    hostname: Any, rate: float, previous: float, ttl: float | None, until: str | None,
+    reason: str,
+) -> None:
+    """``task_sample_changed`` (worker main process): the ``task_sample`` rate set by
+    remote control (``logkit_sample``), or set back when its ``ttl`` ran out (``reason``
+    ``expired``)."""
+    try:
+        event_level = level_of("task_sample_changed")
+        if event_level is None:
+            return
+        fields = {"task_sample": rate, "previous": previous, "ttl": ttl, "until": until,
+                  "reason": reason}
+        emit("task_sample_changed", event_level, fields, bind=_worker_bind(hostname))
+    except Exception:
+        log_exception(logging.getLogger("logkit"), logging.WARNING,
+                      "logkit: task_sample_changed failed")
+
+
+def tasks_sampled_out(fields: Mapping[str, Any], hostname: Any = None) -> None:
+    """``tasks_sampled_out`` (any process that runs tasks): the tasks outside the sample
+    that this process did not write, and their lines, per task name, since ``since``
+    (:mod:`logkit.sample`)."""
+    level = level_of("tasks_sampled_out")
+    if level is None:
+        return
+    out = {
+        "tasks": fields["tasks"],
+        "lines": fields["lines"],
+        "by_task": fields["by_task"],
+        "overflowed": fields["overflowed"],
+        "task_sample": fields["task_sample"],
+        "since": _iso(fields["since"]),
+        "pid": os.getpid(),
+    }
+    emit("tasks_sampled_out", level, out, bind=_worker_bind(hostname))
