@@ -5,7 +5,8 @@ Takes the ``t/integration`` tests of the installed Celery from its sdist (``pip 
 free loopback port (the suite's broker and result backend), and runs a subset of them
 twice: as they are, and with ``logkit.install(app, format="json")`` on the suite's app
 (the ``logkit_on_suite_app`` pytest plugin). A test whose outcome differs is run again
-alone, both ways; if it still differs, this script names it and exits 1.
+alone, both ways; if no outcome it had without logkit is one it had with it (a flaky test
+shows the same ones both ways), this script names it and exits 1.
 
 Known environment failures (the same without logkit) are listed with their reason in
 :data:`KNOWN`; they are reported, never hidden: a test's outcome is compared whatever it is.
@@ -35,28 +36,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: The subset run, chosen to fit about five minutes for both runs on a 2-core machine:
-#: Celery's tests of tasks (failures, retries, revokes, time limits, the trace log lines,
-#: eager runs), of remote control (``inspect``) and of chains/groups/chords (the canvas
-#: classes below), minus the slowest (:data:`LEFT_OUT`). Node ids relative to the
-#: extracted sdist.
+#: The subset run, chosen to fit about five minutes for both runs on a 2-core machine
+#: (about 150 s each): Celery's tests of tasks (failures, retries, revokes, time limits,
+#: the trace log lines, eager runs, signals), of remote control (``inspect``, next to
+#: logkit's own commands) and of error callbacks (``link_error``), minus the slowest
+#: (:data:`LEFT_OUT`). Node ids relative to the extracted sdist.
 SUBSET: tuple[str, ...] = (
     "t/integration/test_tasks.py",
     "t/integration/test_inspect.py",
     "t/integration/test_canvas.py::test_link_error",
-    "t/integration/test_canvas.py::test_chain",
-    "t/integration/test_canvas.py::test_group",
 )
 
-#: Tests of the subset left out for time (seconds each on the 2-core CI machine, without
-#: logkit), by node id prefix.
+#: Tests of the subset left out for time, by node id prefix (seconds per run on the 2-core
+#: machine, Celery 5.7.0). The canvas suite is left out too: its chains (66 tests, about
+#: 130 s) and groups (33 tests, about 95 s) had the same outcomes with and without logkit
+#: when run (``--tests t/integration/test_canvas.py::test_chain ...``); its chords take
+#: about 17 minutes.
 LEFT_OUT: dict[str, str] = {
-    "t/integration/test_tasks.py::test_tasks::test_retry": "30 s",
+    "t/integration/test_tasks.py::test_tasks::test_retry": "31 s",
     "t/integration/test_tasks.py::test_tasks::test_revoked_by_headers_complex_canvas":
-        "40 s, flaky (reruns twice)",
-    "t/integration/test_tasks.py::test_tasks::test_expired": "16 s",
+        "65 s with its reruns",
+    "t/integration/test_tasks.py::test_tasks::test_expired": "17 s",
     "t/integration/test_tasks.py::test_tasks::test_revoke_keeps_state_of_task_started_elsewhere":
-        "10 s each",
+        "11 s each",
 }
 
 #: Tests that fail in this environment with and without logkit, and why.
@@ -68,6 +70,10 @@ KNOWN: dict[str, str] = {
         "celery_lines=True keeps it, see docs/events.md)",
     "t/integration/test_tasks.py::test_trace_log_arguments::test_task_failed":
         "as test_task_success: the pool child's 'raised' record comes after the 10 ms wait",
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_level_0":
+        "flaky, with and without logkit: it sets its flag to False after delay(), so when the "
+        "worker's consumer thread receives the task first, the task_received handler's True "
+        "is overwritten",
 }
 
 
@@ -246,15 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{_counts(outcomes)} (log: {work / f'{mode}-logkit.log'})", flush=True)
         differ = sorted(n for n in set(runs["without"]) | set(runs["with"])
                         if runs["without"].get(n) != runs["with"].get(n))
+        flaky: list[str] = []
         if differ:  # once more, alone, both ways: a flaky outcome does not count
             print(f"{len(differ)} outcome(s) differ; running them again, alone, both ways",
                   flush=True)
             again = {mode: run_suite(src, port, differ, mode == "with",
                                      work / f"{mode}-logkit-again", args.timeout)[0]
                      for mode in ("without", "with")}
-            differ = [n for n in differ if again["without"].get(n) != again["with"].get(n)]
+            seen = {mode: {n: {runs[mode].get(n, "not run"), again[mode].get(n, "not run")}
+                           for n in differ} for mode in ("without", "with")}
+            flaky = [n for n in differ if seen["without"][n] & seen["with"][n]]
+            differ = [n for n in differ if n not in flaky]
             for mode in ("without", "with"):
-                runs[mode].update(again[mode])
+                for n in differ + flaky:
+                    runs[mode][n] = "/".join(sorted(seen[mode][n]))
     if not runs["without"]:
         print("no test ran: see the logs above", file=sys.stderr)
         return 1
@@ -269,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for nodeid in unknown:
         print(f"note: fails without logkit too, not listed as known: {nodeid} "
               f"({runs['with'].get(nodeid, 'not run')} with logkit)")
+    for nodeid in flaky:
+        print(f"flaky, not counted: {nodeid}: {runs['without'][nodeid]} without logkit, "
+              f"{runs['with'][nodeid]} with it")
     print(f"total time: {time.monotonic() - started:.0f} s")
     if differ:
         for nodeid in differ:
