@@ -14,6 +14,11 @@
   beside Sentry, whose wire format changed between the two majors.
 - ``package``: sdist and wheel build, ``twine check``, the wheel installed alone (no
   checkout on the path) runs ``python -m logkit demo --format json`` and ``logkit view``.
+- ``celery_integration`` (not run by a bare ``nox``; ``nox -s celery_integration``):
+  Celery's own integration tests (``t/integration`` of the installed Celery's sdist),
+  a subset that fits about five minutes, against a real ``redis-server``, once as they
+  are and once with ``logkit.install(app, format="json")`` on the suite's app; fails
+  naming every test whose outcome differs (``tests/celery_integration/compare.py``).
 
 Sessions use uv to build their virtual environments when it is installed (fast), pip
 otherwise. Python 3.12 to 3.15 are found as ``python3.12`` ... ``python3.15`` on ``PATH``
@@ -157,6 +162,19 @@ def package(session: nox.Session) -> None:
     view = session.run("logkit", "view", "--no-color", str(log), silent=True)
     if not isinstance(view, str) or "task_succeeded" not in view:
         session.error(f"logkit view did not show the demo's events: {view!r}")
+
+
+@nox.session(python=PYTHONS[0], default=False)
+def celery_integration(session: nox.Session) -> None:
+    """Celery's own integration tests with and without logkit: the same outcomes (#39)."""
+    with _checkout(session):
+        session.install("-e", ".[dev]")
+    # what Celery's integration suite imports and its markers need (requirements/test*.txt)
+    session.install("pydantic", "pytest-rerunfailures", "pytest-timeout", "redis")
+    _versions(session, "redis")
+    work = Path(session.create_tmp()).resolve() / "celery-integration"
+    session.run("python", str(ROOT / "tests" / "celery_integration" / "compare.py"),
+                "--work", str(work), *session.posargs)
 
 
 def _versions(session: nox.Session, *more: str) -> None:

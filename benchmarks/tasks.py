@@ -19,6 +19,9 @@ Variants (an empty task; results are not stored):
   line not built;
 * **logkit json, context only (events=False)** -- the same with ``events=False``:
   Celery's own success line, with the task context, through logkit's JSON formatter;
+* **logkit json + Celery's lines (celery_lines=True)** -- the events *and* Celery's own
+  success line (two lines per task): what keeping Celery's records for code that
+  listens to ``celery.app.trace`` costs;
 * **publish** -- ``task.apply_async()`` to kombu's filesystem transport, without
   logkit, and with logkit installed and a context bound (``request_id``, ``user``:
   propagated in the task's headers by ``before_task_publish``);
@@ -53,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CELERY = "celery logging"
 EVENTS = "logkit json (context + events)"
 CONTEXT = "logkit json, context only (events=False)"
+CELERY_LINES = "logkit json + Celery's lines (celery_lines=True)"
 PUBLISH_PLAIN = "apply_async, no logkit"
 PUBLISH_LOGKIT = "apply_async, logkit installed, context bound"
 #: The floors: what connecting any receiver to the signals logkit uses costs, with
@@ -64,7 +68,8 @@ PUBLISHING = (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR)
 
 #: Groups of variants measured together: (title, variants; the first is the baseline).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("empty task, task.apply()", (CELERY, EVENTS, CONTEXT, SIGNALS_FLOOR)),
+    # after the floor: a cost shown, no target (benchmarks/__main__.py's _per_task_targets)
+    ("empty task, task.apply()", (CELERY, EVENTS, CONTEXT, SIGNALS_FLOOR, CELERY_LINES)),
     ("publishing, task.apply_async() to the filesystem transport",
      (PUBLISH_PLAIN, PUBLISH_LOGKIT, PUBLISH_FLOOR)),
 )
@@ -112,7 +117,8 @@ def setup(variant: str, logfile: str = os.devnull, broker: str = "memory://",
         return task
     import logkit
 
-    logkit.install(app, format="json", **({"events": False} if variant == CONTEXT else {}))
+    options = {CONTEXT: {"events": False}, CELERY_LINES: {"celery_lines": True}}
+    logkit.install(app, format="json", **options.get(variant, {}))
     logkit.configure(loglevel="INFO", logfile=logfile, format="json", app=app)
     if variant == PUBLISH_LOGKIT:
         logkit.bind(request_id="req-5f1c2a", user="alice")

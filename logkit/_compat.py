@@ -27,6 +27,7 @@ import importlib
 import inspect
 import logging
 import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "CeleryInternalsMissing",
     "Internal",
     "add_control_actions",
+    "celery_redirect",
     "eager_lineage",
     "fill_preload_gaps",
     "install_quiet_shutdown_handlers",
@@ -192,6 +194,54 @@ def live_receivers(signal: Any, sender: Any = None) -> list[Any]:
     """The receivers of Celery ``signal`` for ``sender``, weak references resolved."""
     receivers: list[Any] = signal._live_receivers(sender)
     return receivers
+
+
+# ---------------------------------------------------------------------------
+# Standard streams: redirected exactly when Celery would (#39)
+# ---------------------------------------------------------------------------
+
+
+def celery_redirect() -> tuple[bool, Any] | None:
+    """What Celery would do with ``sys.stdout``/``sys.stderr`` for the logging set-up under
+    way in this thread, had no receiver taken ``setup_logging``: ``(redirect, level)``,
+    or ``None`` when no set-up of Celery's is under way (``setup_logging`` sent by other
+    code; ``setup_logging_subsystem`` called alone, which never redirects).
+
+    The ``setup_logging`` signal does not carry it, so it is read from the call that
+    sent the signal, ``celery.app.log.Logging.setup(redirect_stdouts=..., redirect_level=...)``
+    (``celery beat``: ``worker_redirect_stdouts``; a prefork child: as its parent did;
+    ``celery.contrib.testing.worker.start_worker`` and ``celery_worker``: never), and, when
+    ``celery worker`` made that call (``redirect_stdouts=False``: it redirects later, on
+    start, and only if nobody took ``setup_logging``), from the worker's own
+    ``redirect_stdouts`` and ``redirect_stdouts_level``. Celery 5.3 to 5.7 alike.
+    """
+    log_module = sys.modules.get("celery.app.log")
+    setup = getattr(getattr(log_module, "Logging", None), "setup", None)
+    code = getattr(setup, "__code__", None)
+    if code is None:
+        return None
+    frame: types.FrameType | None = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            break
+        frame = frame.f_back
+    else:
+        return None
+    try:
+        local = frame.f_locals
+        redirect, level = bool(local.get("redirect_stdouts")), local.get("redirect_level")
+        caller = frame.f_back
+        worker = caller.f_locals.get("self") if caller is not None else None
+        apps_worker = sys.modules.get("celery.apps.worker")
+        worker_class = getattr(apps_worker, "Worker", None)
+        if (not redirect and isinstance(worker_class, type) and isinstance(worker, worker_class)
+                and getattr(worker, "redirect_stdouts", False)):
+            return True, getattr(worker, "redirect_stdouts_level", None)
+        return redirect, level
+    finally:
+        del frame
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Lowest layer of the record path: imports nothing from logkit.
 
 from __future__ import annotations
 
+import logging
+import sys
 import traceback
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "indent_continuation",
     "iso",
     "json_default",
+    "log_exception",
     "safe_repr",
     "safe_str",
     "sanitize",
@@ -161,3 +164,23 @@ def indent_continuation(text: str) -> str:
 def traceback_text(exc: BaseException) -> str:
     """The formatted traceback of ``exc`` (used by lifecycle events)."""
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def log_exception(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
+    """``logger.log(level, msg, *args, exc_info=True)``, with the exception being handled
+    as text only: its traceback in ``exc_text``, nothing live (no traceback, no exception
+    object) on the record, so the record pickles as it is (a ``QueueHandler`` that keeps
+    it whole, Celery's test worker). For logkit's own reports of its failures."""
+    try:
+        if not logger.isEnabledFor(level):
+            return
+        etype, value, tb = sys.exc_info()
+        fn, lno, func, _ = logger.findCaller(False, 2)
+        record = logger.makeRecord(logger.name, level, fn, lno, msg, args, None, func)
+        if etype is not None:
+            text = "".join(traceback.format_exception(etype, value, tb))
+            record.exc_text = text[:-1] if text.endswith("\n") else text
+        del tb
+        logger.handle(record)
+    except Exception:  # a report of a failure never fails itself
+        pass

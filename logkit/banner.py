@@ -41,6 +41,7 @@ from celery import signals
 
 from . import _compat
 from ._changes import Changes
+from ._safe import log_exception
 from .config import ConfigError, decide_format
 from .early import intended_format, stderr_isatty
 from .receivers import Installation, _other_setup_logging_receivers, installation
@@ -167,7 +168,7 @@ def _quiet_shutdown_lines(worker: Any, changes: Changes) -> None:
         try:
             _compat.install_quiet_shutdown_handlers(target, changes)
         except Exception:  # the worker starts whatever becomes of its notice
-            logger.warning("logkit: the worker's shutdown notice stays", exc_info=True)
+            log_exception(logger, logging.WARNING, "logkit: the worker's shutdown notice stays")
 
     def undo() -> None:
         if vars(worker).get("install_platform_tweaks") is install_platform_tweaks:

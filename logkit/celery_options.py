@@ -1,7 +1,7 @@
 """The ``celery`` command line options of logkit: one per option that has a ``flag`` in
 the option table (:data:`logkit.config.OPTIONS`): ``--log-format``, ``--log-field``,
 ``--log-events``, ``--log-schema``, ``--log-task-buffer``, ``--log-dedupe-window``,
-``--log-task-sample``.
+``--log-task-sample``, ``--log-celery-lines``.
 
 * :func:`add_preload_options` (run by :func:`logkit.install`) adds them to every
   ``celery`` sub-command of the app (``worker``, ``beat``, ``worker -B`` ...). Click

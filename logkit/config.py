@@ -511,6 +511,11 @@ class LogConfig:
     result_repr: bool = option(
         True, _bool,
         doc="Include a capped ``repr`` of the return value in ``task_succeeded`` events.")
+    celery_lines: bool = option(
+        False, _bool, flag="--log-celery-lines/--no-log-celery-lines",
+        doc="Keep Celery's own task lines (received, succeeded, raised...) beside the "
+        "events, for code that listens to Celery's loggers (``celery.app.trace``, "
+        "``celery.worker.strategy``...) (default: off).")
     root_handlers: str = option(
         "auto", choices=ROOT_HANDLERS,
         doc="Who owns the root logger: ``auto`` (logkit, unless "

@@ -43,7 +43,7 @@ from celery import signals
 from celery.worker.control import control_command, inspect_command
 
 from ._compat import remove_control_command
-from ._safe import iso
+from ._safe import iso, log_exception
 from .config import LEVEL_NAMES
 from .events.base import _guarded
 from .events.worker import log_level_changed, task_sample_changed
@@ -317,18 +317,16 @@ class LevelSwitch:
             if self._sample_token == token:
                 self.change_sample(DEFAULT, None, reason="expired")
         except Exception:  # a timer thread must not die noisily
-            logging.getLogger("logkit").warning(
-                "logkit: could not set the task_sample rate back", exc_info=True
-            )
+            log_exception(logging.getLogger("logkit"), logging.WARNING,
+                          "logkit: could not set the task_sample rate back")
 
     def _expire(self, name: str, token: int) -> None:
         try:
             if self._tokens.get(name) == token:
                 self.change(DEFAULT, None, name, reason="expired")
         except Exception:  # a timer thread must not die noisily
-            logging.getLogger("logkit").warning(
-                "logkit: could not revert the level of %s", name, exc_info=True
-            )
+            log_exception(logging.getLogger("logkit"), logging.WARNING,
+                          "logkit: could not revert the level of %s", name)
 
     def levels(self) -> dict[str, Any]:
         """The ``logkit_levels`` reply: each logger's level, default and expiry."""

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import weakref
-from types import MappingProxyType
 from typing import Any
 
 from ._safe import iso
@@ -114,7 +113,6 @@ class SinkHandler(logging.Handler):
         return f"<SinkHandler {self.sink.name} ({logging.getLevelName(self.level)})>"
 
 
-_NO_CONTEXT: Any = MappingProxyType({})
 
 
 def dropped_record(
@@ -133,7 +131,8 @@ def dropped_record(
         first_dropped_at=first_at,
         last_dropped_at=last_at,
         reason=reason,
-        _logkit_ctx=_NO_CONTEXT,  # not about the task that happens to be running
+        # not about the task that happens to be running; a plain dict: the record pickles
+        _logkit_ctx={},
     )
     return record
 

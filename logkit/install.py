@@ -137,6 +137,8 @@ def _replace(app: Any, options: Any) -> Installation:
     else:
         uninstall()
         inst = _new_installation(app, options)
+    if current is not None:  # its workers still run in this process (a session's test worker)
+        inst.workers[:] = current.workers
     receivers.activate(inst)
     return inst
 
@@ -333,6 +335,7 @@ def _connect(inst: Installation) -> None:
     # The task's OpenTelemetry span is current when logkit binds the task's context,
     # whichever was connected first (see receivers.order_after_tracing).
     connect(signals.worker_init, receivers.on_worker_init, "logkit.wi")
+    connect(signals.worker_shutdown, receivers.on_worker_stopped, "logkit.ws")
     connect(signals.worker_ready, receivers.order_after_tracing, "logkit.trace_order.ready")
     # 2. `celery ... --log-format/--log-field/--log-events`.
     if celery_options.add_preload_options(inst.app):
@@ -433,6 +436,10 @@ def configure(
     config = LogConfig.resolve(app, {**inst.options, **checked}, cli=inst.cli)
     inst.use(config)
     _connect(inst)
+    # From a setup_logging receiver: redirected when Celery would have for that call
+    # (not from start_worker's); called alone: as worker_redirect_stdouts says.
+    redirect, redirect_level = (_compat.celery_redirect()
+                                or (None if app is not None else False, None))
     return inst.configure_process(
         config,
         loglevel=loglevel,
@@ -440,5 +447,6 @@ def configure(
         colorize=colorize,
         app=app,
         plain_format=plain_format,
-        redirect_stdouts=None if app is not None else False,
+        redirect_stdouts=redirect,
+        redirect_level=redirect_level,
     )

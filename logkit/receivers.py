@@ -22,10 +22,12 @@ from typing import Any
 
 from celery import signals
 from celery.app.task import Context
+from celery.utils.nodenames import gethostname
 from celery.utils.saferepr import saferepr
 
 from . import _compat, context
 from ._changes import Changes
+from ._safe import log_exception
 from ._structlog import contextvars_snapshot, restore_contextvars
 from .config import REQUEST_LOCAL_FIELDS, ConfigError, LogConfig, check_options
 from .early import WarningHold, intended_format, report_failure
@@ -85,8 +87,10 @@ _EXPRESSIONS: dict[str, str] = {
 _SAME_AS_ID = ("root_id", "correlation_id")
 
 
-def _compile_fill(fields: list[tuple[str, str]], always: tuple[str, ...]
-                  ) -> Callable[[Any, Any, dict[str, Any]], None]:
+def _compile_fill(
+    fields: list[tuple[str, str]], always: tuple[str, ...],
+    worker_of: Callable[[Any, str], str] | None = None,
+) -> Callable[[Any, Any, dict[str, Any]], None]:
     """A function that puts the chosen task fields (``(output name, field)``) into a dict.
 
     A field whose value is ``None`` is left out; so are, unless ``always`` (the
@@ -96,6 +100,9 @@ def _compile_fill(fields: list[tuple[str, str]], always: tuple[str, ...]
 
     Written once per config, like attrs writes ``__init__``: one inline attribute
     read per field, instead of a loop calling a getter per field on every task.
+    ``worker_of(request, host)``: the ``worker`` of a request that names only the host
+    (``celery.utils.nodenames.gethostname()``, Celery's fallback), see
+    :meth:`TaskContext.worker_of`; one string comparison on every other task.
     """
     names = {name for _, name in fields}
     keep = set(always)
@@ -113,27 +120,42 @@ def _compile_fill(fields: list[tuple[str, str]], always: tuple[str, ...]
         lines += [
             "    try:",
             f"        v = {_EXPRESSIONS[name]}",
+        ]
+        if name == "worker" and worker_of is not None:
+            lines += [
+                "        if v == _host:",
+                "            v = _worker_of(req, v)",
+            ]
+        lines += [
             "    except Exception:",
             "        v = None",
             f"    if {condition}:",
             f"        values[{out!r}] = v",
         ]
     lines.append("    return None")
-    namespace: dict[str, Any] = {"_queue_of": _queue_of}
+    namespace: dict[str, Any] = {"_queue_of": _queue_of, "_worker_of": worker_of,
+                                 "_host": gethostname()}
     exec(compile("\n".join(lines), "<logkit task context>", "exec"), namespace)
     fill: Callable[[Any, Any, dict[str, Any]], None] = namespace["fill"]
     return fill
 
 
 class TaskContext:
-    """Builds the context bound for a task, with field choices and names decided once."""
+    """Builds the context bound for a task, with field choices and names decided once.
 
-    def __init__(self, config: LogConfig) -> None:
+    ``workers``: the node names of the workers running in this process
+    (:attr:`Installation.workers`), for the ``worker`` of a task whose request has only
+    the host's name (:meth:`worker_of`).
+    """
+
+    def __init__(self, config: LogConfig, workers: list[str] | None = None) -> None:
         names = config.field_names
         self.config = config
+        self.workers = workers if workers is not None else []
+        self.worker_key = names.get("worker", "worker")
         #: ``fill(task, request, values)``: put the chosen task fields into ``values``.
         self.fill = _compile_fill([(names.get(n, n), n) for n in config.context_fields],
-                                  config.always_fields)
+                                  config.always_fields, self.worker_of)
         #: ``(output name, field)`` of parent_id/root_id, if chosen (see :meth:`_fill_lineage`).
         self.lineage_keys = [(names.get(n, n), n) for n in ("parent_id", "root_id")
                              if n in config.context_fields]
@@ -178,6 +200,22 @@ class TaskContext:
             values[self.args_key] = cap(safe_repr(redact(positional, keys)), limit)
             values[self.kwargs_key] = cap(safe_repr(redact(dict(kwargs or {}), keys)), limit)
         return values
+
+    def worker_of(self, request: Any, host: str) -> str:
+        """The ``worker`` of a task whose request names only the host (``host``).
+
+        Celery gives a task that one when its worker did not set up the fast tracer
+        (``celery.contrib.testing.worker.start_worker``, the ``celery_worker`` fixture) and
+        to every eager run, while the worker's own records and ``task_received`` name its
+        node (``gen123@host``). One worker, one value: a task a worker runs gets the node
+        name of the worker running in this process (when there is exactly one); an eager
+        task gets its calling task's ``worker`` (it runs where its caller runs), or the host.
+        """
+        if getattr(request, "is_eager", False):
+            caller = context.current().get(self.worker_key)
+            return caller if isinstance(caller, str) else host
+        workers = self.workers
+        return workers[0] if len(workers) == 1 else host
 
     def _fill_lineage(self, values: dict[str, Any]) -> None:
         """The parent and root ids of an eagerly applied task, from its calling task."""
@@ -235,7 +273,7 @@ def _run_hooks(hooks: tuple[TaskHook, ...], **kwargs: Any) -> None:
         except Exception:
             if hook not in _failed_hooks:
                 _failed_hooks.add(hook)
-                logger.warning("logkit: per-task step %r failed", hook, exc_info=True)
+                log_exception(logger, logging.WARNING, "logkit: per-task step %r failed", hook)
 
 
 _failed_hooks: set[TaskHook] = set()
@@ -299,6 +337,14 @@ class Installation:
         #: Start time (``time.monotonic()``) and queue times (``queued_ms``, ``wait_ms``)
         #: of each task running in this process, by task id (the task events).
         self.running: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
+        #: The same, of each task run eagerly whose exception was raised to its caller
+        #: (``task_eager_propagates``, ``apply(throw=True)``: ``task_postrun`` came with no
+        #: state), until the ``task_internal_error`` Celery sends for it next (at most 1,024).
+        self.raised: dict[Any, tuple[float | None, Mapping[str, Any]]] = {}
+        #: Node names of the workers started in this process (``worker_init``) and not shut
+        #: down, inherited by pool children: the ``worker`` of the tasks they run. An
+        #: installation that replaces this one takes them over (the workers still run).
+        self.workers: list[str] = []
         #: ``task_sample`` in this process (:mod:`logkit.sample`): made when the process's
         #: logging is configured; its filters and steps are on only while it samples.
         self.sampler: Sampler | None = None
@@ -313,7 +359,7 @@ class Installation:
 
     def use(self, config: LogConfig) -> None:
         self._config = config
-        self._task_context = TaskContext(config)
+        self._task_context = TaskContext(config, self.workers)
         #: Redacts the fields of the records logkit builds itself (the lifecycle events),
         #: with the keys the handlers' filters use (``None``: no ``redact_keys``).
         self.redactor = RedactFilter(config.redact_keys) if config.redact_keys else None
@@ -396,9 +442,12 @@ def on_setup_logging(
     inst = _installation
     if inst is None:
         return
+    # stdout/stderr redirected exactly when Celery would for the call that sent the signal
+    redirect, redirect_level = _compat.celery_redirect() or (False, None)
     try:
         inst.configure_process(
             inst.config, loglevel=loglevel, logfile=logfile, colorize=colorize, app=inst.app,
+            redirect_stdouts=redirect, redirect_level=redirect_level,
         )
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch and stops the worker cleanly.
@@ -475,12 +524,24 @@ def order_after_tracing(**_: Any) -> None:
         sig.connect(on_task_prerun, weak=False, dispatch_uid="logkit.prerun")
 
 
-def on_worker_init(**_: Any) -> None:
+def on_worker_init(sender: Any = None, **_: Any) -> None:
     """``worker_init`` (after the app's modules connected their receivers): connect
-    :func:`order_after_tracing` to ``worker_process_init`` after them."""
+    :func:`order_after_tracing` to ``worker_process_init`` after them; remember the
+    worker's node name (:attr:`Installation.workers`)."""
     inst = _installation
     if inst is not None:
         inst.connect(signals.worker_process_init, order_after_tracing, "logkit.trace_order")
+        hostname = getattr(sender, "hostname", None)
+        if isinstance(hostname, str):
+            inst.workers.append(hostname)
+
+
+def on_worker_stopped(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown``: forget the worker's node name (:attr:`Installation.workers`)."""
+    inst = _installation
+    hostname = getattr(sender, "hostname", None)
+    if inst is not None and hostname in inst.workers:
+        inst.workers.remove(hostname)
 
 
 def on_before_task_publish(headers: Any = None, body: Any = None, **_: Any) -> None:
@@ -525,4 +586,4 @@ def redact_reprs(inst: Installation, headers: dict[str, Any], body: Any) -> None
         if kwargs and has_sensitive_key(kwargs, keys):
             headers["kwargsrepr"] = saferepr(redact(kwargs, keys), amqp.kwargsrepr_maxsize)
     except Exception:  # never break a publish because of logging
-        logger.debug("logkit: could not redact the argsrepr headers", exc_info=True)
+        log_exception(logger, logging.DEBUG, "logkit: could not redact the argsrepr headers")

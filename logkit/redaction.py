@@ -292,6 +292,11 @@ class RedactFilter(logging.Filter):
                 if redacted is not value:
                     rd[key] = redacted
 
+    def redact_text(self, text: str) -> str:
+        """``text`` (a traceback, a message) with the value of every sensitive
+        ``key=``/``key:`` pair replaced, as :meth:`filter` redacts an exception's text."""
+        return redact_text(text, self.pattern)
+
     def redact_fields(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
         """``fields`` (a record's ``extra`` fields) as :meth:`filter` would leave them: by key,
         and inside strings and containers. The same dict when nothing is redacted."""

@@ -382,6 +382,7 @@ def configure_process(
     plain_format: str | None = None,
     fire_signals: bool = True,
     redirect_stdouts: bool | None = None,
+    redirect_level: Any = None,
     configured: Callable[[Active, Any], None] | None = None,
     previous: Active | None = None,
     warnings_hold: WarningHold | None = None,
@@ -393,6 +394,10 @@ def configure_process(
     the last call set up (its queue writer reused; its sink closed once this call is
     done, so what its handlers still write, such as pending repeat counts, is written);
     ``warnings_hold`` holds the warnings given before now (replayed as records).
+    ``redirect_stdouts``: whether to redirect ``sys.stdout``/``sys.stderr`` (at
+    ``redirect_level``, else ``worker_redirect_stdouts_level``); ``None``: as
+    ``worker_redirect_stdouts`` says (the ``setup_logging`` receiver passes what Celery
+    would do for the call under way: :func:`logkit._compat.celery_redirect`).
     ``configured(active, app)`` runs once the loggers are set up, with what this call
     set up (the installation's last step: Celery's own task lines, the operating tools
     on :attr:`Active.output_handlers`); it is given the new :class:`Active`, never left
@@ -507,7 +512,8 @@ def configure_process(
     if redirect_stdouts is None:
         redirect_stdouts = bool(conf and conf.worker_redirect_stdouts)
     if redirect_stdouts and not isinstance(sys.stdout, LoggingProxy):
-        redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
+        if redirect_level is None:
+            redirect_level = conf.worker_redirect_stdouts_level if conf else "WARNING"
         _redirect(changes, app, redirected, redirect_level)
 
     active = Active(config, fmt, level, logfile, signal_colorize, sink, handlers, owner, writer,

@@ -68,7 +68,8 @@ def test_formatters_and_tasks_suites_print_every_row() -> None:
     tasks = _rows(out, "empty task, task.apply()")
     assert set(tasks) == {"celery logging", "logkit json (context + events)",
                           "logkit json, context only (events=False)",
-                          "celery logging + no-op task_prerun/task_postrun receivers"}
+                          "celery logging + no-op task_prerun/task_postrun receivers",
+                          "logkit json + Celery's lines (celery_lines=True)"}
     for cells in tasks.values():
         assert _number(cells[0]) > 0  # CPU µs per call
     publish = _rows(out, "publishing, task.apply_async() to the filesystem transport")
@@ -143,6 +144,12 @@ def test_task_overhead_states_write_like_for_like() -> None:
     assert [json.loads(line)["logger"] for line in context_only] == ["celery.app.trace"]
     celery = _python_json(code, "celery logging")["lines"]
     assert len(celery) == 1 and "succeeded in" in celery[0]  # Celery's one INFO line
+    # celery_lines=True (#39): Celery's line and the event, both
+    both = [json.loads(line) for line in
+            _python_json(code, "logkit json + Celery's lines (celery_lines=True)")["lines"]]
+    assert [(r["logger"], r.get("event")) for r in both] == [
+        ("celery.app.trace", None), ("logkit.events", "task_succeeded")]
+    assert "succeeded in" in both[0]["message"] and both[0]["task_id"] == both[1]["task_id"]
 
 
 @pytest.mark.worker

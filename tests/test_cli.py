@@ -351,8 +351,8 @@ def test_install_twice_adds_the_options_once(fresh_app: Celery) -> None:
     logkit.install(fresh_app)
     logkit.install(fresh_app, format="json")
     names = sorted(o.name for o in fresh_app.user_options["preload"])
-    assert names == ["log_dedupe_window", "log_events", "log_field", "log_format",
-                     "log_schema", "log_task_buffer", "log_task_sample"]
+    assert names == ["log_celery_lines", "log_dedupe_window", "log_events", "log_field",
+                     "log_format", "log_schema", "log_task_buffer", "log_task_sample"]
 
 
 # ---------------------------------------------------------------------------

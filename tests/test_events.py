@@ -81,6 +81,32 @@ def refuse():
     from celery.exceptions import Reject
 
     raise Reject("bad", requeue=False)
+
+
+class _SuccessHandlerFails(app.Task):
+    def on_success(self, retval, task_id, args, kwargs):
+        raise RuntimeError("on_success broke")
+
+
+@app.task(base=_SuccessHandlerFails)
+def handler_fails():
+    return "done"
+
+
+@app.task
+def runs_eagerly():
+    # Runs tasks eagerly in the worker, their exceptions raised to it (throw=True): boom
+    # fails; handler_fails succeeds, then its on_success raises (an error of Celery's
+    # outside the task's body).
+    import uuid
+
+    ids = {"raised": str(uuid.uuid4()), "internal": str(uuid.uuid4())}
+    for task, key in ((boom, "raised"), (handler_fails, "internal")):
+        try:
+            task.apply(task_id=ids[key], throw=True)
+        except (ValueError, RuntimeError):
+            pass
+    return ids
 """
 
 # Celery's prose lines that the events replace (none may remain while events are on).
@@ -145,9 +171,10 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         boom = mod.boom.delay()
         flaky = mod.flaky.delay()
         refuse = mod.refuse.delay()
+        eager = mod.runs_eagerly.delay()
         timed = mod.ok.apply_async((0.0,), countdown=0.2, expires=600)
         ids.update(ok=ok.id, boom=boom.id, flaky=flaky.id, slow=slow.id, refuse=refuse.id,
-                   timed=timed.id)
+                   eager=eager.id, timed=timed.id)
         wait_for(flag.exists, timeout=20, message="slow task never started")
         mod.app.control.revoke(slow.id, terminate=True)
         unknown = mod.app.send_task("nope.missing")
@@ -157,8 +184,10 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         assert timed.get(timeout=20) == {"slept": 0.0}
         boom.get(timeout=20, propagate=False)
         assert boom.failed()
+        ids.update({f"eager_{k}": v for k, v in eager.get(timeout=20).items()})
         for kind, key in (
-            ("task_revoked", "slow"), ("task_unknown", "unknown"), ("task_rejected", "refuse")
+            ("task_revoked", "slow"), ("task_unknown", "unknown"), ("task_rejected", "refuse"),
+            ("task_succeeded", "eager"),
         ):
             wait_for(lambda k=kind, i=ids[key]: _log_has_event(worker, k, i), timeout=20,
                      message=lambda k=kind: f"no {k} event\n{worker.describe()}")
@@ -231,6 +260,42 @@ def test_failed_event(run: Run) -> None:
     assert 'raise ValueError("boom happened")' in failed["exception"]["traceback"]
     assert 0 <= failed["duration_ms"] < 1000
     assert not _events(run.records, "task_succeeded", task_id)
+
+
+@pytest.mark.worker
+def test_eager_failure_raised_to_the_caller(run: Run) -> None:
+    """A task run eagerly with its exception raised to the caller (``apply(throw=True)``,
+    ``task_eager_propagates``): Celery sends ``task_internal_error`` for that exception
+    and logs nothing. It is the task failing: one ``task_failed``, at INFO and without the
+    traceback (the caller has both), ``propagated``; in the worker, where its caller runs."""
+    task_id = run.ids["eager_raised"]
+    failed = _one(run.records, "task_failed", task_id)
+    assert failed["level"] == "INFO"
+    assert failed["propagated"] is True and failed["expected"] is False
+    assert failed["exception"]["type"] == "ValueError"
+    assert failed["exception"]["message"] == "boom happened"
+    assert failed["exception"]["traceback"] == "ValueError: boom happened"  # no stack
+    assert failed["duration_ms"] >= 0
+    assert failed["worker"] == run.worker.hostname  # its caller's worker, not the bare host
+    assert [r["event"] for r in run.records if r.get("task_id") == task_id
+            and r.get("event")] == ["task_started", "task_failed"]
+    assert not _events(run.records, "task_internal_error", task_id)
+    # the calling task's own failure events are the worker's ordinary ones
+    assert _one(run.records, "task_failed", run.ids["boom"])["propagated"] is False
+
+
+@pytest.mark.worker
+def test_internal_error_after_an_eager_success(run: Run) -> None:
+    """An error of Celery's outside the task's body (here the task's ``on_success``
+    raising, in an eager run) is still ``task_internal_error``, with its traceback, after
+    the task's own ``task_succeeded``."""
+    task_id = run.ids["eager_internal"]
+    _one(run.records, "task_succeeded", task_id)
+    internal = _one(run.records, "task_internal_error", task_id)
+    assert internal["level"] == "ERROR"
+    assert internal["exception"]["type"] == "RuntimeError"
+    assert "on_success broke" in internal["exception"]["traceback"]
+    assert not _events(run.records, "task_failed", task_id)
 
 
 @pytest.mark.worker
@@ -328,9 +393,10 @@ def boom():
 """
 
 
-def _small_run(tmp_path: Path, env: dict[str, str]) -> list[dict[str, Any]]:
-    appmod: AppModule = make_app(tmp_path, SMALL_BODY)
-    worker = start_worker(appmod, logfile="worker.log", env=env)
+def _small_run(tmp_path: Path, env: dict[str, str], body: str = SMALL_BODY,
+               extra_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    appmod: AppModule = make_app(tmp_path, body)
+    worker = start_worker(appmod, logfile="worker.log", env=env, extra_args=extra_args)
     try:
         mod = appmod.load()
         assert mod.ok.delay().get(timeout=20) == 42
@@ -367,6 +433,55 @@ def test_disabled_events_and_levels(tmp_path: Path) -> None:
     assert not [m for m in messages if "raised unexpected" in m]
     assert {r["level"] for r in records if r.get("event") == "task_started"} == {"WARNING"}
     assert [r["level"] for r in records if r.get("event") == "task_failed"] == ["CRITICAL"]
+
+
+#: A handler of the app's own on Celery's task loggers (as a user's test or alerting
+#: hook would put there): every record it is handed, to listened.jsonl.
+LISTENER_BODY = SMALL_BODY + """
+
+import json
+import logging
+import os
+
+
+class _Listener(logging.Handler):
+    def emit(self, record):
+        with open(os.path.join(WORKDIR, "listened.jsonl"), "a") as fh:
+            row = {"logger": record.name, "level": record.levelname, "msg": record.msg}
+            fh.write(json.dumps(row) + "\\n")
+
+
+for _name in ("celery.app.trace", "celery.worker.strategy"):
+    logging.getLogger(_name).addHandler(_Listener())
+"""
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("how", ["default", "--log-celery-lines", "LOGKIT_CELERY_LINES"])
+def test_celery_lines_keeps_celerys_task_records(tmp_path: Path, how: str) -> None:
+    """``celery_lines`` (#39): Celery's own task records reach their loggers' listeners,
+    beside logkit's events; by default (events on) those listeners get none."""
+    env = {"LOGKIT_CELERY_LINES": "true"} if how == "LOGKIT_CELERY_LINES" else {}
+    args = (how,) if how.startswith("--") else ()
+    records = _small_run(tmp_path, env, LISTENER_BODY, args)
+    listened_file = next(tmp_path.glob("*/listened.jsonl"), None)
+    listened = parse_json_lines(listened_file.read_text()) if listened_file else []
+    kinds = _events_kinds(records)
+    assert {"task_received", "task_succeeded", "task_failed"} <= set(kinds)  # events, always
+    messages = [r["message"] for r in records]
+    if how == "default":
+        assert listened == []
+        assert not [m for m in messages if "succeeded in" in m or "raised unexpected" in m]
+        return
+    assert [(r["logger"], r["level"]) for r in listened] == [
+        ("celery.worker.strategy", "INFO"), ("celery.app.trace", "INFO"),  # received, ok
+        ("celery.worker.strategy", "INFO"), ("celery.app.trace", "ERROR"),  # received, boom
+    ]
+    assert [r["msg"] for r in listened] == [
+        trace.LOG_RECEIVED, trace.LOG_SUCCESS, trace.LOG_RECEIVED, trace.LOG_FAILURE.strip()]
+    for phrase, count in (("] received", 2), ("succeeded in", 1),
+                          ("raised unexpected: ValueError('no')", 1), (" ready.", 1)):
+        assert len([m for m in messages if phrase in m]) == count, phrase
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_example_project_passes(extra: list[str]) -> None:
     # -p with the module name works alongside the installed pytest11 entry point
     done = _pytest("tests/example_project", "-p", "logkit.pytest_plugin", *extra, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 passed" in done.stdout
+    assert "6 passed" in done.stdout
 
 
 FAILING = '''

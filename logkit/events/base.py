@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -29,7 +30,7 @@ from celery.app.task import Context
 
 from .. import context
 from .._compat import PY312, PY313
-from .._safe import safe_str
+from .._safe import log_exception, safe_str
 from ..config import EVENT_NAMES
 from ..receivers import HEADER, Installation, installation
 from ..setup import STOCK_MAKE_RECORD
@@ -144,7 +145,15 @@ def emit(
     formatted traceback) is used instead of formatting ``exc_info`` again. ``created``
     and ``process``: the time and process of an event written later than it happened,
     elsewhere (a held ``task_received``, :mod:`logkit.sample`).
+
+    Nothing live is left on the record: it keeps ``exc_info``'s exception without its
+    traceback, which is text (``exc_text``), so the record pickles as it is (a
+    ``QueueHandler`` that sends records whole, Celery's test worker) and holds no frames.
     """
+    if exc_info is not None and exc_info[2] is not None:
+        if not exc_text:
+            exc_text = _format_exception(exc_info)
+        exc_info = (exc_info[0], exc_info[1], None)
     inst = installation()
     if None in fields.values() and (inst is None or not inst.event_nulls):
         fields = {key: value for key, value in fields.items() if value is not None}
@@ -155,6 +164,8 @@ def emit(
         redactor = inst.redactor if inst is not None else None
         if redactor is not None:
             extra = redactor.redact_fields(extra)
+            if exc_text:
+                exc_text = redactor.redact_text(exc_text)
         record = _templates.record(event, level, extra)
         if redactor is not None:
             record.args = redactor.clean_args
@@ -169,6 +180,12 @@ def emit(
         context.call_bound(bind, logger.handle, record)
     else:
         logger.handle(record)
+
+
+def _format_exception(exc_info: Any) -> str:
+    """The traceback text ``logging.Formatter.formatException`` gives (no final newline)."""
+    text = "".join(traceback.format_exception(*exc_info))
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _written_later(record: logging.LogRecord, created: float, process: int | None) -> None:
@@ -262,9 +279,8 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
         except Exception:
             if not reported:
                 reported = True
-                _internal.warning(
-                    "logkit: lifecycle event receiver %s failed", fn.__name__, exc_info=True
-                )
+                log_exception(_internal, _W, "logkit: lifecycle event receiver %s failed",
+                              fn.__name__)
 
     return receiver
 

@@ -5,7 +5,8 @@ Celery's lines for the same events ("Task x[id] succeeded in 0.01s: None",
 loggers, but only while the event that replaces them is enabled; and Celery's
 task loggers are set to WARNING while events replace all their INFO lines
 (:func:`quiet_celery_loggers`), with the one INFO line no event replaces
-re-emitted (:func:`_reemit_ignored`).
+re-emitted (:func:`_reemit_ignored`). With ``celery_lines`` on, none of that: Celery's
+lines are logged as without logkit, beside the events.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ _PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 class ProseFilter(logging.Filter):
-    """Drops Celery's record for an event while that event is enabled.
+    """Drops Celery's record for an event while that event is enabled (and
+    ``celery_lines`` is off).
 
     Matching is a dict lookup of ``record.msg`` (Celery's format constant), so the
     cost for every other record is one hash lookup.
@@ -103,7 +105,8 @@ class ProseFilter(logging.Filter):
             inst = installation()
             if inst is None:
                 return True
-            return inst.config.event_level(event, DEFAULT_LEVELS[event]) is None
+            config = inst.config
+            return config.celery_lines or config.event_level(event, DEFAULT_LEVELS[event]) is None
         except Exception:  # never lose a record because of the filter
             return True
 
@@ -137,7 +140,8 @@ def quiet_celery_loggers(inst: Installation, config: Any, app: Any) -> None:
                                               False))
     for name, replaced_by in QUIETED_LOGGERS.items():
         target = logging.getLogger(name)
-        replaced = all(config.event_level(e, DEFAULT_LEVELS[e]) is not None for e in replaced_by)
+        replaced = not config.celery_lines and all(
+            config.event_level(e, DEFAULT_LEVELS[e]) is not None for e in replaced_by)
         if replaced and not (dedupe and name == TRACE_LOGGER):
             if target.level == logging.NOTSET:
                 target.setLevel(logging.WARNING)

@@ -8,24 +8,27 @@ Connected by :func:`logkit.install.install`.
 from __future__ import annotations
 
 import os
+import pickle
 import signal as _signal
 import time
 from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 from celery.app.task import Context
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.utils.saferepr import saferepr
 
 from .. import context
-from .._safe import cap, iso, safe_repr, safe_str
+from .._safe import cap, iso, log_exception, safe_repr, safe_str
 from ..receivers import Installation, installation
 from ..sample import HELD_RECEIVED, SAMPLED_OUT, Sampler
 from ..trace import ids_from_headers
 from .base import (
     _I,
+    _W,
     DEFAULT_LEVELS,
+    _as_context,
     _bind_for,
     _guarded,
     _internal,
@@ -67,10 +70,6 @@ def _running_of(task_id: Any) -> tuple[float | None, Mapping[str, Any]]:
     return running if running is not None else _NOT_RUNNING
 
 
-def _queue_times_of(task_id: Any) -> Mapping[str, Any]:
-    return _running_of(task_id)[1]
-
-
 #: Task ids whose ``task_failed`` was emitted in this process (bounded, oldest dropped).
 _failed: dict[Any, None] = {}
 
@@ -88,11 +87,24 @@ def _queue(request: Any) -> Any:
 
 
 def _exc_info(
-    exception: Any, tb: Any
-) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
-    if not isinstance(exception, BaseException):
+    exception: Any, checked: bool = True
+) -> tuple[type[BaseException], BaseException, None] | None:
+    """The exception as an event record keeps it: without its traceback (the record has
+    it as text), and only if it pickles (``None`` then: the traceback text is all).
+
+    ``checked``: ``exception`` is what Celery made sure pickles (``task_failure``'s, an
+    ``ExceptionInfo``'s); its stand-in for one that does not is turned back into the
+    task's exception type when that pickles.
+    """
+    original = _unpickled(exception)
+    if not isinstance(original, BaseException):
         return None
-    return (type(exception), exception, tb if isinstance(tb, TracebackType) else None)
+    if original is not exception or not checked:
+        try:
+            pickle.dumps(original)
+        except Exception:
+            return None
+    return (type(original), original, None)
 
 
 def _traceback_text(einfo: Any, tb: Any) -> str | None:
@@ -291,6 +303,9 @@ def task_finished(inst: Installation, task_id: Any, task: Any, retval: Any, stat
                 _reemit_ignored(task, retval)
             elif state == _REJECTED and task is not None:
                 _task_rejected(inst, task_id, task, retval, start)
+            elif state is None and task_id is not None and _is_eager(task.request
+                                                                      if task else None):
+                _keep(inst.raised, task_id, (start, queue_times))  # task_internal_error next
             return
         level = _task_level(inst, "task_succeeded")
         if level is None:
@@ -365,7 +380,7 @@ def _report_failure(what: str) -> None:
     """Report the first failure of each task hook (never raise into Celery)."""
     if what not in _reported:
         _reported.add(what)
-        _internal.warning("logkit: lifecycle event %s failed", what, exc_info=True)
+        log_exception(_internal, _W, "logkit: lifecycle event %s failed", what)
 
 
 def _result_repr(task: Any, result: Any, max_length: int) -> str:
@@ -392,6 +407,20 @@ def _expected(task: Any, exception: Any) -> bool:
         return False
 
 
+def _is_eager(request: Any) -> bool:
+    """Whether ``request`` (a task's ``Context`` or Celery's request dict) runs eagerly."""
+    if isinstance(request, Mapping):
+        return bool(request.get("is_eager"))
+    return bool(getattr(request, "is_eager", False))
+
+
+def _keep(kept: dict[Any, Any], key: Any, value: Any) -> None:
+    """``kept[key] = value``, the oldest entry dropped past 1,024 (never grows unbounded)."""
+    kept[key] = value
+    if len(kept) > 1024:
+        del kept[next(iter(kept))]
+
+
 @_guarded
 def on_task_failure(
     sender: Any = None,
@@ -406,53 +435,85 @@ def on_task_failure(
     An exception listed in the task's ``throws`` is *expected*: like Celery, it is
     logged at INFO and without its traceback.
     """
-    exception = _unpickled(exception)
-    if isinstance(exception, Reject):  # not a failure: task_rejected, from task_postrun
-        return
-    expected = _expected(sender, exception)
-    level = level_of("task_failed", _I if expected else None)
-    if level is None or sender is None:
+    if sender is None:
         return
     request = sender.request
     task_id = task_id if task_id is not None else getattr(request, "id", None)
+    _task_failed(sender, task_id, request, exception, _traceback_text(einfo, traceback),
+                 _running_of(task_id))
+
+
+def _task_failed(
+    task: Any, task_id: Any, request: Any, exception: Any, tb_text: str | None,
+    running: tuple[float | None, Mapping[str, Any]], *, propagated: bool = False,
+    checked: bool = True,
+) -> None:
+    """``task_failed`` for ``task``'s ``exception`` (logged once per task id).
+
+    ``propagated``: the task ran eagerly and its exception was raised to the caller
+    (``task_eager_propagates``, ``apply(throw=True)``): the caller has the exception and
+    its traceback, so the event is INFO and without the traceback, as for an expected
+    exception (Celery itself logs nothing then).
+    """
+    exc = _unpickled(exception)
+    if isinstance(exc, Reject):  # not a failure: task_rejected, from task_postrun
+        return
+    expected = _expected(task, exc)
+    level = level_of("task_failed", _I if expected or propagated else None)
+    if level is None:
+        return
     if task_id is not None:
         # Celery signals a hard time limit twice (timeout, then the lost worker): log once.
         if task_id in _failed:
             return
-        _failed[task_id] = None
-        if len(_failed) > 1024:
-            del _failed[next(iter(_failed))]
-    fields = {"duration_ms": _duration_ms(task_id), "expected": expected,
-              **_queue_times_of(task_id)}
+        _keep(_failed, task_id, None)
+    start, queue_times = running
+    fields = {
+        "duration_ms": None if start is None else round((time.monotonic() - start) * 1000.0, 3),
+        "expected": expected,
+        "propagated": propagated,
+        **queue_times,
+    }
+    quiet = expected or propagated
     emit(
         "task_failed", level, fields,
-        bind=_bind_for(task_id, sender.name, request),
-        exc_info=_exc_info(exception, None if expected else traceback),
-        exc_text=None if expected else _traceback_text(einfo, traceback),
+        bind=_bind_for(task_id, task.name, request),
+        exc_info=_exc_info(exception, checked),
+        exc_text=None if quiet else tb_text,
     )
 
 
 @_guarded
 def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     """``task_retry``: why (``reason``, ``error``), when (``countdown``/``eta``), ``retries``."""
-    level = level_of("task_retried")
-    if level is None or sender is None:
+    if sender is None:
         return
     request = request if request is not None else sender.request
-    task_id = getattr(request, "id", None)
+    _task_retried(sender, request, reason, _running_of(getattr(request, "id", None)))
+
+
+def _task_retried(
+    task: Any, request: Any, reason: Any, running: tuple[float | None, Mapping[str, Any]]
+) -> None:
+    level = level_of("task_retried")
+    if level is None:
+        return
+    view = _as_context(request)
+    task_id = getattr(view, "id", None)
     when = getattr(reason, "when", None)
     exc = getattr(reason, "exc", None)
+    start, queue_times = running
     fields = {
         "reason": safe_str(reason) if reason is not None else "cancelled",
         "error": safe_repr(exc) if exc is not None else None,
         "countdown": when if isinstance(when, (int, float)) else None,
         "eta": iso(when) if when is not None and not isinstance(when, (int, float)) else None,
-        "retries": getattr(request, "retries", None),
-        "max_retries": getattr(sender, "max_retries", None),
-        "duration_ms": _duration_ms(task_id),
-        **_queue_times_of(task_id),
+        "retries": getattr(view, "retries", None),
+        "max_retries": getattr(task, "max_retries", None),
+        "duration_ms": None if start is None else round((time.monotonic() - start) * 1000.0, 3),
+        **queue_times,
     }
-    emit("task_retried", level, fields, bind=_bind_for(task_id, sender.name, request))
+    emit("task_retried", level, fields, bind=_bind_for(task_id, task.name, request))
 
 
 @_guarded
@@ -533,7 +594,24 @@ def on_task_internal_error(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """``task_internal_error``: Celery failed outside the task's body."""
+    """``task_internal_error``: Celery failed outside the task's body.
+
+    Except right after an eagerly run task whose own exception was raised to the caller
+    (``task_postrun`` with no state, see :func:`task_finished`): Celery sends this signal
+    for that exception too, on every supported version (the tracer re-raises it, and
+    its outer handler takes it for its own). That is the task failing (or asking for a
+    retry), logged once, as ``task_failed`` (or ``task_retried``).
+    """
+    inst = installation()
+    raised = inst.raised.pop(task_id, None) if inst is not None and task_id is not None \
+        else None
+    if raised is not None and sender is not None and _is_eager(request):
+        if isinstance(exception, Retry):
+            _task_retried(sender, request, exception, raised)
+        else:
+            _task_failed(sender, task_id, request, exception, None, raised, propagated=True,
+                         checked=False)
+        return
     level = level_of("task_internal_error")
     if level is None:
         return
@@ -541,6 +619,6 @@ def on_task_internal_error(
     emit(
         "task_internal_error", level, {"duration_ms": _duration_ms(task_id)},
         bind=_bind_for(task_id, getattr(sender, "name", None), request),
-        exc_info=_exc_info(exception, traceback),
+        exc_info=_exc_info(exception, checked=False),  # as raised: not made pickleable
         exc_text=_traceback_text(einfo, traceback),
     )

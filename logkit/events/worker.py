@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .._safe import safe_str
+from .._safe import log_exception, safe_str
 from ..banner import worker_fields
 from .base import _guarded, _worker_bind, emit, level_of
 
@@ -116,7 +116,8 @@ def log_level_changed(
         }
         emit("log_level_changed", event_level, fields, bind=_worker_bind(hostname))
     except Exception:
-        logging.getLogger("logkit").warning("logkit: log_level_changed failed", exc_info=True)
+        log_exception(logging.getLogger("logkit"), logging.WARNING,
+                      "logkit: log_level_changed failed")
 
 
 def _iso(when: Any) -> Any:
@@ -142,7 +143,8 @@ def task_sample_changed(
                   "reason": reason}
         emit("task_sample_changed", event_level, fields, bind=_worker_bind(hostname))
     except Exception:
-        logging.getLogger("logkit").warning("logkit: task_sample_changed failed", exc_info=True)
+        log_exception(logging.getLogger("logkit"), logging.WARNING,
+                      "logkit: task_sample_changed failed")
 
 
 def tasks_sampled_out(fields: Mapping[str, Any], hostname: Any = None) -> None:

@@ -31,13 +31,23 @@ def test_eager_task_logs_events_with_context(eager, logkit_records):
 
 
 def test_eager_failure_is_an_event_with_the_exception(eager, logkit_records):
-    result = charge.apply(args=(8, 0))  # throw=True: Celery signals task_internal_error
+    result = charge.apply(args=(8, 0))  # not raised (task_eager_propagates is off)
     assert result.failed()
     failed = logkit_records.assert_logged(
         event="task_failed", level=logging.ERROR, exception__type="shop.tasks.PaymentDeclined"
     )
     assert failed["exception"]["message"] == "amount must be positive, got 0"
     logkit_records.assert_not_logged(event="task_succeeded")
+
+
+def test_eager_failure_raised_to_the_test(eager, logkit_records):
+    eager.conf.task_eager_propagates = True  # the exception reaches the caller
+    with pytest.raises(PaymentDeclined):
+        charge.delay(12, 0)
+    # the task failed, once; the test has the exception and its traceback
+    failed = logkit_records.assert_logged(event="task_failed", propagated=True, level="INFO")
+    assert failed["exception"]["type"] == "shop.tasks.PaymentDeclined"
+    logkit_records.assert_not_logged(event="task_internal_error")
 
 
 def test_worker_carries_request_id_from_publisher(celery_app, celery_worker, logkit_records):
@@ -51,6 +61,8 @@ def test_worker_carries_request_id_from_publisher(celery_app, celery_worker, log
     assert done["result"] == "{'order_id': 9, 'charged': 250}"
     task_lines = logkit_records.filter(task_id=result.id)
     assert {r["request_id"] for r in task_lines} == {"req-2"}
+    # one worker, one name: the embedded worker's, on task_received and the task's lines
+    assert {r["worker"] for r in task_lines} == {celery_worker.hostname}
     assert "charging order 9" in task_lines.messages()
     assert "hunter2" not in logkit_records.text()
 
