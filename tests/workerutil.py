@@ -324,16 +324,45 @@ class AppModule:
         return module
 
     def unload(self) -> None:
-        """Close the app's connections and forget the module (idempotent)."""
+        """Close the app's connections, disconnect the receivers the module connected to
+        Celery's signals, and forget the module (idempotent)."""
         module, self._module = self._module, None
         if module is None:
             return
+        _disconnect_receivers_of(self.name)
         if sys.modules.get(self.name) is module:
             del sys.modules[self.name]
         app = getattr(module, "app", None)
         if app is not None:
             with contextlib.suppress(Exception):  # best effort cleanup
                 app.close()
+
+
+def _disconnect_receivers_of(module_name: str) -> None:
+    """Disconnect from every Celery signal the receivers defined in ``module_name``.
+
+    An app body's ``@signals.setup_logging.connect(weak=False)`` would otherwise stay in
+    the test process after its test, and a later test in that process (pytest-xdist gives
+    a process several files, in an order that varies with the load) would see "a user's
+    own setup_logging receiver" and logkit would rightly configure nothing.
+    """
+    import weakref
+
+    from celery import signals
+    from celery.utils.dispatch import Signal
+
+    for sig in vars(signals).values():
+        if not isinstance(sig, Signal):
+            continue
+        with sig.lock:
+            kept = []
+            for key, receiver in sig.receivers:
+                target = receiver() if isinstance(receiver, weakref.ReferenceType) else receiver
+                if getattr(target, "__module__", None) != module_name:
+                    kept.append((key, receiver))
+            if len(kept) != len(sig.receivers):
+                sig.receivers[:] = kept
+                sig.sender_receivers_cache.clear()
 
 
 def celery_cmd(appmod: AppModule, *args: str) -> subprocess.CompletedProcess[str]:
