@@ -159,7 +159,10 @@ def test_worker_throughput_suite_runs_real_workers() -> None:
     for setup in ("light", "results"):
         title = f"worker throughput, {setup}: 30 tiny tasks, prefork -c 2, filesystem broker"
         rows = _rows(out, title)
+        # and logkit with each backend schema (#37: bytes per task in the same run)
         assert set(rows) == {"celery logging, INFO", "logkit json, INFO",
+                             *(f"logkit json, schema={name}, INFO"
+                               for name in ("ecs", "gcp", "datadog", "otel")),
                              "celery logging, WARNING (floor)"}, setup
         for cells in rows.values():
             assert _number(cells[0]) > 0  # tasks/s
