@@ -169,8 +169,9 @@ def celery_integration(session: nox.Session) -> None:
     """Celery's own integration tests with and without logkit: the same outcomes (#39)."""
     with _checkout(session):
         session.install("-e", ".[dev]")
-    # what Celery's integration suite imports and its markers need (requirements/test*.txt)
-    session.install("pydantic", "pytest-rerunfailures", "pytest-timeout", "redis")
+    # what Celery's integration suite imports and its markers need (requirements/test*.txt);
+    # pip downloads its sdist (a uv environment has no pip)
+    session.install("pip", "pydantic", "pytest-rerunfailures", "pytest-timeout", "redis")
     _versions(session, "redis")
     work = Path(session.create_tmp()).resolve() / "celery-integration"
     session.run("python", str(ROOT / "tests" / "celery_integration" / "compare.py"),

@@ -1,11 +1,11 @@
 """Celery's own integration tests, with and without logkit: the same outcomes (#39).
 
 Takes the ``t/integration`` tests of the installed Celery from its sdist (``pip download
---no-binary :all: --no-deps celery==<installed>``), starts a real ``redis-server`` on a
-free loopback port (the suite's broker and result backend), and runs a subset of them
-twice: as they are, and with ``logkit.install(app, format="json")`` on the suite's app
-(the ``logkit_on_suite_app`` pytest plugin). A test whose outcome differs is run again
-alone, both ways; if no outcome it had without logkit is one it had with it (a flaky test
+--no-binary :all: --no-deps celery==<installed>``), starts a real ``redis-server`` per run
+on a free loopback port (the suite's broker and result backend), and runs a subset of
+them twice, at once: as they are, and with ``logkit.install(app, format="json")`` on the
+suite's app (the ``logkit_on_suite_app`` pytest plugin). A test whose outcome differs is
+run again alone, both ways; if no outcome it had without logkit is one it had with it (a flaky test
 shows the same ones both ways), this script names it and exits 1.
 
 Known environment failures (the same without logkit) are listed with their reason in
@@ -31,10 +31,13 @@ import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The two runs: the suite as it is, and with logkit installed on its app.
+MODES = ("without", "with")
 
 #: The subset run, chosen to fit about five minutes for both runs on a 2-core machine
 #: (about 150 s each): Celery's tests of tasks (failures, retries, revokes, time limits,
@@ -234,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="node ids to run (default: the subset in this file)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds each run may take")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run without logkit, then with it (default: both at once, each "
+                        "with its own redis-server; they mostly wait)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -242,23 +248,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = fetch_tests(version, work)
     print(f"Celery {version}'s integration tests, from its sdist: {src}", flush=True)
     tests = _deselect(args.tests)
-    with redis_server(work / "redis") as port:
-        runs = {}
-        for mode in ("without", "with"):
-            outcomes, elapsed = run_suite(src, port, tests, mode == "with",
-                                          work / f"{mode}-logkit", args.timeout)
-            runs[mode] = outcomes
-            print(f"{mode} logkit: {len(outcomes)} tests in {elapsed:.0f} s: "
-                  f"{_counts(outcomes)} (log: {work / f'{mode}-logkit.log'})", flush=True)
+    with ExitStack() as stack:
+        # one redis-server per mode: the two runs can go at once, sharing nothing
+        ports = {mode: stack.enter_context(redis_server(work / f"redis-{mode}"))
+                 for mode in MODES}
+
+        def both(tests: Sequence[str], suffix: str) -> dict[str, dict[str, str]]:
+            """``tests`` without and with logkit: at once, or one after the other."""
+            def one(mode: str) -> dict[str, str]:
+                out = work / f"{mode}-logkit{suffix}"
+                outcomes, elapsed = run_suite(src, ports[mode], tests, mode == "with", out,
+                                              args.timeout)
+                print(f"{mode} logkit: {len(outcomes)} tests in {elapsed:.0f} s: "
+                      f"{_counts(outcomes)} (log: {out.with_suffix('.log')})", flush=True)
+                return outcomes
+
+            if args.one_at_a_time:
+                return {mode: one(mode) for mode in MODES}
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                return dict(zip(MODES, pool.map(one, MODES), strict=True))
+
+        runs = both(tests, "")
         differ = sorted(n for n in set(runs["without"]) | set(runs["with"])
                         if runs["without"].get(n) != runs["with"].get(n))
         flaky: list[str] = []
         if differ:  # once more, alone, both ways: a flaky outcome does not count
             print(f"{len(differ)} outcome(s) differ; running them again, alone, both ways",
                   flush=True)
-            again = {mode: run_suite(src, port, differ, mode == "with",
-                                     work / f"{mode}-logkit-again", args.timeout)[0]
-                     for mode in ("without", "with")}
+            again = both(differ, "-again")
             seen = {mode: {n: {runs[mode].get(n, "not run"), again[mode].get(n, "not run")}
                            for n in differ} for mode in ("without", "with")}
             flaky = [n for n in differ if seen["without"][n] & seen["with"][n]]
