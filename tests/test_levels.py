@@ -230,6 +230,10 @@ def test_ttl_reverts_in_the_main_process_and_the_children(
         assert replies and worker.hostname in replies, replies
         return dict(replies[worker.hostname]["loggers"]["root"])
 
+    # The worker's remote control answers first (a broadcast sent before its control
+    # queue is bound is not delivered: on a loaded machine that can be after it is ready).
+    wait_for(lambda: bool(mod.app.control.ping(destination=node, timeout=2)), timeout=120,
+             message=lambda: worker.describe())
     # In force, with its expiry, until it expires.
     replies = logkit.set_level(mod.app, "debug", ttl=3600, destination=node, timeout=60)
     assert len(replies) == 1
